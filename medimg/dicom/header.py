@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from medimg.dicom.codecs import decode_support
 from medimg.dicom.index import InstanceHeader, QuarantineEntry
 
-__all__ = ["INDEXED_KEYWORDS", "read_instance_header"]
+__all__ = ["INDEXED_KEYWORDS", "header_from_dataset", "read_instance_header"]
 
 #: Header keywords kept per instance: what selection rules, the index and loaders look at.
 #: Rules may name other keywords too; those are read from the first file on demand.
@@ -165,6 +165,18 @@ def _read(path: str) -> InstanceHeader | QuarantineEntry:
         header = InstanceHeader(path=path, attributes=attributes, transfer_syntax=transfer_syntax)
         _add_geometry(header, ds)
         return header
+
+
+def header_from_dataset(ds: Any, path: str) -> InstanceHeader:
+    """Build the :class:`InstanceHeader` of an already-read data set (no checks).
+
+    Args:
+        ds: a pydicom Dataset (pixel data may or may not have been read).
+        path: the file it came from.
+    """
+    header = InstanceHeader(path=path, attributes=_indexed_attributes(ds), transfer_syntax=_transfer_syntax(ds))
+    _add_geometry(header, ds)
+    return header
 
 
 def _looks_like_raw_dataset(head: bytes) -> bool:

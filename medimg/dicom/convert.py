@@ -1,0 +1,155 @@
+"""DICOM folder -> NIfTI files, one per selected series (or image), with the same geometry.
+
+Reading the NIfTI back with nibabel gives the same voxel-to-world (RAS) affine as the
+``MetaTensor`` that :func:`medimg.dicom.load_series` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medimg.dicom.decode import VOI, DecodeError
+from medimg.dicom.index import InstanceHeader, ScanResult, Series, Study
+from medimg.dicom.scan import scan_folder
+from medimg.dicom.selection import SelectionRules, select
+from medimg.dicom.volume import SeriesError, load_instance, load_series
+from medimg.writers import write_json, write_nifti
+
+__all__ = ["ConversionResult", "convert_folder", "read_conversion"]
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert_folder` did.
+
+    Attributes:
+        written: one record per NIfTI file (output path, source UIDs, shape, spacing).
+        skipped: outputs that already existed (resume), same records.
+        failures: ``{"source": ..., "error": ...}`` per series or image that failed.
+        selections: per study, what the rules picked and why (when rules were given).
+    """
+
+    written: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    selections: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "skipped": self.skipped,
+            "failures": self.failures,
+            "selections": self.selections,
+        }
+
+
+def _slug(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text)).strip("_")[:60] or "x"
+
+
+def _targets(
+    study: Study, rules: SelectionRules | None, result: ConversionResult
+) -> list[tuple[str, Series, InstanceHeader | None]]:
+    """(output stem, series, image or None) for every output of one study."""
+    if rules is not None:
+        chosen = select(study, rules)
+        result.selections.append(chosen.to_dict())
+        out = []
+        for name, items in chosen.picked.items():
+            for k, (series, inst) in enumerate(items):
+                out.append((_slug(name) + (f"_{k + 1}" if len(items) > 1 else ""), series, inst))
+        for name in chosen.missing:
+            result.failures.append(
+                {"source": f"study {study.StudyInstanceUID}", "error": f"no series matches required selection '{name}'"}
+            )
+        return out
+    out = []
+    for series in study.series:
+        stem = f"{_slug(series.get('SeriesNumber', 'x'))}_{_slug(series.SeriesDescription or series.Modality)}"
+        no_geometry = any(inst.frame_positions is None for inst in series.instances)
+        if len(series.instances) > 1 and no_geometry:
+            for inst in series.instances:
+                out.append((f"{stem}_{_slug(inst.get('InstanceNumber', inst.sop_instance_uid))}", series, inst))
+        else:
+            out.append((stem, series, None))
+    return out
+
+
+def convert_folder(
+    source: str | os.PathLike[str] | ScanResult,
+    out: str | os.PathLike[str],
+    *,
+    rules: SelectionRules | None = None,
+    voi: VOI = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionResult:
+    """Convert the series of a DICOM folder (all, or those the rules pick) to NIfTI.
+
+    Outputs go to ``out/<PatientID>/<StudyInstanceUID>/<name>.nii.gz``, where ``name`` is the
+    selection name with rules, else ``<SeriesNumber>_<SeriesDescription>``; projection images of
+    a multi-image series get one file each. ``out/conversion.json`` lists what was written, the
+    selection decisions and every failure. Existing outputs are kept unless ``overwrite``.
+
+    Args:
+        source: a folder, or a :class:`ScanResult` of one.
+        out: output folder (created).
+        rules: selection rules; None converts every series.
+        voi: VOI to apply (None keeps modality values, e.g. HU).
+        overwrite: rewrite outputs that exist.
+        progress: called as ``progress(done, total)``.
+
+    Returns:
+        The :class:`ConversionResult`. Failing series are recorded, never raised.
+    """
+    scan = source if isinstance(source, ScanResult) else scan_folder(source)
+    out = Path(out)
+    result = ConversionResult()
+    jobs = []
+    for study in scan.studies:
+        for stem, series, inst in _targets(study, rules, result):
+            folder = out / _slug(study.PatientID or "unknown") / _slug(study.StudyInstanceUID)
+            jobs.append((folder / f"{stem}.nii.gz", study, series, inst))
+    for done, (path, study, series, inst) in enumerate(jobs, start=1):
+        source_label = inst.path if inst is not None else f"series {series.SeriesInstanceUID}"
+        record: dict[str, Any] = {
+            "output": str(path),
+            "PatientID": study.PatientID,
+            "StudyInstanceUID": study.StudyInstanceUID,
+            "SeriesInstanceUID": series.SeriesInstanceUID,
+            "SOPInstanceUID": inst.sop_instance_uid if inst is not None else None,
+        }
+        if path.exists() and not overwrite:
+            result.skipped.append(record)
+        else:
+            try:
+                if series.problems and inst is None:
+                    raise SeriesError(f"series {series.SeriesInstanceUID}: {'; '.join(series.problems)}")
+                tensor = load_instance(inst.path, voi=voi) if inst is not None else load_series(series, voi=voi)
+                write_nifti(tensor, path)
+                record["shape"] = list(tensor.shape[1:])
+                record["pixel_spacing"] = tensor.meta["pixel_spacing"]
+                record["slice_spacing"] = tensor.meta["slice_spacing"]
+                result.written.append(record)
+            except (SeriesError, DecodeError, OSError, ValueError) as exc:
+                result.failures.append({"source": source_label, "error": str(exc)})
+        if progress:
+            progress(done, len(jobs))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "conversion.json", {"source": scan.root, **result.to_dict()})
+    return result
+
+
+def read_conversion(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``out/conversion.json`` back."""
+    return json.loads((Path(out) / "conversion.json").read_text())

@@ -1,0 +1,149 @@
+"""Series and single instances -> MONAI ``MetaTensor`` with a correct voxel-to-world affine.
+
+Array layout follows MONAI's DICOM convention: channel first, then column index (along the
+row direction cosine), row index, slice index: shape (C, X, Y[, Z]). The affine maps those
+indices to RAS millimetres (``meta["space"] == "RAS"``), as NIfTI does. Slices are ordered by
+position along the slice normal, never by InstanceNumber.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medimg.dicom.decode import VOI, DecodeError, decode_pixels
+from medimg.dicom.geometry import GeometryError, affine_lps, sort_slices
+from medimg.dicom.header import header_from_dataset
+from medimg.dicom.index import InstanceHeader, Series
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+
+__all__ = ["SeriesError", "load_instance", "load_series", "LPS_TO_RAS"]
+
+#: Flips x and y: DICOM patient coordinates (LPS) <-> NIfTI/MONAI world coordinates (RAS).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class SeriesError(ValueError):
+    """A series that cannot become one volume; the message names the series and the problem."""
+
+
+def _read(path: str) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(f"{path}: cannot read DICOM: {type(exc).__name__}: {exc}") from exc
+
+
+def _series_name(paths: Sequence[str], headers: Sequence[InstanceHeader]) -> str:
+    uid = headers[0].get("SeriesInstanceUID", "?") if headers else "?"
+    desc = headers[0].get("SeriesDescription", "") if headers else ""
+    label = f" '{desc}'" if desc else ""
+    return f"series {uid}{label} ({len(paths)} file(s) under {os.path.dirname(paths[0]) or '.'})"
+
+
+def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI = None) -> MetaTensor:
+    """Decode a series to one volume.
+
+    Args:
+        series: a :class:`~medimg.dicom.index.Series` from a scan, or the paths of its files.
+        voi: VOI to apply (see :data:`medimg.dicom.decode.VOI`); None keeps modality values.
+
+    Returns:
+        float32 ``MetaTensor`` of shape (C, X, Y, Z) for series with plane geometry, (C, X, Y)
+        for a single projection image, (C, X, Y, frames) for a multi-frame object without
+        geometry. C is 1 for grey, 3 for colour.
+
+    Raises:
+        SeriesError: mixed sizes or orientations, duplicate positions, missing slices, or
+            several images without plane geometry.
+        DecodeError: a file cannot be read or decoded.
+    """
+    paths = [os.fspath(p) for p in (series.files if isinstance(series, Series) else series)]
+    if not paths:
+        raise SeriesError("empty series: no files")
+    datasets = [_read(p) for p in paths]
+    headers = [header_from_dataset(ds, p) for ds, p in zip(datasets, paths)]
+    name = _series_name(paths, headers)
+
+    sizes = {(h.rows, h.columns, int(h.get("SamplesPerPixel") or 1)) for h in headers}
+    if len(sizes) > 1:
+        raise SeriesError(f"{name}: mixed image sizes {sorted(sizes)}")
+    with_geometry = [h.frame_positions is not None for h in headers]
+    if len(paths) == 1:
+        return _to_metatensor(datasets, headers, voi, name)
+    if not all(with_geometry):
+        missing = with_geometry.count(False)
+        raise SeriesError(
+            f"{name}: {missing} of {len(paths)} instances have no ImagePositionPatient/"
+            "ImageOrientationPatient, so they cannot be stacked into a volume; "
+            "load them one at a time with load_instance"
+        )
+    return _to_metatensor(datasets, headers, voi, name)
+
+
+def load_instance(path: str | os.PathLike[str], *, voi: VOI = None) -> MetaTensor:
+    """Decode one file (single- or multi-frame). See :func:`load_series` for the layout."""
+    path = os.fspath(path)
+    ds = _read(path)
+    header = header_from_dataset(ds, path)
+    return _to_metatensor([ds], [header], voi, f"{path}")
+
+
+def _to_metatensor(datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str) -> MetaTensor:
+    from monai.data import MetaTensor
+
+    frames: list[np.ndarray] = []
+    for ds, header in zip(datasets, headers):
+        frames.extend(decode_pixels(ds, voi=voi, path=header.path))  # (rows, cols, samples) each
+    first = headers[0]
+    spacing = first.pixel_spacing or (1.0, 1.0)
+    geometry = "volume" if first.frame_positions is not None else ("projection" if len(frames) == 1 else "frames")
+    order = list(range(len(frames)))
+    slice_spacing = 1.0
+    if geometry == "volume":
+        positions = [p for h in headers for p in h.frame_positions or []]
+        orientations = [h.frame_orientation for h in headers for _ in range(h.frames)]
+        try:
+            stack = sort_slices(positions, orientations)  # type: ignore[arg-type]
+        except GeometryError as exc:
+            raise SeriesError(f"{name}: {exc}") from exc
+        order = stack.order
+        slice_spacing = stack.spacing or first.slice_spacing_hint or 1.0
+        lps = affine_lps(positions[order[0]], first.frame_orientation, spacing, slice_spacing)  # type: ignore[arg-type]
+        affine = LPS_TO_RAS @ lps
+    else:
+        affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
+
+    array = np.stack([frames[i] for i in order])  # (N, rows, cols, samples)
+    array = array.transpose(3, 2, 1, 0)  # (samples, cols, rows, N)
+    if geometry == "projection":
+        array = array[..., 0]
+    sop_uids = [h.get("SOPInstanceUID") for h in headers for _ in range(h.frames)]
+    files = [h.path for h in headers for _ in range(h.frames)]
+    meta = {
+        "original_affine": affine.copy(),
+        "space": "RAS",
+        "spatial_shape": np.asarray(array.shape[1:]),
+        "original_channel_dim": 0,
+        "filename_or_obj": headers[0].path,
+        "geometry": geometry,
+        "PatientID": first.get("PatientID", ""),
+        "StudyInstanceUID": first.get("StudyInstanceUID", ""),
+        "SeriesInstanceUID": first.get("SeriesInstanceUID", ""),
+        "Modality": first.get("Modality", ""),
+        "SeriesDescription": first.get("SeriesDescription", ""),
+        "PhotometricInterpretation": first.get("PhotometricInterpretation", ""),
+        "pixel_spacing": [float(spacing[0]), float(spacing[1])],
+        "slice_spacing": float(slice_spacing),
+        "SOPInstanceUIDs": [sop_uids[i] for i in order],
+        "source_files": [files[i] for i in order],
+        "voi": "none" if voi is None or voi is False else str(voi),
+    }
+    return MetaTensor(np.ascontiguousarray(array), affine=affine, meta=meta)

@@ -1,0 +1,103 @@
+"""Result writers shared by every job: atomic file writes, JSON, CSV and NIfTI.
+
+Every writer writes to a temporary name in the target folder and renames it into place, so a
+crash never leaves a half-written file behind and a rerun can trust what exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_path", "write_csv", "write_json", "write_nifti", "write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
+
+    The temporary name keeps the file's suffixes (``.nii.gz``), which some writers rely on.
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
+) -> Path:
+    """Write dict rows as CSV with the given column order, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return Path(path)
+
+
+def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a (C, X, Y[, Z]) ``MetaTensor`` with a RAS affine as NIfTI, atomically.
+
+    Grey images are stored as (X, Y[, Z]); colour as (X, Y, Z, C). Integral values that fit
+    int16 are stored as int16, everything else as float32.
+
+    Args:
+        tensor: a MetaTensor from :func:`medimg.dicom.load_series` (``meta["space"] == "RAS"``).
+        path: output ``.nii.gz`` path.
+
+    Returns:
+        The path written.
+    """
+    import nibabel as nib
+
+    array = np.asarray(tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else tensor)
+    affine = np.asarray(tensor.affine, dtype=np.float64)
+    if array.shape[0] == 1:
+        data = array[0]
+    else:
+        data = np.moveaxis(array, 0, -1)
+        if data.ndim == 3:  # 2-D colour: add a singleton slice axis before the channels
+            data = data[:, :, None, :]
+    if np.all(np.isfinite(data)) and np.all(data == np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)
+    else:
+        data = data.astype(np.float32)
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return path
+
+
