@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 # Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
 
 
 def _version(value: bool) -> None:

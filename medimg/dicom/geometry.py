@@ -96,7 +96,9 @@ def sort_slices(
     spacing = float(np.median(gaps))
     bad = np.flatnonzero(np.abs(gaps - spacing) > rtol * spacing + atol)
     if bad.size:
-        big = gaps[bad].max()
+        # With slices missing the median can be off; the smallest gap is the true spacing.
+        spacing = float(gaps.min())
+        big = gaps.max()
         if big > 1.5 * spacing:
             missing = int(round(big / spacing)) - 1
             raise GeometryError(
