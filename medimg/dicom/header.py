@@ -10,6 +10,7 @@ import os
 import stat
 import struct
 import warnings
+from functools import lru_cache
 from typing import Any, BinaryIO
 
 from medimg.dicom.codecs import decode_support
@@ -69,7 +70,14 @@ INDEXED_KEYWORDS: tuple[str, ...] = (
     "BitsAllocated",
     "BitsStored",
     "PixelRepresentation",
+    "SpecificCharacterSet",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "GridFrameOffsetVector",
 )
+
+#: Keywords kept for geometry and loading only, not shown in the index output.
+_PRIVATE_KEYWORDS = ("SpecificCharacterSet", "ImagePositionPatient", "ImageOrientationPatient", "GridFrameOffsetVector")
 
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
@@ -222,13 +230,82 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _indexed_attributes(ds: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UC"}
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_ASCII_SAFE_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
+
+
+@lru_cache(maxsize=1)
+def _indexed_tags() -> list[tuple[int, str, str]]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    out = []
     for keyword in INDEXED_KEYWORDS:
-        value = ds.get(keyword)
-        if value is None or value == "":
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        out.append((int(tag), keyword, dictionary_VR(tag)))
+    return out
+
+
+def _fast_value(raw: Any, vr: str, little: bool, plain_charset: bool) -> tuple[bool, Any]:
+    """Convert a raw element of a simple VR without pydicom's general machinery.
+
+    pydicom's conversion costs more than reading the whole header, so the handful of text and
+    number VRs the index needs are converted here; anything else returns ``(False, None)`` and
+    goes through pydicom.
+    """
+    value = raw.value
+    if value is None:
+        return False, None
+    if vr in _TEXT_VRS:
+        if not plain_charset and vr not in _ASCII_SAFE_VRS and any(b > 127 for b in value):
+            return False, None
+        text = value.decode("latin-1").rstrip(" \x00")
+        parts = [part.strip(" \x00") for part in text.split("\\")]
+        if vr == "DS":
+            converted: list[Any] = [float(part) for part in parts if part]
+        elif vr == "IS":
+            converted = [int(float(part)) for part in parts if part]
+        else:
+            converted = parts
+        if not converted or converted == [""]:
+            return True, None
+        return True, converted[0] if len(converted) == 1 else converted
+    fmt = _NUMBER_FORMATS.get(vr)
+    if fmt is not None:
+        size = struct.calcsize(fmt)
+        if len(value) % size:
+            return False, None
+        numbers = list(struct.unpack(("<" if little else ">") + fmt * (len(value) // size), value))
+        if not numbers:
+            return True, None
+        return True, numbers[0] if len(numbers) == 1 else numbers
+    return False, None
+
+
+def _indexed_attributes(ds: Any) -> dict[str, Any]:
+    from pydicom.dataelem import RawDataElement
+
+    little = getattr(ds, "original_encoding", (True, True))[1] is not False
+    charset = ds.get_item(0x00080005) if 0x00080005 in ds else None
+    charset_value = charset.value if charset is not None else None
+    if isinstance(charset_value, bytes):
+        charset_value = charset_value.decode("latin-1")
+    if isinstance(charset_value, (list, tuple)) or type(charset_value).__name__ == "MultiValue":
+        charset_value = "\\".join(str(v) for v in charset_value)
+    plain_charset = (charset_value or "").strip(" \x00") in ("", "ISO_IR 6", "ISO_IR 100")
+    out: dict[str, Any] = {}
+    elements = dict(ds.items())  # tag -> element, raw (unconverted) where not yet accessed
+    for tag, keyword, dict_vr in _indexed_tags():
+        raw = elements.get(tag)
+        if raw is None:
             continue
-        value = _jsonable(value)
+        done = False
+        if isinstance(raw, RawDataElement):
+            vr = raw.VR or dict_vr
+            done, value = _fast_value(raw, str(vr), little, plain_charset)
+        if not done:
+            value = _jsonable(ds[tag].value)
         if value is not None and value != "":
             out[keyword] = value
     return out
@@ -363,12 +440,13 @@ def _first_item(ds: Any, keyword: str) -> Any:
 def _add_geometry(header: InstanceHeader, ds: Any) -> None:
     """Fill frame positions, orientation and spacings from classic or enhanced headers."""
     frames = header.frames
-    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence") if 0x52009229 in ds else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if 0x52009230 in ds else None
 
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    spacing = _floats(ds.get("PixelSpacing"), 2)
-    thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    attrs = header.attributes
+    orientation = _floats(attrs.get("ImageOrientationPatient"), 6)
+    spacing = _floats(attrs.get("PixelSpacing"), 2)
+    thickness = attrs.get("SpacingBetweenSlices") or attrs.get("SliceThickness")
     if shared is not None:
         plane = _first_item(shared, "PlaneOrientationSequence")
         if plane is not None and orientation is None:
@@ -396,8 +474,10 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
         if all(p is not None for p in found):
             positions = found  # type: ignore[assignment]
     else:
-        ipp = _floats(ds.get("ImagePositionPatient"), 3)
-        offsets = ds.get("GridFrameOffsetVector")
+        ipp = _floats(attrs.get("ImagePositionPatient"), 3)
+        offsets = attrs.get("GridFrameOffsetVector")
+        if offsets is not None and not isinstance(offsets, list):
+            offsets = [offsets]
         if ipp is not None and frames == 1:
             positions = [ipp]
         elif ipp is not None and orientation is not None and offsets and len(offsets) == frames:
@@ -407,7 +487,9 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
             positions = [tuple(float(x) for x in np.add(ipp, float(o) * normal)) for o in offsets]
 
     if spacing is None:
-        spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
+        spacing = _floats(attrs.get("ImagerPixelSpacing"), 2)
+    for keyword in _PRIVATE_KEYWORDS:
+        attrs.pop(keyword, None)
     header.frame_positions = positions if orientation is not None else None
     header.frame_orientation = orientation if positions is not None else None
     header.pixel_spacing = spacing

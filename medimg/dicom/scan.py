@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -93,6 +94,20 @@ def _read_chunk(paths: list[str]) -> list[InstanceHeader | QuarantineEntry]:
     return [read_instance_header(p) for p in paths]
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork when this process has a single Python thread (cheapest, and works when __main__ is
+    not a file, e.g. stdin or a notebook); forkserver otherwise (forking a threaded process can
+    deadlock); spawn where neither exists."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["medimg.dicom.header"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _read_headers(
     files: list[str], workers: int | None, progress: ProgressCallback | None
 ) -> list[InstanceHeader | QuarantineEntry]:
@@ -109,12 +124,8 @@ def _read_headers(
     n_chunks = workers * 4
     size = -(-total // n_chunks)
     chunks = [files[i : i + size] for i in range(0, total, size)]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:
-        context.set_forkserver_preload(["medimg.dicom.header"])
     out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         for chunk_result in pool.map(_read_chunk, chunks):
             out.extend(chunk_result)
             if progress:
