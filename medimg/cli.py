@@ -79,27 +79,60 @@ def _progress(quiet: bool, description: str):  # type: ignore[no-untyped-def]
 def sample_data(
     out: Annotated[Path, typer.Argument(help="Output folder (created).")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical files.")] = 0,
-    full_size: Annotated[bool, typer.Option("--full-size", help="Real sizes (1024² CXR, full-field MG, 240x240x155 MR).")] = False,
+    full_size: Annotated[
+        bool, typer.Option("--full-size", help="Real sizes (1024² CXR, full-field MG, 240x240x155 MR).")
+    ] = False,
     only: Annotated[Optional[list[Dataset]], typer.Option(help="Generate only this dataset (repeatable).")] = None,  # noqa: UP045
-    count: Annotated[Optional[int], typer.Option(min=1, help="CXR images / exams per mammography site / brain cases.")] = None,  # noqa: UP045
+    count: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="N (CXR images / exams per mammography site / brain cases), or per dataset: cxr=8,mammo=2,brain=1."
+        ),
+    ] = None,
 ) -> None:
     """Generate synthetic data in the public datasets' layouts (RSNA CXR, VinDr-like MG, BraTS)."""
     from medimg.synth import generate_sample_data
 
-    summary = generate_sample_data(
-        out, seed=seed, full_size=full_size, only=[d.value for d in only] if only else None, count=count
-    )
+    try:
+        counts = _parse_count(count)
+        summary = generate_sample_data(
+            out, seed=seed, full_size=full_size, only=[d.value for d in only] if only else None, count=counts
+        )
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     _print_sample_summary(summary.to_dict())
+
+
+def _parse_count(text: str | None) -> int | dict[str, int] | None:
+    """``"8"`` -> 8; ``"cxr=8,brain=1"`` -> {"cxr": 8, "brain": 1}."""
+    if text is None:
+        return None
+    if "=" not in text:
+        return int(text)
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        out[name.strip()] = int(value)
+    return out
 
 
 def _print_sample_summary(summary: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="Generated sample data")
-    for column in ("dataset", "folder", "items", "files"):
+    table = Table(title=f"Sample data (seed {summary['seed']}{', full size' if summary['full_size'] else ''})")
+    for column in ("dataset", "folder", "items", "files", "MB", "details"):
         table.add_column(column)
-    for name, info in summary.get("datasets", {}).items():
-        table.add_row(name, str(info.get("root", "")), str(info.get("items", "")), str(info.get("files", "")))
+    for name, info in summary["datasets"].items():
+        details = ", ".join(f"{k}: {v}" for k, v in info.get("details", {}).items())
+        table.add_row(
+            name,
+            info["root"],
+            f"{info['n_items']} {info['item_kind']}",
+            str(info["n_files"]),
+            f"{info['n_bytes'] / 1e6:.1f}",
+            details,
+        )
     console.print(table)
 
 
@@ -107,7 +140,7 @@ def _print_sample_summary(summary: dict) -> None:
 def scan(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder to scan recursively.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Header-reading processes (default: all cores).")] = None,  # noqa: UP045
+    workers: Annotated[int | None, typer.Option(min=1, help="Header-reading processes (default: all cores).")] = None,  # noqa: UP045
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Index a DICOM folder (headers only): patients, studies, series, and the quarantine."""
@@ -127,8 +160,18 @@ def _print_scan(result) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     table = Table(title=f"Series under {result.root}")
-    for column in ("patient / study", "#", "mod.", "description", "plane", "images", "size",
-                   "spacing mm", "transfer syntax", "decodes"):
+    for column in (
+        "patient / study",
+        "#",
+        "mod.",
+        "description",
+        "plane",
+        "images",
+        "size",
+        "spacing mm",
+        "transfer syntax",
+        "decodes",
+    ):
         table.add_column(column, overflow="fold")
     problems = []
     for study in result.studies:
@@ -177,7 +220,12 @@ def _print_scan(result) -> None:  # type: ignore[no-untyped-def]
 def convert(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="DICOM folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for NIfTI files.")],
-    rules: Annotated[Optional[str], typer.Option(help="Selection rules: brain_mr, chest_xray, mammography, or a YAML/JSON file. Default: every series.")] = None,  # noqa: UP045
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            help="Selection rules: brain_mr, chest_xray, mammography, or a YAML/JSON file. Default: every series."
+        ),
+    ] = None,  # noqa: UP045
     voi: Annotated[bool, typer.Option("--voi", help="Apply the header window/VOI LUT (output in [0, 1]).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite outputs that already exist.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -193,7 +241,9 @@ def convert(
         raise typer.Exit(2) from exc
     bar, update = _progress(quiet, "Converting")
     with bar:
-        result = convert_folder(folder, out, rules=rule_set, voi=True if voi else None, overwrite=overwrite, progress=update)
+        result = convert_folder(
+            folder, out, rules=rule_set, voi=True if voi else None, overwrite=overwrite, progress=update
+        )
     console.print(
         f"wrote {len(result.written)} NIfTI file(s) to {out}; {len(result.skipped)} already there; "
         f"{len(result.failures)} failure(s). Details: {out / 'conversion.json'}"

@@ -23,10 +23,10 @@ _DATASETS = {"cxr": "chest_xray", "mammo": "mammography", "brain/dicom": "brain_
 def _ensure_data(data: Path, console: Console) -> None:
     if all((data / name).is_dir() for name in ("cxr", "mammo", "brain")):
         return
-    from medimg.synth import generate_sample_data
+    from medimg.synth import DEMO_COUNTS, generate_sample_data
 
     console.print(f"[bold]Generating sample data[/bold] in {data} ...")
-    generate_sample_data(data, seed=0, count=4)
+    generate_sample_data(data, seed=0, count=DEMO_COUNTS)
 
 
 def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bool = False) -> bool:
@@ -114,8 +114,14 @@ def _check_brain_conversion(scan, data: Path, out: Path, console: Console) -> bo
         affine_diff = float(np.abs(ref.affine - got.affine).max())
         good = diff < 1e-3 and affine_diff < 1e-3
         ok &= good
-        table.add_row(case, sequence, "x".join(map(str, got.shape)), f"{diff:.3g}", f"{affine_diff:.3g}",
-                      "[green]yes[/green]" if good else "[red]NO[/red]")
+        table.add_row(
+            case,
+            sequence,
+            "x".join(map(str, got.shape)),
+            f"{diff:.3g}",
+            f"{affine_diff:.3g}",
+            "[green]yes[/green]" if good else "[red]NO[/red]",
+        )
     console.print(table)
     for failure in result.failures:
         console.print(f"[red]failed:[/red] {failure['source']}: {failure['error']}")

@@ -53,9 +53,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_csv(
-    path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
-) -> Path:
+def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Write dict rows as CSV with the given column order, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -99,5 +97,3 @@ def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path
-
-

@@ -6,7 +6,7 @@ pydicom 3 keeps a registry of decoders per transfer syntax, each backed by optio
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 __all__ = ["DecodeSupport", "decode_support"]
@@ -31,7 +31,7 @@ class DecodeSupport(NamedTuple):
     note: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def decode_support(transfer_syntax_uid: str) -> DecodeSupport:
     """Tell whether pixel data in ``transfer_syntax_uid`` can be decoded with what is installed.
 

@@ -8,7 +8,7 @@ Colour images come out as RGB (pydicom converts YBR; palette colour is expanded)
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,7 +16,7 @@ __all__ = ["DecodeError", "VOI", "decode_pixels", "window"]
 
 #: VOI choice: None = no VOI (modality values), True/"header" = the file's first window or
 #: VOI LUT, (center, width) = that linear window. Windowed output is in [0, 1].
-VOI = Union[None, bool, Literal["header"], tuple[float, float]]
+VOI = bool | Literal["header"] | tuple[float, float] | None
 
 
 class DecodeError(ValueError):

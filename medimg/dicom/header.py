@@ -162,7 +162,9 @@ def _read(path: str) -> InstanceHeader | QuarantineEntry:
 
         for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not attributes.get(keyword):
-                return QuarantineEntry(path, f"incomplete header: no {keyword}, so the file cannot be placed in a series")
+                return QuarantineEntry(
+                    path, f"incomplete header: no {keyword}, so the file cannot be placed in a series"
+                )
         if not attributes.get("Rows") or not attributes.get("Columns"):
             return QuarantineEntry(path, "incomplete header: pixel data without Rows/Columns")
 
@@ -311,9 +313,7 @@ def _indexed_attributes(ds: Any) -> dict[str, Any]:
     return out
 
 
-def _check_pixel_element(
-    fp: BinaryIO, pos: int, file_size: int, ds: Any, attributes: dict[str, Any]
-) -> str | None:
+def _check_pixel_element(fp: BinaryIO, pos: int, file_size: int, ds: Any, attributes: dict[str, Any]) -> str | None:
     """Locate the pixel data element at ``pos`` and check it is complete; None when fine."""
     fp.seek(pos)
     raw = fp.read(12)
@@ -344,10 +344,7 @@ def _check_pixel_element(
         return f"truncated: pixel data declares {length} bytes but the file holds {file_size - start}"
     expected = _native_pixel_bytes(attributes)
     if expected is not None and length < expected:
-        return (
-            f"truncated: pixel data holds {length} bytes, Rows x Columns x frames x samples "
-            f"x bits needs {expected}"
-        )
+        return f"truncated: pixel data holds {length} bytes, Rows x Columns x frames x samples x bits needs {expected}"
     return None
 
 
@@ -418,8 +415,7 @@ def _check_pixels_fully(path: str, attributes: dict[str, Any], suspicion: str | 
         return None if value else "corrupt pixel data: empty"
     if expected is not None and len(value) < expected:
         return suspicion or (
-            f"truncated: pixel data holds {len(value)} bytes, Rows x Columns x frames x samples "
-            f"x bits needs {expected}"
+            f"truncated: pixel data holds {len(value)} bytes, Rows x Columns x frames x samples x bits needs {expected}"
         )
     return None
 

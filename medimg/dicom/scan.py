@@ -179,9 +179,7 @@ def group_instances(headers: Iterable[InstanceHeader]) -> tuple[list[Study], lis
     for header in sorted(headers, key=lambda h: h.path):
         uid = header.sop_instance_uid
         if uid in seen:
-            duplicates.append(
-                QuarantineEntry(header.path, f"duplicate instance: same SOPInstanceUID as {seen[uid]}")
-            )
+            duplicates.append(QuarantineEntry(header.path, f"duplicate instance: same SOPInstanceUID as {seen[uid]}"))
             continue
         seen[uid] = header.path
         study_uid = str(header.get("StudyInstanceUID"))

@@ -132,9 +132,7 @@ class SelectionRules:
             if pick not in ("one", "all"):
                 raise RuleError(f"rule set '{name}', selection '{sel_name}': pick must be 'one' or 'all'")
             prefer = tuple(item.get("prefer", Selection.prefer))
-            selections.append(
-                Selection(sel_name, tuple(groups), bool(item.get("required", False)), pick, prefer)
-            )
+            selections.append(Selection(sel_name, tuple(groups), bool(item.get("required", False)), pick, prefer))
         return cls(name, level, tuple(selections))
 
     def to_dict(self) -> dict[str, Any]:

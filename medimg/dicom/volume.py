@@ -69,7 +69,7 @@ def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI =
     if not paths:
         raise SeriesError("empty series: no files")
     datasets = [_read(p) for p in paths]
-    headers = [header_from_dataset(ds, p) for ds, p in zip(datasets, paths)]
+    headers = [header_from_dataset(ds, p) for ds, p in zip(datasets, paths, strict=True)]
     name = _series_name(paths, headers)
 
     sizes = {(h.rows, h.columns, int(h.get("SamplesPerPixel") or 1)) for h in headers}
@@ -100,7 +100,7 @@ def _to_metatensor(datasets: list[Any], headers: list[InstanceHeader], voi: VOI,
     from monai.data import MetaTensor
 
     frames: list[np.ndarray] = []
-    for ds, header in zip(datasets, headers):
+    for ds, header in zip(datasets, headers, strict=True):
         frames.extend(decode_pixels(ds, voi=voi, path=header.path))  # (rows, cols, samples) each
     first = headers[0]
     spacing = first.pixel_spacing or (1.0, 1.0)

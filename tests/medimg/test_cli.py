@@ -66,3 +66,25 @@ def test_convert_exit_codes(tmp_path: Path) -> None:
     assert "missing slices" in bad.output
     rules = runner.invoke(app, ["convert", str(tmp_path / "dicom"), "-o", str(tmp_path / "o2"), "--rules", "nope.yaml"])
     assert rules.exit_code == 2
+
+
+def test_sample_data_counts_and_bad_count(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sample-data", str(tmp_path / "d"), "--only", "cxr", "--count", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "d" / "cxr" / "stage_2_train_images").glob("*.dcm"))) == 3
+    assert not (tmp_path / "d" / "brain").exists()
+    per = runner.invoke(app, ["sample-data", str(tmp_path / "e"), "--count", "cxr=2,mammo=1,brain=0"])
+    assert per.exit_code == 0, per.output
+    assert len(list((tmp_path / "e" / "cxr" / "stage_2_train_images").glob("*.dcm"))) == 2
+    assert len(list((tmp_path / "e" / "mammo").rglob("*.dicom"))) == 12  # 1 exam x 4 views x 3 sites
+    bad = runner.invoke(app, ["sample-data", str(tmp_path / "f"), "--count", "lungs=3"])
+    assert bad.exit_code == 2 and "unknown dataset" in bad.output
+
+
+def test_demo_generates_missing_data_and_checks_conversion(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "brain" / "nifti").is_dir()
+    assert "1/1 studies have every required selection" in result.output  # the brain study
+    assert "NO" not in result.output
+    assert len(list((tmp_path / "out" / "brain_nifti").rglob("*.nii.gz"))) == 4

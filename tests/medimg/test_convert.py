@@ -25,7 +25,9 @@ def test_nifti_round_trip_keeps_geometry(tmp_path: Path, orientation) -> None:
     # voxel (i, j, k) of the NIfTI sits where DICOM says pixel (row j, column i) of slice k is
     ras = image.affine @ np.array([2, 3, 4, 1.0])
     normal = np.cross(orientation[:3], orientation[3:])
-    lps = np.array([-10.0, 20.0, 30.0]) + 4 * 2.0 * normal + 2 * np.array(orientation[:3]) + 3 * np.array(orientation[3:])
+    lps = (
+        np.array([-10.0, 20.0, 30.0]) + 4 * 2.0 * normal + 2 * np.array(orientation[:3]) + 3 * np.array(orientation[3:])
+    )
     np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
 
 

@@ -78,8 +78,25 @@ def test_inconsistent_series_raise_naming_the_series(tmp_path: Path) -> None:
 
 
 def test_projection_images_without_geometry_are_not_stacked(tmp_path: Path) -> None:
-    a = write_image(tmp_path / "a", np.ones((4, 6)), study_uid="1.2.3", series_uid="1.2.3.4", position=None, orientation=None, modality="CR")
-    b = write_image(tmp_path / "b", np.ones((4, 6)), study_uid="1.2.3", series_uid="1.2.3.4", position=None, orientation=None, modality="CR", instance_number=2)
+    a = write_image(
+        tmp_path / "a",
+        np.ones((4, 6)),
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        position=None,
+        orientation=None,
+        modality="CR",
+    )
+    b = write_image(
+        tmp_path / "b",
+        np.ones((4, 6)),
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        position=None,
+        orientation=None,
+        modality="CR",
+        instance_number=2,
+    )
     with pytest.raises(SeriesError, match="load them one at a time"):
         load_series([a, b])
     image = load_instance(a)
@@ -89,10 +106,14 @@ def test_projection_images_without_geometry_are_not_stacked(tmp_path: Path) -> N
 def test_rescale_monochrome1_and_window(tmp_path: Path) -> None:
     pixels = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
     extra = {"BitsStored": 12, "HighBit": 11, "WindowCenter": 2048, "WindowWidth": 4096}
-    p2 = write_image(tmp_path / "m2", pixels, study_uid="1.2", series_uid="1.2.1", slope=2.0, intercept=-100, extra=extra)
+    p2 = write_image(
+        tmp_path / "m2", pixels, study_uid="1.2", series_uid="1.2.1", slope=2.0, intercept=-100, extra=extra
+    )
     v2 = load_instance(p2)[0, :, :, 0].numpy().T  # back to (rows, cols)
     np.testing.assert_allclose(v2, pixels * 2.0 - 100)
-    p1 = write_image(tmp_path / "m1", pixels, study_uid="1.2", series_uid="1.2.2", photometric="MONOCHROME1", extra=extra)
+    p1 = write_image(
+        tmp_path / "m1", pixels, study_uid="1.2", series_uid="1.2.2", photometric="MONOCHROME1", extra=extra
+    )
     v1 = load_instance(p1)[0, :, :, 0].numpy().T
     np.testing.assert_allclose(v1, 4095 - pixels)  # inverted within the 12-bit range
     w1 = load_instance(p1, voi=True)[0, :, :, 0].numpy().T
@@ -145,8 +166,13 @@ def test_rtdose_grid_frame_offsets() -> None:
 
 def test_compressed_syntaxes_decode_like_uncompressed() -> None:
     reference = load_instance(PYDICOM_TEST_FILES / "MR_small.dcm").numpy()
-    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                 "MR_small_bigendian.dcm", "MR_small_implicit.dcm"):
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ):
         np.testing.assert_array_equal(load_instance(PYDICOM_TEST_FILES / name).numpy(), reference, err_msg=name)
 
 

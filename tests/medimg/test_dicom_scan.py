@@ -21,7 +21,7 @@ def _all_paths(result) -> list[str]:
 
 def _regular_files(root: Path) -> set[str]:
     out = set()
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
             if os.path.isfile(path) and not os.path.islink(path):
@@ -73,7 +73,9 @@ def test_mixed_sizes_reported(tmp_path: Path) -> None:
     series_uid = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
     from dicom_factory import write_image
 
-    write_image(tmp_path / "s" / "odd", np.zeros((4, 4)), study_uid=study, series_uid=series_uid, position=(-10, 20, 36))
+    write_image(
+        tmp_path / "s" / "odd", np.zeros((4, 4)), study_uid=study, series_uid=series_uid, position=(-10, 20, 36)
+    )
     result = scan_folder(tmp_path)
     (_, series), *_ = list(result.iter_series())
     assert any("mixed image sizes" in p for p in series.problems)

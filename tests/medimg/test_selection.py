@@ -40,7 +40,10 @@ def test_brain_rules_pick_each_sequence_once_with_reasons() -> None:
 def test_brain_rules_accept_brats_2023_names_and_report_missing() -> None:
     chosen = select(_brain_study("t1n", "t1c", "t2w", "t2f"), load_rules("brain_mr"))
     assert {n: i[0][0].SeriesDescription for n, i in chosen.picked.items()} == {
-        "t1ce": "t1c", "flair": "t2f", "t2": "t2w", "t1": "t1n"
+        "t1ce": "t1c",
+        "flair": "t2f",
+        "t2": "t2w",
+        "t1": "t1n",
     }
     incomplete = select(_brain_study("t1", "t2"), load_rules("brain_mr"))
     assert sorted(incomplete.missing) == ["flair", "t1ce"]
@@ -84,7 +87,7 @@ def test_preference_and_pick_all() -> None:
         ],
     )
     chosen = select(study, load_rules("chest_xray"))
-    (series, image), = chosen.picked["frontal"]
+    ((series, image),) = chosen.picked["frontal"]
     assert series.SeriesInstanceUID == "1.2"  # PA preferred over a larger AP
     reasons = {d.SeriesInstanceUID: d.reason for d in chosen.decisions}
     assert "was preferred" in reasons["1.1"]
@@ -134,7 +137,9 @@ def test_rule_on_attribute_outside_the_index_reads_the_file(tmp_path: Path) -> N
     write_series(tmp_path / "a", n=2, description="A", extra={"ReceiveCoilName": "HEAD32"})
     write_series(tmp_path / "b", n=2, description="B", extra={"ReceiveCoilName": "BODY"})
     scan = scan_folder(tmp_path)
-    rules = SelectionRules.from_dict({"selections": [{"name": "head", "conditions": {"ReceiveCoilName": {"regex": "HEAD"}}}]})
+    rules = SelectionRules.from_dict(
+        {"selections": [{"name": "head", "conditions": {"ReceiveCoilName": {"regex": "HEAD"}}}]}
+    )
     by_patient = [select(study, rules) for study in scan.studies]
     picked = [c.picked["head"][0][0].SeriesDescription for c in by_patient if c.picked["head"]]
     assert picked == ["A"]
