@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_csv", "write_json", "write_nifti", "write_text"]
+__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_nifti", "write_text"]
 
 
 @contextlib.contextmanager
@@ -41,11 +41,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
     return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, ``\\n`` line endings) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medimg.writers import write_bytes
+
 __all__ = [
     "DatasetSummary",
     "FileLog",
@@ -40,6 +42,7 @@ __all__ = [
     "hex_id",
     "item_rng",
     "smooth_field",
+    "smoothstep",
     "stable_digest",
     "stratified_choice",
     "upsample_linear",
@@ -209,6 +212,12 @@ def upsample_linear(arr: np.ndarray, axis: int, size: int) -> np.ndarray:
     return (a + (b - a) * weight).astype(np.float32, copy=False)
 
 
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    """Cubic smoothstep of ``x`` clipped to [0, 1] (float32): soft edges for phantoms."""
+    t = np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
+    return t * t * (3.0 - 2.0 * t)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -246,10 +255,8 @@ class FileLog:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, log: FileLog | None = None) -> int:
     """Write ``data`` to ``path`` atomically.
 
-    The bytes go to a hidden temporary file in the same folder, which is then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows
-    for paths on one file system). Parent folders are created as needed; the
-    temporary file is removed if anything fails.
+    Delegates to :func:`medimg.writers.write_bytes` (temporary file in the same
+    folder, renamed into place) and records the write in ``log``.
 
     Args:
         path: Destination file.
@@ -260,15 +267,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, log: FileLog |
         The number of bytes written.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(dest, data)
     if log is not None:
         log.add(dest, len(data))
     return len(data)

@@ -38,6 +38,7 @@ from medimg.synth.common import (
     FileLog,
     item_rng,
     smooth_field,
+    smoothstep,
     stratified_choice,
     uuid_from,
     write_csv,
@@ -129,12 +130,6 @@ class CxrRecord:
         return int(self.label_class == LUNG_OPACITY)
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    """Cubic smoothstep of ``x`` clipped to [0, 1] (float32)."""
-    t = np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def render_cxr(
     rng: np.random.Generator,
     size: int,
@@ -179,7 +174,7 @@ def render_cxr(
     body_half = rng.uniform(0.40, 0.46)
     neck_half = rng.uniform(0.09, 0.12)
     half_w = neck_half + (body_half - neck_half) / (1.0 + np.exp(-(v - 0.13) / 0.025))
-    body = _smoothstep((half_w - np.abs(du)) / 0.015 + 0.5)
+    body = smoothstep((half_w - np.abs(du)) / 0.015 + 0.5)
 
     # Heart and mediastinum.
     heart_scale = 1.12 if view_position == "AP" else 1.0
@@ -193,9 +188,9 @@ def render_cxr(
     hax = rng.uniform(0.16, 0.19) * heart_scale
     hay = rng.uniform(0.12, 0.14) * min(heart_scale, 1.15)
     heart_r = np.sqrt(((u - hx) / hax) ** 2 + ((v - hy) / hay) ** 2)
-    heart = _smoothstep((1.0 - heart_r) / 0.2)
+    heart = smoothstep((1.0 - heart_r) / 0.2)
     medi_half = 0.05 + 0.05 * np.clip((v - 0.15) / 0.4, 0.0, 1.0)
-    mediastinum = _smoothstep((medi_half - np.abs(du + 0.008)) / 0.02) * _smoothstep((hy + 0.05 - v) / 0.05)
+    mediastinum = smoothstep((medi_half - np.abs(du + 0.008)) / 0.02) * smoothstep((hy + 0.05 - v) / 0.05)
     dense = np.maximum(heart, mediastinum)
 
     # Lung fields: side -1 is the patient's right lung (image left).
@@ -213,7 +208,7 @@ def render_cxr(
         t = np.clip((v - top) / (bottom - top), 0.0, 1.0)
         ax_eff = ax * (0.5 + 0.6 * np.sqrt(t))
         r = np.sqrt(((u - cx) / ax_eff) ** 2 + ((v - cy) / ay) ** 2) + 0.04 * shape_noise
-        lung = _smoothstep((1.0 - r) / 0.08) * (1.0 - dense)
+        lung = smoothstep((1.0 - r) / 0.08) * (1.0 - dense)
         lungs.append(lung)
         lung_core.append((r < 0.72) & (dense < 0.2))
         rows_in, cols_in = np.nonzero((r < 1.0) & (dense < 0.5))
@@ -226,12 +221,12 @@ def render_cxr(
         side = -1.0 if k == 0 else 1.0
         level = lung_bottoms[k] - rng.uniform(0.06, 0.1)
         meniscus = level - 0.25 * np.clip(side * du - 0.12, 0.0, None)
-        fluid = _smoothstep((v - meniscus) / 0.02) * (side * du > 0)
+        fluid = smoothstep((v - meniscus) / 0.02) * (side * du > 0)
         lung = lung * (1.0 - 0.85 * fluid)
 
-    abdomen = _smoothstep((v - 0.72) / 0.08)
+    abdomen = smoothstep((v - 0.72) / 0.08)
     below = abdomen * (1.0 - lung)
-    spine = _smoothstep((0.032 - np.abs(du)) / 0.01)
+    spine = smoothstep((0.032 - np.abs(du)) / 0.01)
 
     # Ribs: posterior arcs from the spine, running out and then down laterally.
     ribs = np.zeros((size, size), dtype=np.float32)
@@ -240,18 +235,18 @@ def render_cxr(
     thick = rng.uniform(0.010, 0.013)
     for side in (-1.0, 1.0):
         d = side * du
-        lateral = _smoothstep((d - 0.03) / 0.02) * _smoothstep((0.43 - d) / 0.03)
+        lateral = smoothstep((d - 0.03) / 0.02) * smoothstep((0.43 - d) / 0.03)
         for k in range(10):
             v0 = rib_top + k * rib_step
             posterior = v0 - 0.55 * d + 1.7 * d * d
             anterior = v0 + 0.1 + 0.45 * (0.42 - d) - 0.35 * (0.42 - d) ** 2
             ribs += np.exp(-(((v - posterior) / thick) ** 2)) * lateral
-            front = lateral * _smoothstep((d - 0.1) / 0.04)
+            front = lateral * smoothstep((d - 0.1) / 0.04)
             ribs += 0.45 * np.exp(-(((v - anterior) / (1.3 * thick)) ** 2)) * front
     ribs *= 1.0 - 0.7 * abdomen
     clav_y = rng.uniform(0.14, 0.17) - (0.02 if view_position == "AP" else 0.0)
     clavicles = np.exp(-(((v - (clav_y - 0.12 * (np.abs(du) - 0.05))) / 0.012) ** 2))
-    clavicles *= _smoothstep((np.abs(du) - 0.04) / 0.02) * _smoothstep((0.3 - np.abs(du)) / 0.03)
+    clavicles *= smoothstep((np.abs(du) - 0.04) / 0.02) * smoothstep((0.3 - np.abs(du)) / 0.03)
 
     markings = smooth_field(rng, (size, size), 1.6 * scale)
     hilum = np.exp(-((np.abs(du) - 0.09) ** 2 + (v - 0.45) ** 2) / (2 * 0.12**2))
@@ -259,7 +254,7 @@ def render_cxr(
         0.06
         + body * (0.46 - 0.30 * lung + 0.18 * dense * (1.0 - 0.6 * abdomen) + 0.08 * below + 0.07 * spine * (1 - lung))
         + body * (0.075 * np.minimum(ribs, 1.3) + 0.12 * clavicles)
-        + 0.04 * lung * _smoothstep((np.abs(du) - 0.2) / 0.2)
+        + 0.04 * lung * smoothstep((np.abs(du) - 0.2) / 0.2)
         + 0.045 * lung * np.clip(markings, 0.0, None) * (0.4 + hilum)
     )
 

@@ -48,6 +48,7 @@ from medimg.synth.common import (
     hex_id,
     item_rng,
     smooth_field,
+    smoothstep,
     stratified_choice,
     write_csv,
 )
@@ -315,12 +316,6 @@ SITES: tuple[SiteProfile, ...] = (
 SITE_NAMES: tuple[str, ...] = tuple(s.name for s in SITES)
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    """Cubic smoothstep of ``x`` clipped to [0, 1] (float32)."""
-    t = np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def render_breast(
     rng: np.random.Generator,
     shape: tuple[int, int],
@@ -399,7 +394,7 @@ def render_breast(
         rr = np.minimum(rr, s / np.maximum(axilla, 1e-3))
     rr = rr * (1.0 + 0.025 * outline)
     edge = 1.0 * px / depth  # ~1 mm transition in rr units
-    breast_soft = _smoothstep((1.0 - rr) / (edge * 1.5 + 1e-6))
+    breast_soft = smoothstep((1.0 - rr) / (edge * 1.5 + 1e-6))
     breast = rr < 1.0
 
     pectoral = np.zeros(work, dtype=bool)
@@ -434,7 +429,7 @@ def render_breast(
         display = np.maximum(display, _PECTORAL * pect_soft + 0.01 * fine * pect_soft)
     if implant:
         ir = np.sqrt(((s - 0.33 * depth) / (0.3 * depth)) ** 2 + (yy / (0.5 * half_h)) ** 2)
-        display = np.maximum(display, _IMPLANT * _smoothstep((1.0 - ir) / 0.05))
+        display = np.maximum(display, _IMPLANT * smoothstep((1.0 - ir) / 0.05))
     if factor > 1:
         zoom = (out_rows / rows, out_cols / cols)
         display = ndimage.zoom(display, zoom, order=1, mode="nearest", grid_mode=True)
