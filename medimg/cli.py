@@ -268,6 +268,151 @@ def demo(
         raise typer.Exit(1)
 
 
+uncertainty_app = typer.Typer(
+    help="QU-BraTS uncertainty scoring (exact to the official scorer) and team ranking.", no_args_is_help=True
+)
+app.add_typer(uncertainty_app, name="uncertainty")
+
+
+def _print_errors(rows: list[dict]) -> None:
+    for row in rows:
+        where = " ".join(part for part in (row.get("team", ""), row["case_id"], row["file"]) if part)
+        err_console.print(f"[red]error:[/red] {where}: {row['error']}")
+
+
+@uncertainty_app.command("score")
+def uncertainty_score(
+    submission: Annotated[
+        Path, typer.Argument(help="Submission folder: {ID}.nii.gz and {ID}_unc_{whole,core,enhance}.nii.gz.")
+    ],
+    truth: Annotated[
+        Path, typer.Option("--truth", help="Truth folder: {ID}_seg.nii.gz (flat or one folder per case).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="scores.csv to write (errors.csv is written beside it).")],
+    curves: Annotated[Optional[Path], typer.Option(help="Also write the per-threshold curves CSV.")] = None,  # noqa: UP045
+    report: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report.")] = None,  # noqa: UP045
+    num_thresholds: Annotated[
+        int, typer.Option(min=2, help="Threshold grid size: 41 = 100 -> 0 in steps of 2.5 (the challenge's).")
+    ] = 41,
+    no_brain_mask: Annotated[
+        bool,
+        typer.Option("--no-brain-mask", help="Count the whole volume as brain when a case has no brain mask or T1."),
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score one QU-BraTS submission: DSC/FTP/FTN AUCs and the score per case and region."""
+    from rich.table import Table
+
+    from uncertainty.scoring import score_submission, summarize, write_results
+
+    bar, update = _progress(quiet, "Scoring cases")
+    with bar:
+        result = score_submission(
+            submission,
+            truth,
+            num_thresholds=num_thresholds,
+            brain_mask="none" if no_brain_mask else "auto",
+            workers=workers,
+            progress=update,
+        )
+    write_results(result, out, curves_csv=curves)
+    if report is not None:
+        from uncertainty.report import score_report
+
+        score_report(result, source=f"submission {submission}, truth {truth}").write(report)
+    table = Table(title=f"QU-BraTS scores: {len(result.cases)} case(s) of {len(result.truth_case_ids)}")
+    for column in ("region", "cases", "mean score", "median score", "mean DSC AUC", "mean FTP AUC", "mean FTN AUC"):
+        table.add_column(column)
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for row in summarize(result.cases):
+        table.add_row(
+            row["region"],
+            str(row["cases"]),
+            fmt(row["mean_SCORE"]),
+            fmt(row["median_SCORE"]),
+            fmt(row["mean_DSC_AUC"]),
+            fmt(row["mean_FTP_RATIO_AUC"]),
+            fmt(row["mean_FTN_RATIO_AUC"]),
+        )
+    console.print(table)
+    console.print(
+        f"wrote {out}"
+        + (f", {curves}" if curves else "")
+        + (f", {report}" if report else "")
+        + f", {out.with_name('errors.csv')}"
+    )
+    _print_errors([e.to_row() for e in result.errors])
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@uncertainty_app.command("rank")
+def uncertainty_rank(
+    teams_dir: Annotated[Path, typer.Argument(help="One sub-folder per team, each a submission folder.")],
+    truth: Annotated[
+        Path, typer.Option("--truth", help="Truth folder: {ID}_seg.nii.gz (flat or one folder per case).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: ranking.csv, scores.csv, errors.csv, report.html.")
+    ],
+    num_thresholds: Annotated[int, typer.Option(min=2, help="Threshold grid size (41: the challenge's).")] = 41,
+    permutations: Annotated[
+        int, typer.Option(min=0, help="Permutations per adjacent-team test (0: no tests).")
+    ] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation tests.")] = 0,
+    no_brain_mask: Annotated[
+        bool, typer.Option("--no-brain-mask", help="Whole volume as brain when a case has no mask or T1.")
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Rank teams: per case and region, mean rank, normalised ranking score, permutation tests."""
+    from rich.table import Table
+
+    from uncertainty.leaderboard import build_leaderboard
+
+    bar, update = _progress(quiet, "Scoring teams")
+    try:
+        with bar:
+            board = build_leaderboard(
+                teams_dir,
+                truth,
+                out,
+                num_thresholds=num_thresholds,
+                brain_mask="none" if no_brain_mask else "auto",
+                permutations=permutations,
+                seed=seed,
+                workers=workers,
+                progress=update,
+            )
+    except (NotADirectoryError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    assert board.ranking is not None
+    table = Table(title="QU-BraTS ranking")
+    for column in ("#", "team", "mean rank", "NRS", "missing", "WT", "TC", "ET", "p vs next"):
+        table.add_column(column)
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for row in board.ranking.table:
+        table.add_row(
+            str(row["position"]),
+            row["team"],
+            f"{row['mean_rank']:.3f}",
+            f"{row['normalised_ranking_score']:.3f}",
+            str(row["pairs_missing"]),
+            fmt(row["mean_score_WT"]),
+            fmt(row["mean_score_TC"]),
+            fmt(row["mean_score_ET"]),
+            fmt(row["p_value_vs_next"]),
+        )
+    console.print(table)
+    console.print(f"wrote {out / 'ranking.csv'}, {out / 'scores.csv'}, {out / 'errors.csv'}, {out / 'report.html'}")
+    _print_errors([{"team": team, **e.to_row()} for team, e in board.errors])  # type: ignore[attr-defined]
+    if board.errors:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,4 +1,16 @@
-"""QU-BraTS uncertainty scoring and ranking, and uncertainty-map estimation for segmentation
-models. Generic over any model; never imports ``pipelines``. The scorer arrives with its own
-issue; this package holds no code yet.
+"""Uncertainty: QU-BraTS scoring (exact to the official scorer, vectorised) and team ranking.
+
+- :mod:`uncertainty.qubrats`: the score of one case from arrays (numpy only).
+- :mod:`uncertainty.submission`: finding and validating submission and truth files.
+- :mod:`uncertainty.scoring`: a whole submission folder, in parallel, and its CSV outputs.
+- :mod:`uncertainty.ranking` / :mod:`uncertainty.leaderboard`: ranking teams.
+- :mod:`uncertainty.report`: HTML reports.
+
+Generic over any model; never imports ``pipelines`` and never imports torch. Uncertainty-map
+estimation (MC dropout, TTA, ensembles) arrives with the brain-tumour pipeline issue.
 """
+
+from uncertainty.qubrats import REGIONS, CaseScore, RegionScore, score_case, thresholds
+from uncertainty.scoring import SubmissionScores, score_submission
+
+__all__ = ["REGIONS", "CaseScore", "RegionScore", "SubmissionScores", "score_case", "score_submission", "thresholds"]

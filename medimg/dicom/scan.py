@@ -6,25 +6,20 @@ quarantine with a reason. The scan never raises on bad files.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
 
 from medimg.dicom.codecs import decode_support
 from medimg.dicom.geometry import GeometryError, orientation_label, sort_slices
 from medimg.dicom.header import read_instance_header
 from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult, Series, Study
+from medimg.parallel import ProgressCallback, parallel_map
 
 __all__ = ["list_files", "scan_folder", "group_instances"]
 
 #: Below this many files the scan runs in-process: starting workers would cost more.
 PARALLEL_THRESHOLD = 400
-
-ProgressCallback = Callable[[int, int], None]
-
 
 def list_files(root: str | os.PathLike[str]) -> tuple[list[str], list[QuarantineEntry]]:
     """Walk ``root`` recursively, following directory links but never into a loop.
@@ -94,43 +89,27 @@ def _read_chunk(paths: list[str]) -> list[InstanceHeader | QuarantineEntry]:
     return [read_instance_header(p) for p in paths]
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork when this process has a single Python thread (cheapest, and works when __main__ is
-    not a file, e.g. stdin or a notebook); forkserver otherwise (forking a threaded process can
-    deadlock); spawn where neither exists."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["medimg.dicom.header"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def _read_headers(
     files: list[str], workers: int | None, progress: ProgressCallback | None
 ) -> list[InstanceHeader | QuarantineEntry]:
     workers = workers or os.cpu_count() or 1
     total = len(files)
     if workers <= 1 or total < PARALLEL_THRESHOLD:
-        out = []
-        for i, path in enumerate(files):
-            out.append(read_instance_header(path))
-            if progress and (i % 64 == 63 or i == total - 1):
-                progress(i + 1, total)
-        return out
-    # A few chunks per worker keeps the load balanced and the inter-process traffic small.
-    n_chunks = workers * 4
-    size = -(-total // n_chunks)
-    chunks = [files[i : i + size] for i in range(0, total, size)]
-    out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        for chunk_result in pool.map(_read_chunk, chunks):
-            out.extend(chunk_result)
-            if progress:
-                progress(len(out), total)
-    return out
+        chunks = [files[i : i + 64] for i in range(0, total, 64)]
+        workers = 1
+    else:
+        # A few chunks per worker keeps the load balanced and the inter-process traffic small.
+        size = -(-total // (workers * 4))
+        chunks = [files[i : i + size] for i in range(0, total, size)]
+
+    def chunk_progress(finished: int, _: int) -> None:
+        if progress:
+            progress(min(total, sum(len(c) for c in chunks[:finished])), total)
+
+    results = parallel_map(
+        _read_chunk, chunks, workers=workers, progress=chunk_progress, preload=["medimg.dicom.header"]
+    )
+    return [r for chunk in results for r in chunk]
 
 
 def scan_folder(

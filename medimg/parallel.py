@@ -1,0 +1,81 @@
+"""Run independent work items in worker processes on every core, with progress.
+
+One place for the process-pool policy that every batch job shares (folder scans, scoring
+cases): fork when the calling process has a single Python thread (cheapest, and it works
+when ``__main__`` is not a file, e.g. stdin or a notebook), forkserver otherwise (forking a
+threaded process can deadlock), spawn where neither exists.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
+from typing import TypeVar
+
+__all__ = ["ProgressCallback", "parallel_map", "pool_context"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+ProgressCallback = Callable[[int, int], None]
+
+
+def pool_context(preload: Sequence[str] = ()) -> BaseContext:
+    """The multiprocessing context to start workers with (see the module docstring).
+
+    Args:
+        preload: modules a forkserver imports once before forking workers.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def parallel_map(
+    func: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    min_items: int = 2,
+    preload: Sequence[str] = (),
+) -> list[R]:
+    """``[func(item) for item in items]`` on ``workers`` processes, results in input order.
+
+    Args:
+        func: a picklable (module-level) function; it should catch its own errors and return
+            them, so that one bad item never stops the others.
+        items: the work items.
+        workers: processes; default one per CPU core. 1 runs in this process.
+        progress: called as ``progress(done, total)`` after each item.
+        min_items: below this many items the work runs in this process.
+        preload: modules for a forkserver to import once.
+
+    Returns:
+        The results, in the order of ``items``.
+    """
+    workers = min(workers or os.cpu_count() or 1, len(items)) or 1
+    total = len(items)
+    if workers <= 1 or total < min_items:
+        out = []
+        for i, item in enumerate(items, start=1):
+            out.append(func(item))
+            if progress:
+                progress(i, total)
+        return out
+    out = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(preload)) as pool:
+        for result in pool.map(func, items):
+            out.append(result)
+            if progress:
+                progress(len(out), total)
+    return out

@@ -1,0 +1,129 @@
+"""HTML reports for QU-BraTS scoring and team ranking (curves, distributions, tables, errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from medimg.report import Report, new_figure
+from uncertainty.qubrats import REGIONS, CaseScore
+from uncertainty.ranking import Ranking
+from uncertainty.scoring import SubmissionScores, summarize
+
+__all__ = ["ranking_report", "score_report"]
+
+_CURVES = (("dsc", "DSC (higher is better)"), ("ftp", "filtered TP ratio (lower)"), ("ftn", "filtered TN ratio (lower)"))
+_METHOD = (
+    "Per region, voxels with uncertainty u > tau are filtered out at each threshold tau (100 down to 0). "
+    "DSC is computed on the kept voxels (whole volume; 1 when both sides are empty); the filtered true-positive "
+    "and true-negative ratios count, inside the brain mask, the fraction of TP / TN voxels filtered out. "
+    "Each curve's area (trapezoid rule over [0, 100], divided by 100) gives an AUC, and "
+    "score = (DSC_AUC + (1 - FTP_AUC) + (1 - FTN_AUC)) / 3; higher is better."
+)
+
+
+def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str):  # type: ignore[no-untyped-def]
+    """3 x 3 grid: rows = regions, columns = DSC/FTP/FTN against the threshold; one line per group."""
+    fig, axes = new_figure(width=11, height=8.5, ncols=3, nrows=3)
+    for row, region in enumerate(REGIONS):
+        for col, (attr, label) in enumerate(_CURVES):
+            ax = axes[row][col]
+            for name, cases in groups.items():
+                if not cases:
+                    continue
+                taus = cases[0][region].thresholds
+                curves = np.array([getattr(case[region], attr) for case in cases], dtype=float)
+                if len(groups) == 1:
+                    for curve in curves:
+                        ax.plot(taus, curve, color="0.8", linewidth=0.6)
+                ax.plot(taus, curves.mean(axis=0), linewidth=1.8, label=f"{name} (mean of {len(cases)})")
+            ax.set_xlim(100, 0)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{region}: {label}", fontsize=9)
+            if row == 2:
+                ax.set_xlabel("threshold tau (voxels with u > tau filtered)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _distribution_figure(groups: Mapping[str, Sequence[CaseScore]]):  # type: ignore[no-untyped-def]
+    fig, axes = new_figure(width=11, height=3.4, ncols=3)
+    names = list(groups)
+    for col, region in enumerate(REGIONS):
+        ax = axes[0][col]
+        data = [[case[region].score for case in groups[n]] or [np.nan] for n in names]
+        ax.boxplot(data, showfliers=False)
+        for i, values in enumerate(data, start=1):
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            ax.plot(np.add(i, jitter), values, "o", markersize=3, alpha=0.6)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if len(names) > 3 else 0, fontsize=8)
+        ax.set_title(f"{region} score per case", fontsize=9)
+        ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty scores", source: str = "") -> Report:
+    """Report of one submission: summary, curves, score distribution, per-case table, errors."""
+    report = Report(title, subtitle=source)
+    report.heading("Summary")
+    report.text(
+        f"{len(result.cases)} case(s) scored of {len(result.truth_case_ids)} in the truth set; "
+        f"{len(result.errors)} problem(s). Threshold grid: {result.num_thresholds} values from 100 to 0."
+    )
+    summary = summarize(result.cases)
+    report.table(summary, ["region", "cases", "mean_SCORE", "median_SCORE", "mean_DSC_AUC", "mean_FTP_RATIO_AUC",
+                           "mean_FTN_RATIO_AUC"])
+    report.text(_METHOD)
+    if result.cases:
+        report.heading("Curves")
+        report.figure(_curve_figure({"submission": result.cases}, "DSC / FTP / FTN against the threshold"),
+                      "Grey: each case; colour: the mean over cases.")
+        report.heading("Score distribution")
+        report.figure(_distribution_figure({"submission": result.cases}), "Score per case and region.")
+        report.heading("Per case")
+        rows = [
+            {"case_id": c.case_id, "region": r.region, "DSC_AUC": r.dsc_auc, "FTP_RATIO_AUC": r.ftp_auc,
+             "FTN_RATIO_AUC": r.ftn_auc, "SCORE": r.score, "brain mask": result.brain_mask_sources.get(c.case_id)}
+            for c in result.cases
+            for r in c.regions
+        ]
+        report.table(rows, ["case_id", "region", "DSC_AUC", "FTP_RATIO_AUC", "FTN_RATIO_AUC", "SCORE", "brain mask"])
+    _errors(report, [(None, e) for e in result.errors])
+    return report
+
+
+def _errors(report: Report, errors) -> None:  # type: ignore[no-untyped-def]
+    report.heading("Missing or failed")
+    if not errors:
+        report.text("Nothing: every case was scored.")
+        return
+    rows = [{"team": team or "", **e.to_row()} for team, e in errors]
+    columns = (["team"] if any(team for team, _ in errors) else []) + ["case_id", "file", "error"]
+    report.table(rows, columns)
+
+
+def ranking_report(ranking: Ranking, results: Mapping[str, SubmissionScores]) -> Report:
+    """Report of a ranking: table, per-team curves and score distributions, what was missing."""
+    report = Report("QU-BraTS team ranking", subtitle=f"{len(ranking.teams)} teams, {len(ranking.case_ids)} cases")
+    report.heading("Ranking")
+    report.text(
+        "Teams are ranked per case and region by score (ties share the mean rank; a missing or failed case "
+        "takes the worst rank); the mean rank over all case-region pairs orders the teams, and the normalised "
+        "ranking score is the mean rank divided by the number of teams (lower is better). p: paired sign-flip "
+        f"permutation test of each team against the next ({ranking.permutations} permutations, seed {ranking.seed})."
+    )
+    columns = ["position", "team", "mean_rank", "normalised_ranking_score", "pairs_scored", "pairs_missing",
+               "mean_score_WT", "mean_score_TC", "mean_score_ET", "p_value_vs_next", "significant_vs_next"]
+    report.table(list(ranking.table), columns)
+    report.text(_METHOD)
+    groups = {team: results[team].cases for team in ranking.teams}
+    report.heading("Curves per team")
+    report.figure(_curve_figure(groups, "Mean DSC / FTP / FTN against the threshold"), "Mean over each team's cases.")
+    report.heading("Score distributions")
+    report.figure(_distribution_figure(groups), "Score per case, region and team.")
+    _errors(report, [(team, e) for team in ranking.teams for e in results[team].errors])
+    return report
