@@ -89,7 +89,42 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]3. Convert brain MR DICOM to NIfTI and check against the BraTS NIfTI")
     ok &= _check_brain_conversion(scans["brain/dicom"], data, out, console)
+
+    console.rule("[bold]4. Score QU-BraTS uncertainty submissions and rank teams")
+    ok &= _qubrats(data / "brain" / "nifti", out / "qubrats", console)
     return ok
+
+
+def _qubrats(truth: Path, out: Path, console: Console) -> bool:
+    """Three synthetic teams (calibrated, overconfident, random maps) scored and ranked."""
+    from medimg.synth.submissions import TEAM_STYLES, generate_submission
+    from uncertainty.leaderboard import build_leaderboard
+
+    for style in TEAM_STYLES:
+        generate_submission(truth, out / "teams" / style, style=style, seed=0)
+    board = build_leaderboard(out / "teams", truth, out / "ranking", permutations=2000)
+    assert board.ranking is not None
+    table = Table(title="QU-BraTS ranking of three synthetic teams (same segmentation, different maps)")
+    for column in ("#", "team", "mean rank", "WT score", "TC score", "ET score", "failed"):
+        table.add_column(column)
+    for row in board.ranking.table:
+        table.add_row(
+            str(row["position"]),
+            row["team"],
+            f"{row['mean_rank']:.2f}",
+            *(f"{row[f'mean_score_{r}']:.4f}" for r in ("WT", "TC", "ET")),
+            str(row["pairs_missing"]),
+        )
+    console.print(table)
+    console.print(
+        "An all-zero map never filters anything, so its FTP/FTN AUCs are 0 and its score is (DSC_AUC + 2) / 3: "
+        "it usually beats an informative map. That is a property of the QU-BraTS metric (spec Q9), not of medimg."
+    )
+    console.print(
+        f"Per-case scores, curves and report: {out / 'ranking'} (ranking.csv, scores.csv, report.html). "
+        "Same as: medimg uncertainty rank TEAMS --truth TRUTH -o OUT"
+    )
+    return not board.errors
 
 
 def _check_brain_conversion(scan, data: Path, out: Path, console: Console) -> bool:  # type: ignore[no-untyped-def]

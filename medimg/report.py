@@ -40,7 +40,8 @@ figure { margin: 1em 0; } figcaption { font-size: 90%; color: #555; }
 {% elif block.kind == "table" %}
 {% if block.caption %}<p><b>{{ block.caption }}</b></p>{% endif %}
 <table><tr>{% for c in block.columns %}<th class="{{ block.align[loop.index0] }}">{{ c }}</th>{% endfor %}</tr>
-{% for row in block.rows %}<tr>{% for cell in row %}<td class="{{ block.align[loop.index0] }}">{{ cell }}</td>{% endfor %}</tr>
+{% for row in block.rows %}<tr>{% for cell in row %}
+<td class="{{ block.align[loop.index0] }}">{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% elif block.kind == "figure" %}
 <figure><img src="{{ block.uri }}" alt="{{ block.text }}" style="max-width:100%">
@@ -137,4 +138,3 @@ class Report:
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the report atomically; returns the path."""
         return write_text(path, self.to_html())
-

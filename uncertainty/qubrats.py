@@ -19,9 +19,12 @@ of RagMeh11/QU-BraTS):
   (DSC_AUC + (1 - FTP_AUC) + (1 - FTN_AUC)) / 3.
 
 Vectorised (instead of re-filtering the volume per threshold, spec Q13): for every voxel the
-index of the first threshold at which it is kept is found once (``searchsorted``; a lookup table
-for integer maps), and one ``bincount`` over (that index, truth, prediction, brain) gives a count
-table from which cumulative sums yield every threshold at once. Exact for integer and float maps.
+index of the first threshold at which it is kept is found once (``searchsorted``), and one
+``bincount`` over (that index, truth, prediction, brain) gives a count table from which
+cumulative sums yield every threshold at once. Only voxels in truth or prediction need that
+per-voxel work; the true negatives are every brain voxel minus those, and the brain voxels need
+only a histogram of keep indices (for integer maps: a value histogram folded onto thresholds).
+Exact for integer and float maps.
 This module needs only numpy.
 """
 
@@ -143,13 +146,6 @@ def _keep_index(uncertainty: np.ndarray, taus_ascending: np.ndarray) -> np.ndarr
     A voxel is kept at tau iff u <= tau, so the index is ``searchsorted(taus, u, 'left')``;
     ``len(taus)`` means never kept (u > 100), and NaN (never filtered) gets 0.
     """
-    n = len(taus_ascending)
-    if uncertainty.dtype.kind in "ui" and uncertainty.dtype.itemsize <= 2:
-        # Integer maps: a lookup table over every representable value, one gather per voxel.
-        info = np.iinfo(uncertainty.dtype)
-        values = np.arange(info.min, info.max + 1, dtype=np.float64)
-        table = np.searchsorted(taus_ascending, values, side="left").astype(np.uint8 if n < 255 else np.int32)
-        return table[uncertainty.astype(np.int64, copy=False) - info.min] if info.min else table[uncertainty]
     values = uncertainty.astype(np.float64, copy=False)
     index = np.searchsorted(taus_ascending, values, side="left")
     nan = np.isnan(values)
@@ -158,13 +154,32 @@ def _keep_index(uncertainty: np.ndarray, taus_ascending: np.ndarray) -> np.ndarr
     return index
 
 
+def _keep_histogram(uncertainty: np.ndarray, taus_ascending: np.ndarray) -> np.ndarray:
+    """Number of voxels per keep index (see :func:`_keep_index`), shape (len(taus) + 1,).
+
+    Integer maps of up to 16 bits are histogrammed by value first (one ``bincount``), and the
+    value histogram is folded onto keep indices: no per-voxel search at all.
+    """
+    n = len(taus_ascending) + 1
+    if uncertainty.dtype.kind in "ui" and uncertainty.dtype.itemsize <= 2:
+        info = np.iinfo(uncertainty.dtype)
+        values = uncertainty.astype(np.int64, copy=False) - info.min if info.min else uncertainty
+        by_value = np.bincount(values, minlength=info.max - info.min + 1)
+        value_index = np.searchsorted(taus_ascending, np.arange(info.min, info.max + 1, dtype=np.float64), "left")
+        return np.bincount(value_index, weights=by_value, minlength=n).astype(np.int64)
+    return np.bincount(_keep_index(uncertainty, taus_ascending), minlength=n)
+
+
 def score_region(
     region: str,
     truth: np.ndarray,
     prediction: np.ndarray,
     uncertainty: np.ndarray,
-    brain: np.ndarray,
+    brain: np.ndarray | None,
     taus: np.ndarray,
+    *,
+    brain_voxels: np.ndarray | None = None,
+    order: str = "C",
 ) -> RegionScore:
     """QU-BraTS curves, AUCs and score of one region.
 
@@ -173,21 +188,39 @@ def score_region(
         truth: boolean region mask of the reference, any shape S.
         prediction: boolean region mask of the prediction, shape S.
         uncertainty: the region's uncertainty map, shape S, any real dtype (0 = certain).
-        brain: boolean brain mask, shape S.
+        brain: boolean brain mask, shape S; None = every voxel is brain.
         taus: thresholds, descending (see :func:`thresholds`).
+        brain_voxels: ``flatnonzero(brain)`` (flattened in ``order``), when the caller scores
+            several regions.
+        order: the order in which all arrays are flattened: ``"F"`` for NIfTI data as nibabel
+            loads it (column-major, so flattening is free), ``"C"`` otherwise.
 
     Returns:
         The :class:`RegionScore`.
     """
     taus_ascending = taus[::-1]
     n = len(taus)
-    keep_index = _keep_index(uncertainty, taus_ascending)
-    # Category per voxel: bit 0 truth, bit 1 prediction, bit 2 brain.
-    category = truth.astype(np.uint8) | (prediction.astype(np.uint8) << 1) | (brain.astype(np.uint8) << 2)
-    flat = keep_index.ravel().astype(np.int64) * 8 + category.ravel()
-    table = np.bincount(flat, minlength=(n + 1) * 8).reshape(n + 1, 8)
-    # kept[k, c]: voxels of category c kept at ascending threshold k (cumulative over indices).
-    kept = np.cumsum(table[:n], axis=0)[::-1]  # back to descending-threshold order
+    u = uncertainty.ravel(order)
+    truth, prediction = truth.ravel(order), prediction.ravel(order)
+    # Voxels in truth or prediction, where every count but the true negatives lives.
+    tumour = np.flatnonzero(truth | prediction)
+    in_brain = brain.ravel(order)[tumour] if brain is not None else np.ones(tumour.size, dtype=bool)
+    category = (
+        truth[tumour].astype(np.int64) | (prediction[tumour].astype(np.int64) << 1) | (in_brain.astype(np.int64) << 2)
+    )
+    keep = _keep_index(u[tumour], taus_ascending)
+    table = np.bincount(keep * 8 + category, minlength=(n + 1) * 8).reshape(n + 1, 8)
+    # True negatives (neither truth nor prediction, in the brain): every brain voxel minus the
+    # tumour voxels in the brain, per keep index.
+    if brain is None:
+        brain_hist = _keep_histogram(u, taus_ascending)
+    else:
+        voxels = np.flatnonzero(brain.ravel(order)) if brain_voxels is None else brain_voxels
+        brain_hist = _keep_histogram(u[voxels], taus_ascending)
+    table[:, 4] = brain_hist - table[:, 5:8].sum(axis=1)  # category 4: brain, not truth, not prediction
+
+    # kept[k, c]: voxels of category c kept at ascending threshold k, back in descending order.
+    kept = np.cumsum(table[:n], axis=0)[::-1]
     total = table.sum(axis=0)
 
     def count(counts: np.ndarray, truth_bit: int | None, pred_bit: int | None, brain_bit: int | None) -> np.ndarray:
@@ -202,8 +235,7 @@ def score_region(
 
     intersection = count(kept, 1, 1, None).astype(np.float64)
     union = count(kept, 1, None, None) + count(kept, None, 1, None)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dsc = np.where(union == 0, 1.0, 2.0 * intersection / np.maximum(union, 1))
+    dsc = np.where(union == 0, 1.0, 2.0 * intersection / np.maximum(union, 1))
 
     def filtered_ratio(truth_bit: int, pred_bit: int) -> np.ndarray:
         # float32 like the official script: (all - kept) / (all + eps)
@@ -247,22 +279,29 @@ def score_case(
         ValueError: shapes differ or a region map is missing.
     """
     shape = np.shape(truth)
-    arrays = {"prediction": prediction, "brain mask": brain_mask, **{f"{r} uncertainty": uncertainty.get(r) for r in REGIONS}}
+    arrays = {"prediction": prediction, "brain mask": brain_mask}
+    arrays.update({f"{r} uncertainty": uncertainty.get(r) for r in REGIONS})
     for name, array in arrays.items():
         if array is None and name != "brain mask":
             raise ValueError(f"{case_id}: no {name} map")
         if array is not None and np.shape(array) != shape:
             raise ValueError(f"{case_id}: {name} has shape {np.shape(array)}, truth has {shape}")
-    brain = np.ones(shape, dtype=bool) if brain_mask is None else np.asarray(brain_mask) > 0
+    truth = np.asarray(truth)
+    # NIfTI volumes come column-major from nibabel: flatten everything in that order for free.
+    order = "F" if truth.flags.f_contiguous and not truth.flags.c_contiguous else "C"
+    brain = None if brain_mask is None else np.asarray(brain_mask) > 0
+    brain_voxels = None if brain is None else np.flatnonzero(brain.ravel(order))
     taus = thresholds(num_thresholds)
     results = tuple(
         score_region(
             region,
-            region_mask(np.asarray(truth), region),
+            region_mask(truth, region),
             region_mask(np.asarray(prediction), region),
             np.asarray(uncertainty[region]),
             brain,
             taus,
+            brain_voxels=brain_voxels,
+            order=order,
         )
         for region in REGIONS
     )

@@ -13,7 +13,11 @@ from uncertainty.scoring import SubmissionScores, summarize
 
 __all__ = ["ranking_report", "score_report"]
 
-_CURVES = (("dsc", "DSC (higher is better)"), ("ftp", "filtered TP ratio (lower)"), ("ftn", "filtered TN ratio (lower)"))
+_CURVES = (
+    ("dsc", "DSC (higher is better)"),
+    ("ftp", "filtered TP ratio (lower)"),
+    ("ftn", "filtered TN ratio (lower)"),
+)
 _METHOD = (
     "Per region, voxels with uncertainty u > tau are filtered out at each threshold tau (100 down to 0). "
     "DSC is computed on the kept voxels (whole volume; 1 when both sides are empty); the filtered true-positive "
@@ -75,19 +79,30 @@ def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty
         f"{len(result.errors)} problem(s). Threshold grid: {result.num_thresholds} values from 100 to 0."
     )
     summary = summarize(result.cases)
-    report.table(summary, ["region", "cases", "mean_SCORE", "median_SCORE", "mean_DSC_AUC", "mean_FTP_RATIO_AUC",
-                           "mean_FTN_RATIO_AUC"])
+    report.table(
+        summary,
+        ["region", "cases", "mean_SCORE", "median_SCORE", "mean_DSC_AUC", "mean_FTP_RATIO_AUC", "mean_FTN_RATIO_AUC"],
+    )
     report.text(_METHOD)
     if result.cases:
         report.heading("Curves")
-        report.figure(_curve_figure({"submission": result.cases}, "DSC / FTP / FTN against the threshold"),
-                      "Grey: each case; colour: the mean over cases.")
+        report.figure(
+            _curve_figure({"submission": result.cases}, "DSC / FTP / FTN against the threshold"),
+            "Grey: each case; colour: the mean over cases.",
+        )
         report.heading("Score distribution")
         report.figure(_distribution_figure({"submission": result.cases}), "Score per case and region.")
         report.heading("Per case")
         rows = [
-            {"case_id": c.case_id, "region": r.region, "DSC_AUC": r.dsc_auc, "FTP_RATIO_AUC": r.ftp_auc,
-             "FTN_RATIO_AUC": r.ftn_auc, "SCORE": r.score, "brain mask": result.brain_mask_sources.get(c.case_id)}
+            {
+                "case_id": c.case_id,
+                "region": r.region,
+                "DSC_AUC": r.dsc_auc,
+                "FTP_RATIO_AUC": r.ftp_auc,
+                "FTN_RATIO_AUC": r.ftn_auc,
+                "SCORE": r.score,
+                "brain mask": result.brain_mask_sources.get(c.case_id),
+            }
             for c in result.cases
             for r in c.regions
         ]
@@ -116,8 +131,19 @@ def ranking_report(ranking: Ranking, results: Mapping[str, SubmissionScores]) ->
         "ranking score is the mean rank divided by the number of teams (lower is better). p: paired sign-flip "
         f"permutation test of each team against the next ({ranking.permutations} permutations, seed {ranking.seed})."
     )
-    columns = ["position", "team", "mean_rank", "normalised_ranking_score", "pairs_scored", "pairs_missing",
-               "mean_score_WT", "mean_score_TC", "mean_score_ET", "p_value_vs_next", "significant_vs_next"]
+    columns = [
+        "position",
+        "team",
+        "mean_rank",
+        "normalised_ranking_score",
+        "pairs_scored",
+        "pairs_missing",
+        "mean_score_WT",
+        "mean_score_TC",
+        "mean_score_ET",
+        "p_value_vs_next",
+        "significant_vs_next",
+    ]
     report.table(list(ranking.table), columns)
     report.text(_METHOD)
     groups = {team: results[team].cases for team in ranking.teams}

@@ -188,8 +188,12 @@ def summarize(cases: Sequence[CaseScore]) -> list[dict[str, Any]]:
     for region in REGIONS:
         values = [case[region] for case in cases]
         row: dict[str, Any] = {"region": region, "cases": len(values)}
-        for name, attr in (("SCORE", "score"), ("DSC_AUC", "dsc_auc"), ("FTP_RATIO_AUC", "ftp_auc"),
-                           ("FTN_RATIO_AUC", "ftn_auc")):
+        for name, attr in (
+            ("SCORE", "score"),
+            ("DSC_AUC", "dsc_auc"),
+            ("FTP_RATIO_AUC", "ftp_auc"),
+            ("FTN_RATIO_AUC", "ftn_auc"),
+        ):
             data = np.array([getattr(v, attr) for v in values], dtype=float)
             row[f"mean_{name}"] = float(data.mean()) if data.size else None
             row[f"median_{name}"] = float(np.median(data)) if data.size else None

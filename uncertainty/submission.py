@@ -95,7 +95,9 @@ def _add(result: DiscoveryResult, case_id: str, role: str, path: Path) -> None:
     case = result.cases.setdefault(case_id, CaseFiles(case_id))
     if role in case.files:
         result.errors.append(
-            CaseError(case_id, path, f"duplicate case ID {case_id!r}: {role} given twice ({case.files[role]} and {path})")
+            CaseError(
+                case_id, path, f"duplicate case ID {case_id!r}: {role} given twice ({case.files[role]} and {path})"
+            )
         )
         return
     case.files[role] = path
@@ -188,8 +190,12 @@ def _check_geometry(case_id: str, path: Path, data: np.ndarray, affine: np.ndarr
 
 
 def _check_labels(case_id: str, path: Path, labels: np.ndarray) -> None:
-    values = np.unique(labels)
-    bad = [v for v in values.tolist() if v not in VALID_LABELS]
+    if labels.dtype == np.uint8:  # the usual case: a value histogram, no sort of the volume
+        present = np.flatnonzero(np.bincount(labels.ravel(order="K"), minlength=256))
+    else:
+        invalid = ~np.isin(labels, VALID_LABELS)
+        present = np.unique(labels[invalid]) if invalid.any() else np.array([], dtype=float)
+    bad = [v for v in present.tolist() if v not in VALID_LABELS]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:6])
         raise CaseError(case_id, path, f"labels other than 0/1/2/4: {shown} (BraTS 2020 convention expected)")
@@ -200,7 +206,8 @@ def _check_uncertainty(case_id: str, path: Path, values: np.ndarray) -> None:
         nan = int(np.isnan(values).sum())
         if nan:
             raise CaseError(case_id, path, f"{nan} NaN value(s) in the uncertainty map")
-    lo, hi = values.min(), values.max()
+    lo = values.min() if values.dtype.kind != "u" else 0
+    hi = values.max()
     if lo < 0 or hi > 100:
         raise CaseError(case_id, path, f"uncertainty values outside [0, 100]: min {lo:g}, max {hi:g}")
 

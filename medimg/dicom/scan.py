@@ -21,6 +21,7 @@ __all__ = ["list_files", "scan_folder", "group_instances"]
 #: Below this many files the scan runs in-process: starting workers would cost more.
 PARALLEL_THRESHOLD = 400
 
+
 def list_files(root: str | os.PathLike[str]) -> tuple[list[str], list[QuarantineEntry]]:
     """Walk ``root`` recursively, following directory links but never into a loop.
 
