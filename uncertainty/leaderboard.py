@@ -14,24 +14,10 @@ from pathlib import Path
 from medimg.parallel import ProgressCallback
 from medimg.writers import write_csv
 from uncertainty.qubrats import DEFAULT_NUM_THRESHOLDS
-from uncertainty.ranking import Ranking, rank_teams
+from uncertainty.ranking import RANKING_COLUMNS, Ranking, rank_teams
 from uncertainty.scoring import ERROR_COLUMNS, SCORE_COLUMNS, SubmissionScores, score_rows, score_submission
 
-__all__ = ["Leaderboard", "RANKING_COLUMNS", "build_leaderboard"]
-
-RANKING_COLUMNS = (
-    "position",
-    "team",
-    "mean_rank",
-    "normalised_ranking_score",
-    "pairs_scored",
-    "pairs_missing",
-    "mean_score_WT",
-    "mean_score_TC",
-    "mean_score_ET",
-    "p_value_vs_next",
-    "significant_vs_next",
-)
+__all__ = ["Leaderboard", "build_leaderboard"]
 
 
 @dataclass

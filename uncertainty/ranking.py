@@ -25,7 +25,22 @@ import numpy as np
 
 from uncertainty.qubrats import REGIONS
 
-__all__ = ["Ranking", "rank_per_pair", "paired_permutation_test", "rank_teams"]
+__all__ = ["RANKING_COLUMNS", "Ranking", "rank_per_pair", "paired_permutation_test", "rank_teams"]
+
+#: Columns of a ranking table row (see :func:`rank_teams`), in ``ranking.csv`` order.
+RANKING_COLUMNS = (
+    "position",
+    "team",
+    "mean_rank",
+    "normalised_ranking_score",
+    "pairs_scored",
+    "pairs_missing",
+    "mean_score_WT",
+    "mean_score_TC",
+    "mean_score_ET",
+    "p_value_vs_next",
+    "significant_vs_next",
+)
 
 
 def rank_per_pair(scores: np.ndarray) -> np.ndarray:
