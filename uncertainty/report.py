@@ -8,7 +8,7 @@ import numpy as np
 
 from medimg.report import Report, new_figure
 from uncertainty.qubrats import REGIONS, CaseScore
-from uncertainty.ranking import Ranking
+from uncertainty.ranking import RANKING_COLUMNS, Ranking
 from uncertainty.scoring import SubmissionScores, summarize
 
 __all__ = ["ranking_report", "score_report"]
@@ -131,20 +131,7 @@ def ranking_report(ranking: Ranking, results: Mapping[str, SubmissionScores]) ->
         "ranking score is the mean rank divided by the number of teams (lower is better). p: paired sign-flip "
         f"permutation test of each team against the next ({ranking.permutations} permutations, seed {ranking.seed})."
     )
-    columns = [
-        "position",
-        "team",
-        "mean_rank",
-        "normalised_ranking_score",
-        "pairs_scored",
-        "pairs_missing",
-        "mean_score_WT",
-        "mean_score_TC",
-        "mean_score_ET",
-        "p_value_vs_next",
-        "significant_vs_next",
-    ]
-    report.table(list(ranking.table), columns)
+    report.table(list(ranking.table), RANKING_COLUMNS)
     report.text(_METHOD)
     groups = {team: results[team].cases for team in ranking.teams}
     report.heading("Curves per team")
