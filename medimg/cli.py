@@ -268,6 +268,158 @@ def demo(
         raise typer.Exit(1)
 
 
+PIPELINE_HELP = "Pipeline: pneumonia (chest X-ray) or density (mammography)."
+
+
+def _pipeline(name: str):  # type: ignore[no-untyped-def]
+    from pipelines import get_pipeline
+
+    try:
+        return get_pipeline(name)
+    except KeyError as exc:
+        err_console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help=PIPELINE_HELP)],
+    dicom_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="DICOM folder (e.g. a PACS export).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint; default: the demo weights in sample_data/weights/ (synthetic phantoms only)."),
+    ] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo studies that are already done.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a pipeline on a DICOM folder: results.csv, per-study outputs, errors.csv, report.html."""
+    from medimg.models import CheckpointError
+    from pipelines.runner import default_weights, run_pipeline, summarize_errors
+
+    task = _pipeline(pipeline)
+    if weights is None:
+        weights = default_weights(task.name)
+        if weights is None:
+            err_console.print(f"[red]error:[/red] no --weights given and no demo weights for '{task.name}' found")
+            raise typer.Exit(2)
+        err_console.print(f"[yellow]note:[/yellow] using the demo weights {weights}: valid for synthetic phantoms only")
+    bar, update = _progress(quiet, f"Running {task.name}")
+    try:
+        with bar:
+            summary = run_pipeline(
+                task,
+                dicom_dir,
+                out,
+                weights=weights,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                device=device,
+                progress=update,
+            )
+    except CheckpointError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    c = summary.counts
+    console.print(
+        f"{c['images']} image(s) in results.csv ({c['images_processed']} processed now, "
+        f"{c['studies_resumed']} stud(ies) resumed); {c['errors']} error(s), {c['skipped']} skipped. "
+        f"Outputs in {out} (report.html)."
+    )
+    for what, count in summarize_errors(summary.errors).items():
+        style = "red" if what.startswith("error") else "dim"
+        console.print(f"  [{style}]{what}: {count}[/{style}]")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    pipeline: Annotated[str, typer.Argument(help=PIPELINE_HELP)],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="RSNA layout (pneumonia) or VinDr-like site folder(s) (density)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder: best.pt, last.pt, metrics.csv, learning_curve.png.")
+    ],
+    architecture: Annotated[
+        str, typer.Option(help="densenet121 (paper-faithful), compact (CPU), resnet18.")
+    ] = "densenet121",
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialisation and augmentation.")] = 0,
+    image_size: Annotated[
+        str | None, typer.Option(help="Network input WxH, e.g. 128x128 (default per architecture).")
+    ] = None,  # noqa: UP045
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode DICOM every epoch instead of caching.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a pipeline's classifier (patient-level split, best checkpoint, resume; DDP under torchrun)."""
+    from pipelines import DatasetError
+    from pipelines.training import train_pipeline
+
+    task = _pipeline(pipeline)
+    size = tuple(int(v) for v in image_size.lower().split("x")) if image_size else None
+    try:
+        result = train_pipeline(
+            task,
+            data,
+            out,
+            architecture=architecture,
+            image_size=size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            cache=not no_cache,
+            quiet=quiet,
+        )
+    except DatasetError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; checkpoint {result.best_checkpoint}"
+    )
+
+
+@app.command()
+def evaluate(
+    pipeline: Annotated[str, typer.Argument(help=PIPELINE_HELP)],
+    data: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Dataset in the pipeline's public layout.")
+    ],
+    weights: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Checkpoint to evaluate.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: metrics.json, predictions.csv, report.html.")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+) -> None:
+    """Evaluate a checkpoint on a labelled dataset, with bootstrap 95% intervals."""
+    from medimg.models import CheckpointError
+    from pipelines import DatasetError
+    from pipelines.training import evaluate_pipeline
+
+    task = _pipeline(pipeline)
+    try:
+        metrics = evaluate_pipeline(task, data, weights, out, seed=seed, n_boot=n_boot)
+    except (DatasetError, CheckpointError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    ci = metrics.get("ci95", {})
+    for key, value in shown.items():
+        interval = f" (95% CI {ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else ""
+        console.print(f"{key}: {value:.4f}{interval}")
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'}, {out / 'report.html'}")
+
+
 uncertainty_app = typer.Typer(
     help="QU-BraTS uncertainty scoring (exact to the official scorer) and team ranking.", no_args_is_help=True
 )

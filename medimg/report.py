@@ -18,7 +18,7 @@ from typing import Any
 from medimg import __version__
 from medimg.writers import write_text
 
-__all__ = ["Report", "figure_to_data_uri", "new_figure"]
+__all__ = ["Report", "array_to_data_uri", "figure_to_data_uri", "new_figure"]
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -43,6 +43,10 @@ figure { margin: 1em 0; } figcaption { font-size: 90%; color: #555; }
 {% for row in block.rows %}<tr>{% for cell in row %}
 <td class="{{ block.align[loop.index0] }}">{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
+{% elif block.kind == "gallery" %}
+<div style="display:flex;flex-wrap:wrap;gap:8px">{% for uri, text in block.rows %}
+<figure style="margin:0;width:{{ block.text }}px"><img src="{{ uri }}" alt="{{ text }}" style="width:100%">
+<figcaption>{{ text }}</figcaption></figure>{% endfor %}</div>
 {% elif block.kind == "figure" %}
 <figure><img src="{{ block.uri }}" alt="{{ block.text }}" style="max-width:100%">
 <figcaption>{{ block.text }}</figcaption></figure>
@@ -71,6 +75,22 @@ def figure_to_data_uri(fig: Any, dpi: int = 96) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def array_to_data_uri(array: Any, width: int = 160) -> str:
+    """A grey or RGB array -> PNG ``data:`` URI, downscaled to ``width`` pixels wide."""
+    import numpy as np
+    from PIL import Image
+
+    data = np.asarray(array)
+    if data.dtype != np.uint8:
+        data = (np.clip(np.nan_to_num(data.astype(float)), 0, 1) * 255).astype(np.uint8)
+    picture = Image.fromarray(data)
+    if picture.width > width:
+        picture = picture.resize((width, max(1, round(picture.height * width / picture.width))), Image.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -125,6 +145,12 @@ class Report:
     def figure(self, fig: Any, caption: str) -> None:
         """Embed a matplotlib figure (closed afterwards)."""
         self.blocks.append(_Block("figure", text=caption, uri=figure_to_data_uri(fig)))
+
+    def gallery(self, pictures: Sequence[tuple[Any, str]], *, width: int = 160) -> None:
+        """Thumbnails: (image, caption) pairs; an image is a (rows, cols[, 3]) array in [0, 255]
+        or [0, 1], shown ``width`` pixels wide."""
+        rows = [(array_to_data_uri(a, width), c) for a, c in pictures]
+        self.blocks.append(_Block("gallery", text=str(width), rows=rows))
 
     def to_html(self) -> str:
         from jinja2 import Environment, select_autoescape

@@ -33,6 +33,15 @@ class QuarantineEntry:
     path: str
     reason: str
 
+    #: Reason categories that mean a file is broken (as opposed to simply not an image, such as
+    #: a CSV beside the DICOM files, an SR, or a DICOMDIR): batch jobs exit non-zero for these.
+    ERROR_CATEGORIES = ("truncated", "corrupt", "unreadable", "incomplete header", "unsupported transfer syntax")
+
+    @property
+    def is_error(self) -> bool:
+        """True when the file looks like a broken image, not like something else."""
+        return self.reason.startswith(self.ERROR_CATEGORIES)
+
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
 

@@ -1,0 +1,165 @@
+"""The declarative description of a task pipeline, shared by ``run``, ``train`` and ``evaluate``.
+
+A pipeline says, for one task: which images it takes from a DICOM study (selection rules), how
+they are preprocessed (MONAI transforms, recorded in every checkpoint), which network and loss
+train it, which metrics judge it, how raw outputs become results, and which files it writes.
+The runner (:mod:`pipelines.runner`) and the training and evaluation commands drive any
+pipeline through this interface; the task modules only fill it in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["DatasetError", "ImageResult", "Pipeline", "patient_split"]
+
+
+class DatasetError(ValueError):
+    """A training/evaluation data folder that does not have the expected public layout."""
+
+
+@dataclass
+class ImageResult:
+    """One processed image: identifiers, probabilities and pipeline-specific extras.
+
+    Attributes:
+        row: the ``results.csv`` row (identifiers, probabilities, prediction, extras).
+        heatmap: optional (rows, columns) float32 map in [0, 1] on the source pixel grid.
+        image: the preprocessed display image (rows, columns) in [0, 1], for overlays.
+    """
+
+    row: dict[str, Any]
+    heatmap: np.ndarray | None = None
+    image: np.ndarray | None = None
+
+
+def patient_split(patient_ids: Sequence[str], *, seed: int, val_fraction: float = 0.2) -> np.ndarray:
+    """Seeded patient-level split: True for validation items; all images of a patient together.
+
+    A patient goes to validation when a hash of (seed, patient ID) falls below
+    ``val_fraction``, so the split does not depend on item order or on other patients.
+
+    Returns:
+        bool array, one entry per item.
+    """
+
+    def u(pid: str) -> float:
+        digest = hashlib.sha256(f"{seed}\x1f{pid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return np.array([u(str(pid)) < val_fraction for pid in patient_ids], dtype=bool)
+
+
+class Pipeline:
+    """Base class: a task's declaration. Subclasses set the class variables and hooks.
+
+    Class variables:
+        name: CLI name (``pneumonia``, ``density``).
+        description: one line for ``--help`` and reports.
+        labels: class names, index = class id.
+        rules: bundled selection rule set (see :mod:`medimg.dicom.selection`).
+        monitor: validation metric that picks the best checkpoint (higher is better).
+        default_image_size: network input (X = columns, Y = rows) per architecture.
+        result_columns: pipeline-specific ``results.csv`` columns.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    labels: ClassVar[tuple[str, ...]]
+    rules: ClassVar[str]
+    monitor: ClassVar[str]
+    default_image_size: ClassVar[Mapping[str, tuple[int, int]]] = {"densenet121": (224, 224), "compact": (128, 128)}
+    result_columns: ClassVar[tuple[str, ...]] = ()
+
+    # --- preprocessing -------------------------------------------------------------------
+
+    def preprocessing(self, architecture: str, image_size: Sequence[int] | None = None) -> dict[str, Any]:
+        """JSON-able preprocessing settings, stored in checkpoints and reused at inference."""
+        size = list(image_size or self.default_image_size.get(architecture, (224, 224)))
+        return {
+            "image_size": size,
+            "intensity": {"lower_percentile": 0.5, "upper_percentile": 99.5, "range": [0.0, 1.0]},
+            "voi": None,
+        }
+
+    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool) -> Any:
+        """MONAI dictionary transforms on key ``image`` (a DICOM path) -> (1, X, Y) float32."""
+        from monai.transforms import (
+            Compose,
+            EnsureTyped,
+            RandAdjustContrastd,
+            RandAffined,
+            RandGaussianNoised,
+            Resized,
+            ScaleIntensityRangePercentilesd,
+        )
+
+        from medimg.dicom.transforms import LoadDicomd
+
+        intensity = preprocessing["intensity"]
+        steps: list[Any] = [
+            LoadDicomd("image", voi=preprocessing.get("voi")),
+            ScaleIntensityRangePercentilesd(
+                "image",
+                lower=intensity["lower_percentile"],
+                upper=intensity["upper_percentile"],
+                b_min=intensity["range"][0],
+                b_max=intensity["range"][1],
+                clip=True,
+            ),
+            Resized("image", spatial_size=tuple(preprocessing["image_size"]), mode="area"),
+        ]
+        if train:
+            steps += self.augmentations() or [
+                RandAffined("image", prob=0.5, rotate_range=0.1, scale_range=0.1, padding_mode="zeros"),
+                RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
+                RandGaussianNoised("image", prob=0.3, std=0.02),
+            ]
+        steps.append(EnsureTyped("image", dtype=np.float32, track_meta=not train))
+        return Compose(steps)
+
+    def augmentations(self) -> list[Any] | None:
+        """Task-specific training augmentations (None: the default set)."""
+        return None
+
+    # --- data ----------------------------------------------------------------------------
+
+    def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
+        """Items ``{"image": path, "label": int, "patient_id": str, ...}`` of a public layout.
+
+        Raises:
+            DatasetError: the folder does not have the layout or its label table is invalid.
+        """
+        raise NotImplementedError
+
+    # --- metrics and results -------------------------------------------------------------
+
+    def metrics(self, y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+        """Fast validation metrics (no intervals), used while training."""
+        raise NotImplementedError
+
+    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+        """Full evaluation with 95% bootstrap intervals (``metrics.json``)."""
+        raise NotImplementedError
+
+    def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
+        """Add the evaluation tables and plots to a :class:`medimg.report.Report`."""
+        raise NotImplementedError
+
+    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
+        """Per image: :class:`ImageResult` from the batch's probabilities (and the model)."""
+        raise NotImplementedError
+
+    def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
+        """Per-image files (e.g. overlay PNGs) in the study's output folder; returns names."""
+        return []
+
+    def finalize(self, out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping) -> list[Path]:
+        """Run-level outputs from all result rows (e.g. ``submission.csv``, ``exams.csv``)."""
+        return []

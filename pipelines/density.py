@@ -1,0 +1,164 @@
+"""Mammography breast density: BI-RADS A-D per image, per breast and per exam.
+
+- Input: the four screening views of each study (``mammography`` selection rules: ImageLaterality
+  x ViewPosition CC/MLO; "for processing" images skipped). MONOCHROME1 images are inverted by the
+  loader, so every vendor's image reaches the network with dense tissue bright.
+- Training data: a VinDr-Mammo-like layout, one folder per site or a folder of sites, each with
+  ``breast-level_annotations.csv`` (``study_id,series_id,image_id,laterality,view_position,...,
+  breast_density``) and ``images/<study_id>/<image_id>.dicom``.
+- Exam rule (``exams.csv``): per breast (laterality), the class probabilities of its views are
+  averaged and the breast's density is their argmax; the exam's density is the denser breast's
+  (BI-RADS assigns an exam the category of the denser breast), with that breast's probabilities.
+  Images without laterality count towards the exam only.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg.writers import write_csv
+from pipelines.base import DatasetError, ImageResult, Pipeline
+
+__all__ = ["DensityPipeline", "aggregate_exam"]
+
+LABELS = ("A", "B", "C", "D")
+_REQUIRED = {"study_id", "image_id", "laterality", "view_position", "breast_density"}
+
+
+def aggregate_exam(views: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Exam-level density from per-view rows with ``ImageLaterality`` and ``prob_A``..``prob_D``.
+
+    Returns:
+        ``{"L_density", "R_density", "exam_density", "prob_A".."prob_D", "n_images"}`` (see the
+        module docstring for the rule).
+    """
+    by_side: dict[str, list[np.ndarray]] = defaultdict(list)
+    for view in views:
+        probs = np.array([float(view[f"prob_{c}"]) for c in LABELS])
+        by_side[str(view.get("ImageLaterality") or "")].append(probs)
+    out: dict[str, Any] = {"n_images": len(views)}
+    side_probs = {}
+    for side in ("L", "R"):
+        if by_side.get(side):
+            mean = np.mean(by_side[side], axis=0)
+            side_probs[side] = mean
+            out[f"{side}_density"] = LABELS[int(mean.argmax())]
+        else:
+            out[f"{side}_density"] = ""
+    if side_probs:
+        densest = max(side_probs, key=lambda s: (int(side_probs[s].argmax()), float(side_probs[s].max())))
+        probs = side_probs[densest]
+    else:
+        probs = np.mean([p for v in by_side.values() for p in v], axis=0)
+    out["exam_density"] = LABELS[int(probs.argmax())]
+    out.update({f"prob_{c}": float(p) for c, p in zip(LABELS, probs, strict=True)})
+    return out
+
+
+class DensityPipeline(Pipeline):
+    name = "density"
+    description = "Mammography breast density (BI-RADS A-D) per image, breast and exam"
+    labels = LABELS
+    rules = "mammography"
+    monitor = "kappa_linear"
+    default_image_size = {"densenet121": (224, 288), "compact": (128, 160)}
+    result_columns = ("predicted", "ImageLaterality", "ViewPosition", "prob_A", "prob_B", "prob_C", "prob_D")
+
+    def augmentations(self) -> list[Any]:
+        from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised
+
+        # Density does not depend on the side: flipping left-right is a safe augmentation.
+        return [
+            RandFlipd("image", prob=0.5, spatial_axis=0),
+            RandAffined("image", prob=0.5, rotate_range=0.08, scale_range=0.1, padding_mode="zeros"),
+            RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.4)),
+            RandGaussianNoised("image", prob=0.3, std=0.03),
+        ]
+
+    def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
+        data_dir = Path(data_dir)
+        tables = [data_dir / "breast-level_annotations.csv"]
+        if not tables[0].is_file():
+            tables = sorted(data_dir.glob("*/breast-level_annotations.csv"))
+        if not tables:
+            raise DatasetError(f"{data_dir}: no breast-level_annotations.csv (VinDr-Mammo-like layout expected)")
+        items, absent = [], []
+        for table in tables:
+            site = table.parent.name
+            with open(table, newline="") as fh:
+                reader = csv.DictReader(fh)
+                missing = _REQUIRED - set(reader.fieldnames or [])
+                if missing:
+                    raise DatasetError(f"{table}: missing column(s) {sorted(missing)}")
+                for line, row in enumerate(reader, start=2):
+                    density = row["breast_density"].strip().upper().replace("DENSITY", "").strip()
+                    if density not in LABELS:
+                        raise DatasetError(f"{table}, line {line}: breast_density {row['breast_density']!r} is not A-D")
+                    path = table.parent / "images" / row["study_id"] / f"{row['image_id']}.dicom"
+                    if not path.is_file():
+                        absent.append(str(path))
+                        continue
+                    items.append(
+                        {
+                            "image": str(path),
+                            "label": LABELS.index(density),
+                            "patient_id": f"{site}/{row['study_id']}",
+                            "site": site,
+                            "laterality": row["laterality"],
+                            "view": row["view_position"],
+                            "split": row.get("split", ""),
+                        }
+                    )
+        if absent:
+            raise DatasetError(f"{len(absent)} annotated image(s) have no DICOM file, e.g. {absent[0]}")
+        if not items:
+            raise DatasetError(f"{data_dir}: the annotation tables list no images")
+        return items
+
+    def metrics(self, y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+        from medimg.evaluation import multiclass_metrics
+
+        m = multiclass_metrics(np.asarray(y_true), np.asarray(prob), labels=self.labels)
+        return {"kappa_linear": float(m["kappa_linear"]), "accuracy": float(m["accuracy"])}
+
+    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+        from medimg.evaluation import evaluate_multiclass
+
+        return evaluate_multiclass(np.asarray(y_true), np.asarray(prob), labels=self.labels, seed=seed)
+
+    def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
+        from medimg.evaluation import add_multiclass_section
+
+        add_multiclass_section(report, np.asarray(y_true), np.asarray(prob), metrics, self.labels)
+
+    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
+        results = []
+        for i, item in enumerate(items):
+            row = {
+                "predicted": self.labels[int(prob[i].argmax())],
+                "ImageLaterality": item.get("ImageLaterality") or item.get("Laterality") or "",
+                "ViewPosition": item.get("ViewPosition", ""),
+                **{f"prob_{c}": float(p) for c, p in zip(self.labels, prob[i], strict=True)},
+            }
+            results.append(ImageResult(row=row))
+        return results
+
+    def finalize(self, out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping) -> list[Path]:
+        by_study: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_study[row["StudyInstanceUID"]].append(row)
+        exams = []
+        for study_uid, views in sorted(by_study.items()):
+            exams.append({"PatientID": views[0]["PatientID"], "StudyInstanceUID": study_uid, **aggregate_exam(views)})
+        columns = ("PatientID", "StudyInstanceUID", "n_images", "L_density", "R_density", "exam_density") + tuple(
+            f"prob_{c}" for c in LABELS
+        )
+        path = out / "exams.csv"
+        write_csv(path, exams, columns)
+        return [path]

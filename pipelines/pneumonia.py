@@ -1,0 +1,165 @@
+"""Chest X-ray pneumonia: probability, Grad-CAM heat map and boxes per frontal radiograph.
+
+- Input: the frontal (PA/AP) CR/DX image of each study (``chest_xray`` selection rules).
+- Training data: the RSNA Pneumonia Detection layout, ``stage_2_train_images/<patientId>.dcm``
+  and ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``; one row per box).
+- Outputs: ``results.csv`` (probability per image), one overlay PNG per image (heat map and
+  boxes), and ``submission.csv`` in the RSNA format: ``patientId,PredictionString`` with
+  ``confidence x y width height`` groups in source pixels (top-left corner), for images whose
+  probability reaches the operating threshold (stored in the checkpoint, else 0.5).
+- Boxes: connected regions of the heat map above half its maximum, on the source pixel grid;
+  a box's confidence is the image probability times the region's peak heat.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg.writers import write_csv
+from pipelines.base import DatasetError, ImageResult, Pipeline
+
+__all__ = ["PneumoniaPipeline", "boxes_from_heatmap"]
+
+
+def boxes_from_heatmap(
+    heatmap: np.ndarray, *, level: float = 0.5, min_area_fraction: float = 0.002
+) -> list[tuple[int, int, int, int, float]]:
+    """Boxes around the connected regions of ``heatmap >= level * max``.
+
+    Args:
+        heatmap: (rows, columns) map in [0, 1].
+        level: fraction of the maximum that delimits a region.
+        min_area_fraction: regions smaller than this fraction of the image are dropped.
+
+    Returns:
+        ``(x, y, width, height, peak)`` per region, x = column and y = row of the top-left
+        corner (RSNA convention), sorted by peak, highest first.
+    """
+    from skimage.measure import label, regionprops
+
+    if heatmap.size == 0 or float(heatmap.max()) <= 0:
+        return []
+    mask = heatmap >= level * float(heatmap.max())
+    out = []
+    for region in regionprops(label(mask), intensity_image=heatmap):
+        if region.area < min_area_fraction * heatmap.size:
+            continue
+        r0, c0, r1, c1 = region.bbox
+        out.append((int(c0), int(r0), int(c1 - c0), int(r1 - r0), float(region.intensity_max)))
+    return sorted(out, key=lambda b: -b[4])
+
+
+class PneumoniaPipeline(Pipeline):
+    name = "pneumonia"
+    description = "Chest X-ray pneumonia: probability, Grad-CAM heat map and boxes (RSNA format)"
+    labels = ("no_pneumonia", "pneumonia")
+    rules = "chest_xray"
+    monitor = "roc_auc"
+    result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "overlay")
+
+    def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
+        data_dir = Path(data_dir)
+        table = data_dir / "stage_2_train_labels.csv"
+        images = data_dir / "stage_2_train_images"
+        if not table.is_file():
+            raise DatasetError(f"{data_dir}: no stage_2_train_labels.csv (RSNA Pneumonia layout expected)")
+        if not images.is_dir():
+            images = data_dir
+        patients: dict[str, dict[str, Any]] = {}
+        with open(table, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"patientId", "x", "y", "width", "height", "Target"} - set(reader.fieldnames or [])
+            if missing:
+                raise DatasetError(f"{table}: missing column(s) {sorted(missing)}")
+            for line, row in enumerate(reader, start=2):
+                pid = row["patientId"].strip()
+                try:
+                    target = int(float(row["Target"]))
+                    box = [float(row[k]) for k in ("x", "y", "width", "height")] if target else None
+                except ValueError as exc:
+                    raise DatasetError(f"{table}, line {line}: {exc}") from exc
+                item = patients.setdefault(pid, {"patient_id": pid, "label": 0, "boxes": []})
+                item["label"] = max(item["label"], target)
+                if box is not None:
+                    item["boxes"].append(box)
+        if not patients:
+            raise DatasetError(f"{table}: no rows")
+        items, absent = [], []
+        for pid, item in sorted(patients.items()):
+            path = images / f"{pid}.dcm"
+            if path.is_file():
+                items.append({"image": str(path), **item})
+            else:
+                absent.append(pid)
+        if absent:
+            raise DatasetError(f"{images}: {len(absent)} labelled patient(s) have no DICOM file, e.g. {absent[0]}.dcm")
+        return items
+
+    def metrics(self, y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+        from medimg.evaluation import binary_metrics
+
+        m = binary_metrics(np.asarray(y_true), np.asarray(prob)[:, 1])
+        return {k: float(m[k]) for k in ("roc_auc", "pr_auc", "sensitivity", "specificity")}
+
+    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+        from medimg.evaluation import evaluate_binary
+
+        return evaluate_binary(np.asarray(y_true), np.asarray(prob)[:, 1], threshold=threshold, seed=seed)
+
+    def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
+        from medimg.evaluation import add_binary_section
+
+        add_binary_section(report, np.asarray(y_true), np.asarray(prob)[:, 1], metrics)
+
+    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
+        import torch
+        import torch.nn.functional as F
+
+        from saliency.cam import gradcam_forward
+
+        threshold = float(meta.get("training", {}).get("operating_threshold", 0.5))
+        with torch.no_grad():
+            _, maps = gradcam_forward(model, images, meta["feature_layer"], class_index=1)
+        results = []
+        for i, item in enumerate(items):
+            rows, cols = int(item["Rows"]), int(item["Columns"])
+            # network grid (X, Y) -> source grid (columns, rows) -> image orientation (rows, columns)
+            heat = F.interpolate(maps[i : i + 1], size=(cols, rows), mode="bilinear", align_corners=False)
+            heat = heat[0, 0].T.numpy()
+            image = F.interpolate(images[i : i + 1], size=(cols, rows), mode="bilinear", align_corners=False)
+            image = image[0, 0].T.numpy()
+            p = float(prob[i, 1])
+            boxes = boxes_from_heatmap(heat) if p >= threshold else []
+            row = {
+                "probability": p,
+                "predicted": self.labels[int(p >= threshold)],
+                "n_boxes": len(boxes),
+                "boxes": [[round(p * peak, 4), x, y, w, h] for x, y, w, h, peak in boxes],
+                "ViewPosition": item.get("ViewPosition", ""),
+            }
+            results.append(ImageResult(row=row, heatmap=heat, image=image))
+        return results
+
+    def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
+        from pipelines.overlay import write_overlay
+
+        name = f"{result.row['SOPInstanceUID']}_overlay.png"
+        boxes = [(x, y, w, h) for _, x, y, w, h in result.row["boxes"]]
+        label = f"p(pneumonia) = {result.row['probability']:.3f}"
+        write_overlay(study_dir / name, result.image, result.heatmap, boxes, label)
+        result.row["overlay"] = name
+        return [name]
+
+    def finalize(self, out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping) -> list[Path]:
+        submission = []
+        for row in rows:
+            groups = " ".join(f"{conf:.4f} {x} {y} {w} {h}" for conf, x, y, w, h in row.get("boxes") or [])
+            submission.append({"patientId": row["PatientID"], "PredictionString": groups})
+        path = out / "submission.csv"
+        write_csv(path, submission, ("patientId", "PredictionString"))
+        return [path]

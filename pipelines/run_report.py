@@ -1,0 +1,75 @@
+"""``report.html`` of a pipeline run: counts, timings, results table, thumbnails, what was skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from medimg.report import Report
+from pipelines.base import Pipeline
+
+__all__ = ["run_report"]
+
+MAX_THUMBNAILS = 48
+
+
+def _thumbnail(summary: Any, row: Mapping[str, Any]) -> np.ndarray | None:
+    """The overlay PNG when the pipeline wrote one, else the decoded source image."""
+    from PIL import Image
+
+    from pipelines.runner import _slug
+
+    overlay = row.get("overlay")
+    if overlay:
+        path = summary.out / "studies" / _slug(row["StudyInstanceUID"]) / overlay
+        if path.is_file():
+            return np.asarray(Image.open(path).convert("RGB"))
+    try:
+        from medimg.dicom import load_instance
+
+        image = load_instance(row["source_file"], voi=True)[0].numpy()
+    except Exception:  # noqa: BLE001 - a thumbnail is never worth failing the report
+        return None
+    return image.T if image.ndim == 2 else None
+
+
+def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Report:
+    """Self-contained summary of one run."""
+    from pipelines.runner import summarize_errors
+
+    report = Report(f"medimg run {pipeline.name}", subtitle=pipeline.description)
+    report.heading("Run")
+    report.table(
+        [{"item": k, "value": v} for k, v in summary.counts.items()]
+        + [{"item": f"time {k} (s)", "value": round(v, 3)} for k, v in summary.timings.items()],
+        ["item", "value"],
+    )
+    training = meta.get("training", {})
+    report.text(
+        f"Weights: {meta['architecture']} trained for '{pipeline.name}'"
+        + (f" ({training.get('note')})" if training.get("note") else "")
+        + f"; preprocessing {meta['preprocessing']}."
+    )
+    report.heading("Results")
+    columns = ["PatientID", "selection", *pipeline.result_columns]
+    report.table(summary.rows[:200], [c for c in columns if c != "overlay"])
+    if len(summary.rows) > 200:
+        report.text(f"First 200 of {len(summary.rows)} rows; all are in results.csv.")
+    pictures = []
+    for row in summary.rows[:MAX_THUMBNAILS]:
+        thumb = _thumbnail(summary, row)
+        if thumb is not None:
+            label = row.get("predicted", "")
+            pictures.append((thumb, f"{row['PatientID'][:16]} {row['selection']}: {label}"))
+    if pictures:
+        report.heading("Images")
+        report.gallery(pictures)
+    report.heading("Skipped and failed")
+    if summary.errors:
+        report.table([{"what": k, "count": v} for k, v in summarize_errors(summary.errors).items()], ["what", "count"])
+        report.table(summary.errors[:200], ["kind", "path", "reason"])
+    else:
+        report.text("Nothing was skipped.")
+    return report

@@ -1,0 +1,197 @@
+"""Train and evaluate a pipeline's classifier on a public dataset layout.
+
+``train_pipeline``: read the layout (RSNA / VinDr-like), split by patient (seeded), build the
+MONAI transforms (decoded images cached on disk with ``PersistentDataset``, so later epochs do
+not decode DICOM again), and run :func:`medimg.training.train_classifier` with class weights.
+The best checkpoint carries the pipeline's metadata (architecture, preprocessing, labels, data
+summary) and, for binary tasks, the operating threshold chosen on the validation split
+(Youden's J).
+
+``evaluate_pipeline``: predict every image of a dataset with a checkpoint and write
+``metrics.json`` (point estimates with bootstrap 95% intervals), ``predictions.csv`` and
+``report.html`` (ROC/PR/calibration or confusion matrix).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg.writers import write_csv, write_json
+from pipelines.base import Pipeline, patient_split
+
+__all__ = ["evaluate_pipeline", "predict_items", "train_pipeline"]
+
+
+def _dataset(items: list[dict], transform: Any, cache_dir: Path | None) -> Any:
+    from monai.data import Dataset, PersistentDataset
+
+    if cache_dir is None:
+        return Dataset(items, transform)
+    # Caches every deterministic transform before the first random one (load, scale, resize).
+    return PersistentDataset(items, transform, cache_dir=cache_dir)
+
+
+def _training_items(items: list[dict]) -> list[dict]:
+    """Only what the transforms need: path and label (JSON-able, hashable for the cache)."""
+    return [{"image": item["image"], "label": int(item["label"])} for item in items]
+
+
+def train_pipeline(
+    pipeline: Pipeline,
+    data_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    *,
+    architecture: str = "densenet121",
+    image_size: tuple[int, int] | None = None,
+    epochs: int = 20,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    cache: bool = True,
+    resume: bool = True,
+    num_workers: int = 0,
+    quiet: bool = False,
+) -> Any:
+    """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
+
+    Returns:
+        The :class:`medimg.training.TrainResult`.
+
+    Raises:
+        pipelines.base.DatasetError: the data folder does not have the pipeline's layout, or a
+            split would be empty.
+    """
+    from medimg.models import build_network, load_checkpoint, save_checkpoint
+    from medimg.training import TrainConfig, train_classifier
+    from pipelines.base import DatasetError
+
+    run_dir = Path(run_dir)
+    items = pipeline.load_dataset(data_dir)
+    is_val = patient_split([item["patient_id"] for item in items], seed=seed, val_fraction=val_fraction)
+    train_items = [item for item, v in zip(items, is_val, strict=True) if not v]
+    val_items = [item for item, v in zip(items, is_val, strict=True) if v]
+    if not train_items or not val_items:
+        raise DatasetError(f"{data_dir}: {len(items)} image(s) are too few for a training and a validation split")
+    counts = Counter(int(item["label"]) for item in train_items)
+    n_classes = len(pipeline.labels)
+    # Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
+    raw = np.array([1.0 / counts[c] if counts[c] else 0.0 for c in range(n_classes)])
+    class_weights = (raw * n_classes / raw.sum()).tolist()
+
+    preprocessing = pipeline.preprocessing(architecture, image_size)
+    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": n_classes}
+    meta = {
+        "pipeline": pipeline.name,
+        "architecture": architecture,
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": preprocessing,
+        "training": {
+            "data": str(data_dir),
+            "n_train": len(train_items),
+            "n_val": len(val_items),
+            "train_class_counts": {pipeline.labels[c]: counts[c] for c in range(n_classes)},
+            "class_weights": class_weights,
+            "split": {"seed": seed, "val_fraction": val_fraction, "unit": "patient"},
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+        },
+    }
+    cache_dir = run_dir / "cache" if cache else None
+    train_ds = _dataset(_training_items(train_items), pipeline.transforms(preprocessing, train=True), cache_dir)
+    val_ds = _dataset(_training_items(val_items), pipeline.transforms(preprocessing, train=False), cache_dir)
+    model = build_network(architecture, **network)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        num_workers=num_workers,
+        class_weights=class_weights,
+        monitor=pipeline.monitor,
+    )
+    result = train_classifier(
+        model, train_ds, val_ds, config=config, out_dir=run_dir, metric_fn=pipeline.metrics,
+        checkpoint_meta=meta, resume=resume, quiet=quiet,
+    )
+    if len(pipeline.labels) == 2 and result.best_checkpoint is not None and Path(result.best_checkpoint).is_file():
+        # Operating point for run/evaluate: Youden's J on the validation split, stored in the checkpoint.
+        from medimg.evaluation import youden_threshold
+
+        best, best_meta = load_checkpoint(result.best_checkpoint, pipeline=pipeline.name)
+        y, prob = predict_items(best, val_items, pipeline, best_meta["preprocessing"], batch_size=batch_size)
+        best_meta["training"]["operating_threshold"] = float(youden_threshold(y, prob[:, 1]))
+        save_checkpoint(result.best_checkpoint, best, best_meta)
+    return result
+
+
+def predict_items(
+    model: Any, items: list[dict], pipeline: Pipeline, preprocessing: dict, *, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and softmax probabilities (N, K) of ``model`` on dataset items."""
+    import torch
+    from monai.data import DataLoader, Dataset
+
+    loader = DataLoader(
+        Dataset(_training_items(items), pipeline.transforms(preprocessing, train=False)), batch_size=batch_size
+    )
+    labels, probs = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            probs.append(torch.softmax(model(batch["image"].as_tensor()), dim=1).numpy())
+            labels.append(np.asarray(batch["label"]))
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate_pipeline(
+    pipeline: Pipeline,
+    data_dir: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on every image of ``data_dir``; write metrics, predictions, report.
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    from medimg.models import file_sha256, load_checkpoint
+    from medimg.report import Report
+
+    out = Path(out)
+    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    items = pipeline.load_dataset(data_dir)
+    y, prob = predict_items(model, items, pipeline, meta["preprocessing"], batch_size=batch_size)
+    threshold = meta.get("training", {}).get("operating_threshold")
+    metrics = pipeline.evaluate(y, prob, seed=seed, threshold=threshold)
+    metrics = {
+        **metrics,
+        "pipeline": pipeline.name,
+        "data": str(data_dir),
+        "n_images": len(items),
+        "weights": {"path": str(weights), "sha256": file_sha256(weights), "architecture": meta["architecture"]},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    rows = [
+        {"image": item["image"], "patient_id": item["patient_id"], "label": pipeline.labels[int(label)],
+         **{f"prob_{name}": float(p) for name, p in zip(pipeline.labels, probs, strict=True)}}
+        for item, label, probs in zip(items, y, prob, strict=True)
+    ]
+    write_csv(out / "predictions.csv", rows, ["image", "patient_id", "label", *(f"prob_{n}" for n in pipeline.labels)])
+    report = Report(f"medimg evaluate {pipeline.name}", subtitle=f"{len(items)} images from {data_dir}")
+    report.text(f"Weights {weights} ({meta['architecture']}), sha256 {metrics['weights']['sha256'][:16]}...")
+    pipeline.add_evaluation_report(report, y, prob, metrics)
+    report.write(out / "report.html")
+    return metrics
