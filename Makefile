@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test test-all bench lint clean
+.PHONY: venv demo test bench lint clean demo-weights quality
 
 venv: $(STAMP)
 
@@ -25,6 +25,25 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_scan.py
 	$(PY) tests/benchmarks/bench_qubrats.py
+
+# Demo weights: compact models trained on generated data (seed 100). Valid for the synthetic
+# phantoms only; `make quality` measures them on fresh data (seed 200) they never saw.
+DEMO_NOTE := demo weights trained on medimg synthetic phantoms (seed 100) - not valid for real images
+MEDIMG := $(VENV)/bin/medimg
+demo-weights: $(STAMP)
+	$(MEDIMG) sample-data build/demo-train --seed 100 --only cxr --only mammo --count cxr=400,mammo=50
+	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia --architecture compact \
+		--epochs 20 --note "$(DEMO_NOTE)" -q
+	$(MEDIMG) train density build/demo-train/mammo -o build/demo-runs/density --architecture compact \
+		--epochs 30 --note "$(DEMO_NOTE)" -q
+	mkdir -p sample_data/weights
+	cp build/demo-runs/pneumonia/best.pt sample_data/weights/pneumonia.pt
+	cp build/demo-runs/density/best.pt sample_data/weights/density.pt
+
+quality: $(STAMP)
+	$(MEDIMG) sample-data build/quality --seed 200 --only cxr --only mammo --count cxr=200,mammo=25
+	$(MEDIMG) evaluate pneumonia build/quality/cxr --weights sample_data/weights/pneumonia.pt -o build/quality/pneumonia
+	$(MEDIMG) evaluate density build/quality/mammo --weights sample_data/weights/density.pt -o build/quality/density
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -358,6 +358,7 @@ def train(
         str | None, typer.Option(help="Network input WxH, e.g. 128x128 (default per architecture).")
     ] = None,  # noqa: UP045
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode DICOM every epoch instead of caching.")] = False,
+    note: Annotated[str, typer.Option(help="A note stored in the checkpoint (e.g. what the weights are valid for).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a pipeline's classifier (patient-level split, best checkpoint, resume; DDP under torchrun)."""
@@ -378,14 +379,21 @@ def train(
             lr=lr,
             seed=seed,
             cache=not no_cache,
+            note=note,
             quiet=quiet,
         )
     except DatasetError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    console.print(
-        f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; checkpoint {result.best_checkpoint}"
-    )
+    if result.best_value is None:
+        console.print(
+            f"[yellow]no finite validation {task.monitor} in {result.last_epoch} epoch(s) (too few validation images "
+            f"of each class?); the last weights are in {result.last_checkpoint}[/yellow]"
+        )
+    else:
+        console.print(
+            f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; checkpoint {result.best_checkpoint}"
+        )
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """``medimg demo``: every job the toolkit has so far, on the sample data, with real checks.
 
-Today: generate the sample data when missing, scan each dataset folder (index + quarantine),
-apply the bundled selection rules (brain MR sequences, frontal chest radiograph, the four
-mammography views), and convert the brain MR DICOM studies to NIfTI, checking voxel values and
-geometry against the BraTS NIfTI files the same cases were generated from.
+Generate the sample data when missing; scan each dataset folder (index + quarantine); apply the
+bundled selection rules (brain MR sequences, frontal chest radiograph, the four mammography
+views); convert the brain MR DICOM studies to NIfTI, checking voxel values and geometry against
+the BraTS NIfTI files the same cases were generated from; score and rank synthetic QU-BraTS
+teams; run the pneumonia and density pipelines with the demo weights.
 """
 
 from __future__ import annotations
@@ -92,6 +93,39 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]4. Score QU-BraTS uncertainty submissions and rank teams")
     ok &= _qubrats(data / "brain" / "nifti", out / "qubrats", console)
+
+    console.rule("[bold]5. Run the pneumonia and density pipelines on DICOM folders (demo weights)")
+    ok &= _pipelines(data, out, console)
+    return ok
+
+
+def _pipelines(data: Path, out: Path, console: Console) -> bool:
+    """Both 2-D pipelines with the demo weights shipped in sample_data/weights/."""
+    from pipelines import get_pipeline
+    from pipelines.runner import default_weights, run_pipeline, summarize_errors
+
+    ok = True
+    for name, folder in (("pneumonia", data / "cxr"), ("density", data / "mammo")):
+        pipeline = get_pipeline(name)
+        weights = default_weights(name)
+        if weights is None:
+            console.print(f"[red]no demo weights for {name}[/red] (make demo-weights writes sample_data/weights/)")
+            ok = False
+            continue
+        summary = run_pipeline(pipeline, folder, out / name, weights=weights, overwrite=True)
+        table = Table(title=f"medimg run {name} {folder}  (weights: synthetic phantoms only)")
+        columns = ["PatientID", "selection", *[c for c in pipeline.result_columns if c not in ("overlay",)]]
+        for column in columns:
+            table.add_column(column)
+        for row in summary.rows[:8]:
+            cells = (f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, ""))[:18] for c in columns)
+            table.add_row(*cells)
+        console.print(table)
+        skipped = ", ".join(f"{k} ({v})" for k, v in summarize_errors(summary.errors).items()) or "nothing"
+        console.print(f"  {summary.counts['images']} image(s); skipped/failed: {skipped}")
+        extra = "submission.csv" if name == "pneumonia" else "exams.csv"
+        console.print(f"  outputs: {out / name} (results.csv, {extra}, errors.csv, run.json, report.html)")
+        ok &= not summary.failed
     return ok
 
 

@@ -56,6 +56,7 @@ def train_pipeline(
     cache: bool = True,
     resume: bool = True,
     num_workers: int = 0,
+    note: str = "",
     quiet: bool = False,
 ) -> Any:
     """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
@@ -102,6 +103,7 @@ def train_pipeline(
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": lr,
+            "note": note,
         },
     }
     cache_dir = run_dir / "cache" if cache else None

@@ -5,7 +5,8 @@ the Grad-CAM channel weights are ``d logit_c / d A_k`` averaged over space, whic
 ``W[c, k] / (h * w)``. Grad-CAM = ReLU(sum_k alpha_k A_k) therefore equals the class activation
 map ReLU(W[c] . A) up to a positive factor, and after normalisation to [0, 1] the two maps are
 identical. Computing it from the forward pass alone gives the prediction and the map together,
-without a backward pass (a test checks the equality against MONAI's ``GradCAM``).
+without a backward pass (a test checks the equality against MONAI's ``GradCAM``). Maps are scaled
+so that 1 marks the most important pixels (MONAI's default post-processing maps the maximum to 0).
 """
 
 from __future__ import annotations
