@@ -30,6 +30,7 @@ writes files. ``out_dir`` must be visible to every rank for resuming.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -358,6 +359,11 @@ def _columns(history: list[dict[str, float]]) -> list[str]:
     return ["epoch", "train_loss", "val_loss", *metric_keys, "lr", "seconds"]
 
 
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    """The configuration as plain JSON types (so a tuple of class weights equals the same list)."""
+    return json.loads(json.dumps(asdict(config)))
+
+
 def _check_config(config: TrainConfig, loss: str, n_classes: int) -> None:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
@@ -421,6 +427,9 @@ def train_classifier(
             ``config.class_weights``.
         resume: continue from ``out_dir/last.pt`` when it exists (a completed run returns at once).
         quiet: no progress bar and no per-epoch lines (on stderr).
+
+    The global Python, NumPy and torch RNGs are re-seeded from ``(config.seed, epoch, rank)`` at
+    the start of every epoch. Datasets must be map-style (``len`` and indexing).
 
     Returns:
         A :class:`TrainResult`.
@@ -494,12 +503,12 @@ def _train(
     best_epoch: int | None = None
     if resume and paths["last"].is_file():
         state = read_checkpoint(paths["last"], map_location="cpu")
-        saved = state.get("config", {})
+        saved, wanted = state.get("config", {}), _config_dict(config)
         for key in _RESUME_KEYS:
-            if saved.get(key) != getattr(config, key):
+            if saved.get(key) != wanted[key]:
                 raise ValueError(
                     f"{paths['last']} was written with {key}={saved.get(key)!r}, but this run asks for "
-                    f"{getattr(config, key)!r}; pass resume=False or use another out_dir"
+                    f"{wanted[key]!r}; pass resume=False or use another out_dir"
                 )
         if state.get("loss") != loss:
             raise ValueError(f"{paths['last']} was trained with loss {state.get('loss')!r}, not {loss!r}")
@@ -545,7 +554,7 @@ def _train(
     def training_meta(epoch: int, row: Mapping[str, float]) -> dict[str, Any]:
         training = {
             **meta["training"],
-            "config": asdict(config),
+            "config": _config_dict(config),
             "loss": loss,
             "world_size": n_ranks,
             "train_items": len(train_data),  # type: ignore[arg-type]
@@ -637,7 +646,7 @@ def _train(
                         "best_value": best_value,
                         "best_epoch": best_epoch,
                         "history": history,
-                        "config": asdict(config),
+                        "config": _config_dict(config),
                         "loss": loss,
                         "rng": _rng_state(),
                     },
@@ -649,7 +658,8 @@ def _train(
                 mark = "  [green]best[/]" if improved else ""
                 progress.console.print(
                     f"epoch {epoch}/{config.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                    f"{shown}  lr {lr:.3g}  {row['seconds']:.1f}s{mark}"
+                    f"{shown}  lr {lr:.3g}  {row['seconds']:.1f}s{mark}",
+                    soft_wrap=True,
                 )
     finally:
         if progress is not None:

@@ -225,7 +225,11 @@ def test_roc_curve_points_match_direct_counts() -> None:
     assert thresholds.size == 201
     fpr_d, tpr_d, thresholds_d = roc_curve(y, score)
     assert set(thresholds_d) < set(thresholds) and thresholds_d.size < 150
-    np.testing.assert_allclose(np.interp(fpr, fpr_d, tpr_d), tpr)  # vertical runs: same values at the ends
+    # Every dropped point lies on a kept segment: interpolate both rates in the number of cases called positive.
+    n_pos, n_neg = np.sum(y == 1), np.sum(y == 0)
+    called, called_d = fpr * n_neg + tpr * n_pos, fpr_d * n_neg + tpr_d * n_pos
+    np.testing.assert_allclose(np.interp(called, called_d, fpr_d), fpr, atol=1e-12)
+    np.testing.assert_allclose(np.interp(called, called_d, tpr_d), tpr, atol=1e-12)
     area = np.sum(np.diff(fpr_d) * (tpr_d[1:] + tpr_d[:-1]) / 2)
     assert area == pytest.approx(binary_metrics(y, score)["roc_auc"], abs=1e-12)
 
