@@ -358,7 +358,7 @@ def train(
         str | None, typer.Option(help="Network input WxH, e.g. 128x128 (default per architecture).")
     ] = None,  # noqa: UP045
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode DICOM every epoch instead of caching.")] = False,
-    note: Annotated[str, typer.Option(help="A note stored in the checkpoint (e.g. what the weights are valid for).")] = "",
+    note: Annotated[str, typer.Option(help="A note stored in the checkpoint (what the weights are valid for).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a pipeline's classifier (patient-level split, best checkpoint, resume; DDP under torchrun)."""
@@ -392,7 +392,8 @@ def train(
         )
     else:
         console.print(
-            f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; checkpoint {result.best_checkpoint}"
+            f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; "
+            f"checkpoint {result.best_checkpoint}"
         )
 
 

@@ -120,8 +120,15 @@ def train_pipeline(
         monitor=pipeline.monitor,
     )
     result = train_classifier(
-        model, train_ds, val_ds, config=config, out_dir=run_dir, metric_fn=pipeline.metrics,
-        checkpoint_meta=meta, resume=resume, quiet=quiet,
+        model,
+        train_ds,
+        val_ds,
+        config=config,
+        out_dir=run_dir,
+        metric_fn=pipeline.metrics,
+        checkpoint_meta=meta,
+        resume=resume,
+        quiet=quiet,
     )
     if len(pipeline.labels) == 2 and result.best_checkpoint is not None and Path(result.best_checkpoint).is_file():
         # Operating point for run/evaluate: Youden's J on the validation split, stored in the checkpoint.
@@ -187,8 +194,12 @@ def evaluate_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     rows = [
-        {"image": item["image"], "patient_id": item["patient_id"], "label": pipeline.labels[int(label)],
-         **{f"prob_{name}": float(p) for name, p in zip(pipeline.labels, probs, strict=True)}}
+        {
+            "image": item["image"],
+            "patient_id": item["patient_id"],
+            "label": pipeline.labels[int(label)],
+            **{f"prob_{name}": float(p) for name, p in zip(pipeline.labels, probs, strict=True)},
+        }
         for item, label, probs in zip(items, y, prob, strict=True)
     ]
     write_csv(out / "predictions.csv", rows, ["image", "patient_id", "label", *(f"prob_{n}" for n in pipeline.labels)])

@@ -33,8 +33,14 @@ def _weights(pipeline, folder: Path) -> Path:
     if found is not None:
         return found
     network = {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)}
-    meta = {"pipeline": pipeline.name, "architecture": "compact", "network": network,
-            "labels": list(pipeline.labels), "preprocessing": pipeline.preprocessing("compact"), "training": {}}
+    meta = {
+        "pipeline": pipeline.name,
+        "architecture": "compact",
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing("compact"),
+        "training": {},
+    }
     return save_checkpoint(folder / "untrained.pt", build_network("compact", **network), meta)
 
 
@@ -87,24 +93,32 @@ def main() -> None:
         pipe_rate = n / min(runs)
         print(f"{pipeline.name}: {n} images, batch {args.batch_size}, architecture {meta['architecture']}")
         print(f"bare model forward on preloaded tensors: {bare_rate:.1f} images/s")
-        print(f"medimg run end to end: {pipe_rate:.1f} images/s (breakdown s: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()) + ")")
+        print(
+            f"medimg run end to end: {pipe_rate:.1f} images/s (breakdown s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items())
+            + ")"
+        )
         print(f"ratio pipeline / bare = {pipe_rate / bare_rate:.2f}  (target >= 0.5)")
 
         # (c) training epochs with and without the decode cache
         epoch_times = {}
         for cache in (True, False):
             run_dir = root / f"train_{'cache' if cache else 'nocache'}"
-            train_pipeline(pipeline, data, run_dir, architecture="compact", epochs=args.epochs, seed=0,
-                           cache=cache, quiet=True)
+            train_pipeline(
+                pipeline, data, run_dir, architecture="compact", epochs=args.epochs, seed=0, cache=cache, quiet=True
+            )
             rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
             epoch_times[cache] = [float(r["seconds"]) for r in rows]
-        print(f"training epoch times (s), decode cache on: {epoch_times[True]} "
-              f"(first epoch decodes and fills the cache); off: {epoch_times[False]}")
+        print(
+            f"training epoch times (s), decode cache on: {epoch_times[True]} "
+            f"(first epoch decodes and fills the cache); off: {epoch_times[False]}"
+        )
         later_on = min(epoch_times[True][1:] or epoch_times[True])
         later_off = min(epoch_times[False][1:] or epoch_times[False])
-        print(f"later epochs: {later_on:.2f} s cached vs {later_off:.2f} s decoding every epoch "
-              f"({later_off / later_on:.1f}x)")
+        print(
+            f"later epochs: {later_on:.2f} s cached vs {later_off:.2f} s decoding every epoch "
+            f"({later_off / later_on:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def test_pneumonia_run_with_bad_inputs_and_resume(data: Path, weights: dict, tmp
     (folder / "broken.dcm").write_bytes(raw[: len(raw) // 2])  # truncated: an error
     before = _tree_hash(folder)
     out = tmp_path / "out"
-    first = runner.invoke(app, ["run", "pneumonia", str(folder), "-o", str(out), "--weights", str(weights["pneumonia"]), "-q"])
+    args = ["run", "pneumonia", str(folder), "-o", str(out), "--weights", str(weights["pneumonia"]), "-q"]
+    first = runner.invoke(app, args)
     assert first.exit_code == 1, first.output  # the truncated file is an error
     assert _tree_hash(folder) == before  # inputs never modified
     results = _rows(out / "results.csv")
@@ -96,14 +97,12 @@ def test_pneumonia_run_with_bad_inputs_and_resume(data: Path, weights: dict, tmp
     assert "report.html" in {p.name for p in out.iterdir()}
     assert (out / "report.html").read_text().count("data:image/png") >= len(good)
 
-    again = runner.invoke(app, ["run", "pneumonia", str(folder), "-o", str(out), "--weights", str(weights["pneumonia"]), "-q"])
+    again = runner.invoke(app, args)
     assert again.exit_code == 1
     run2 = json.loads((out / "run.json").read_text())
     assert run2["counts"]["studies_resumed"] == len(good) and run2["counts"]["images_processed"] == 0
     assert _rows(out / "results.csv") == results
-    redo = runner.invoke(
-        app, ["run", "pneumonia", str(folder), "-o", str(out), "--weights", str(weights["pneumonia"]), "--overwrite", "-q"]
-    )
+    redo = runner.invoke(app, [*args, "--overwrite"])
     assert json.loads((out / "run.json").read_text())["counts"]["images_processed"] == len(good), redo.output
 
 
@@ -136,8 +135,12 @@ def test_exam_aggregation_takes_the_denser_breast() -> None:
         return {"ImageLaterality": side, **{f"prob_{c}": p for c, p in zip("ABCD", probs, strict=True)}}
 
     exam = aggregate_exam(
-        [view("L", [0.1, 0.7, 0.1, 0.1]), view("L", [0.1, 0.5, 0.3, 0.1]), view("R", [0.0, 0.2, 0.7, 0.1]),
-         view("R", [0.1, 0.3, 0.5, 0.1])]
+        [
+            view("L", [0.1, 0.7, 0.1, 0.1]),
+            view("L", [0.1, 0.5, 0.3, 0.1]),
+            view("R", [0.0, 0.2, 0.7, 0.1]),
+            view("R", [0.1, 0.3, 0.5, 0.1]),
+        ]
     )
     assert exam["L_density"] == "B" and exam["R_density"] == "C" and exam["exam_density"] == "C"
     assert exam["prob_C"] == pytest.approx(0.6)
@@ -170,8 +173,23 @@ def test_dataset_layout_errors(data: Path, tmp_path: Path) -> None:
 def test_train_then_evaluate(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = runner.invoke(
-        app, ["train", "pneumonia", str(data / "cxr"), "-o", str(run), "--architecture", "compact", "--epochs", "1",
-              "--image-size", "64x64", "--batch-size", "4", "-q"]
+        app,
+        [
+            "train",
+            "pneumonia",
+            str(data / "cxr"),
+            "-o",
+            str(run),
+            "--architecture",
+            "compact",
+            "--epochs",
+            "1",
+            "--image-size",
+            "64x64",
+            "--batch-size",
+            "4",
+            "-q",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (run / "best.pt").is_file() or (run / "last.pt").is_file()
