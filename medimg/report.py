@@ -90,7 +90,7 @@ def array_to_data_uri(array: Any, width: int = 160) -> str:
     if picture.width > width:
         picture = picture.resize((width, max(1, round(picture.height * width / picture.width))), Image.BILINEAR)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

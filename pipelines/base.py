@@ -152,8 +152,16 @@ class Pipeline:
         """Add the evaluation tables and plots to a :class:`medimg.report.Report`."""
         raise NotImplementedError
 
-    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
-        """Per image: :class:`ImageResult` from the batch's probabilities (and the model)."""
+    def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
+        """One forward pass: ``(logits (B, K), extras)``; extras go to :meth:`postprocess`.
+
+        The default returns no extras; a pipeline that needs more from the same pass (e.g. a
+        heat map from the last feature map) overrides this rather than running the model twice.
+        """
+        return model(images), None
+
+    def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
+        """Per image: :class:`ImageResult` from the batch's probabilities and forward extras."""
         raise NotImplementedError
 
     def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:

@@ -137,7 +137,7 @@ class DensityPipeline(Pipeline):
 
         add_multiclass_section(report, np.asarray(y_true), np.asarray(prob), metrics, self.labels)
 
-    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
+    def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
         results = []
         for i, item in enumerate(items):
             row = {

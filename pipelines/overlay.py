@@ -41,5 +41,5 @@ def write_overlay(
     if label:
         draw.text((4, 4), label, fill=(255, 255, 0))
     with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
+        picture.save(tmp, format="PNG", compress_level=1)  # fast; overlays are for looking at
     return Path(path)

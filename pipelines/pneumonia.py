@@ -116,15 +116,17 @@ class PneumoniaPipeline(Pipeline):
 
         add_binary_section(report, np.asarray(y_true), np.asarray(prob)[:, 1], metrics)
 
-    def postprocess(self, model: Any, images: Any, prob: np.ndarray, items: Sequence[Mapping], meta: Mapping) -> list:
-        import torch
-        import torch.nn.functional as F
-
+    def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
+        """Logits and the pneumonia-class Grad-CAM maps from the same forward pass."""
         from saliency.cam import gradcam_forward
 
+        return gradcam_forward(model, images, meta["feature_layer"], class_index=1)
+
+    def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
+        import torch.nn.functional as F
+
         threshold = float(meta.get("training", {}).get("operating_threshold", 0.5))
-        with torch.no_grad():
-            _, maps = gradcam_forward(model, images, meta["feature_layer"], class_index=1)
+        maps = extras.cpu()
         results = []
         for i, item in enumerate(items):
             rows, cols = int(item["Rows"]), int(item["Columns"])

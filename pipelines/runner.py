@@ -221,10 +221,11 @@ def run_pipeline(
             t = time.perf_counter()
             images = torch.stack([torch.as_tensor(x) for x in tensors]).to(device)
             with torch.no_grad():
-                prob = torch.softmax(model(images), dim=1).cpu().numpy()
+                logits, extras = pipeline.forward(model, images, meta)
+                prob = torch.softmax(logits, dim=1).cpu().numpy()
             timings["inference"] += time.perf_counter() - t
             t = time.perf_counter()
-            outputs = pipeline.postprocess(model, images.cpu(), prob, [item for _, item in ok], meta)
+            outputs = pipeline.postprocess(images.cpu(), prob, extras, [item for _, item in ok], meta)
             timings["postprocess"] += time.perf_counter() - t
             for (j, item), result in zip(ok, outputs, strict=True):
                 results[j].append((item, result))

@@ -25,23 +25,61 @@ from pathlib import Path
 import torch
 
 
-def _weights(pipeline, folder: Path) -> Path:
+def _weights(pipeline, folder: Path, architecture: str) -> Path:
+    """The demo weights for ``compact`` when present; else an untrained network (same speed)."""
     from medimg.models import build_network, save_checkpoint
     from pipelines.runner import default_weights
 
-    found = default_weights(pipeline.name)
+    found = default_weights(pipeline.name) if architecture == "compact" else None
     if found is not None:
         return found
     network = {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)}
     meta = {
         "pipeline": pipeline.name,
-        "architecture": "compact",
+        "architecture": architecture,
         "network": network,
         "labels": list(pipeline.labels),
-        "preprocessing": pipeline.preprocessing("compact"),
+        "preprocessing": pipeline.preprocessing(architecture),
         "training": {},
     }
-    return save_checkpoint(folder / "untrained.pt", build_network("compact", **network), meta)
+    return save_checkpoint(folder / f"{architecture}.pt", build_network(architecture, **network), meta)
+
+
+def _throughput(pipeline, data: Path, root: Path, architecture: str, batch_size: int) -> None:
+    """(a) bare forward on preloaded tensors vs (b) run_pipeline end to end; prints the ratio."""
+    from medimg.models import load_checkpoint
+    from pipelines.runner import run_pipeline
+
+    weights = _weights(pipeline, root, architecture)
+    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    transform = pipeline.transforms(meta["preprocessing"], train=False)
+    items = pipeline.load_dataset(data)
+    tensors = torch.stack([torch.as_tensor(transform({"image": item["image"]})["image"]) for item in items])
+    n = len(items)
+    bare = []
+    for _ in range(2):
+        t = time.perf_counter()
+        with torch.no_grad():
+            for b in range(0, n, batch_size):
+                model(tensors[b : b + batch_size])
+        bare.append(time.perf_counter() - t)
+    bare_rate = n / min(bare)
+    runs = []
+    for i in range(2):
+        t = time.perf_counter()
+        summary = run_pipeline(pipeline, data, root / f"out-{architecture}-{i}", weights=weights, batch_size=batch_size)
+        runs.append(time.perf_counter() - t)
+        assert summary.counts["images"] == n, summary.counts
+    pipe_rate = n / min(runs)
+    size = "x".join(map(str, meta["preprocessing"]["image_size"]))
+    print(f"{pipeline.name} / {architecture} ({size}): {n} images, batch {batch_size}")
+    print(f"  bare model forward on preloaded tensors: {bare_rate:.1f} images/s")
+    print(
+        f"  medimg run end to end: {pipe_rate:.1f} images/s (s: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items())
+        + ")"
+    )
+    print(f"  ratio pipeline / bare = {pipe_rate / bare_rate:.2f}  (target >= 0.5)")
 
 
 def main() -> None:
@@ -50,12 +88,15 @@ def main() -> None:
     parser.add_argument("--pipeline", default="pneumonia", choices=["pneumonia", "density"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--architectures",
+        default="densenet121,compact",
+        help="comma-separated; densenet121 is the pipelines' default, compact the CPU demo network",
+    )
     args = parser.parse_args()
 
-    from medimg.models import load_checkpoint
     from medimg.synth import generate_sample_data
     from pipelines import get_pipeline
-    from pipelines.runner import run_pipeline
     from pipelines.training import train_pipeline
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -66,39 +107,8 @@ def main() -> None:
         count = args.images if dataset == "cxr" else max(1, args.images // 12)
         generate_sample_data(root / "data", only=[dataset], count=count, seed=300)
         data = root / "data" / dataset
-        weights = _weights(pipeline, root)
-        model, meta = load_checkpoint(weights, pipeline=pipeline.name)
-        transform = pipeline.transforms(meta["preprocessing"], train=False)
-        items = pipeline.load_dataset(data)
-        tensors = torch.stack([torch.as_tensor(transform({"image": item["image"]})["image"]) for item in items])
-        n = len(items)
-
-        # (a) bare forward on preloaded tensors
-        bare = []
-        for _ in range(2):
-            t = time.perf_counter()
-            with torch.no_grad():
-                for b in range(0, n, args.batch_size):
-                    model(tensors[b : b + args.batch_size])
-            bare.append(time.perf_counter() - t)
-        bare_rate = n / min(bare)
-
-        # (b) the whole pipeline, end to end (fresh output folder each time)
-        runs = []
-        for i in range(2):
-            t = time.perf_counter()
-            summary = run_pipeline(pipeline, data, root / f"out{i}", weights=weights, batch_size=args.batch_size)
-            runs.append(time.perf_counter() - t)
-            assert summary.counts["images"] == n, summary.counts
-        pipe_rate = n / min(runs)
-        print(f"{pipeline.name}: {n} images, batch {args.batch_size}, architecture {meta['architecture']}")
-        print(f"bare model forward on preloaded tensors: {bare_rate:.1f} images/s")
-        print(
-            f"medimg run end to end: {pipe_rate:.1f} images/s (breakdown s: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items())
-            + ")"
-        )
-        print(f"ratio pipeline / bare = {pipe_rate / bare_rate:.2f}  (target >= 0.5)")
+        for architecture in args.architectures.split(","):
+            _throughput(pipeline, data, root, architecture, args.batch_size)
 
         # (c) training epochs with and without the decode cache
         epoch_times = {}
