@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_scan.py
 	$(PY) tests/benchmarks/bench_qubrats.py
+	$(PY) tests/benchmarks/bench_pipelines.py
 
 # Demo weights: compact models trained on generated data (seed 100). Valid for the synthetic
 # phantoms only; `make quality` measures them on fresh data (seed 200) they never saw.

@@ -385,6 +385,10 @@ def train(
     except DatasetError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    from medimg.training import rank
+
+    if rank() != 0:
+        return
     if result.best_value is None:
         console.print(
             f"[yellow]no finite validation {task.monitor} in {result.last_epoch} epoch(s) (too few validation images "

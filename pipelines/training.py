@@ -130,6 +130,10 @@ def train_pipeline(
         resume=resume,
         quiet=quiet,
     )
+    from medimg.training import rank
+
+    if rank() != 0:  # under torchrun only rank 0 writes
+        return result
     if len(pipeline.labels) == 2 and result.best_checkpoint is not None and Path(result.best_checkpoint).is_file():
         # Operating point for run/evaluate: Youden's J on the validation split, stored in the checkpoint.
         from medimg.evaluation import youden_threshold
