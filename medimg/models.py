@@ -62,7 +62,9 @@ __all__ = [
     "validate_meta",
 ]
 
-ARCHITECTURES: tuple[str, ...] = ("densenet121", "compact", "resnet18")
+ARCHITECTURES: tuple[str, ...] = ("densenet121", "compact", "resnet18", "segresnet", "segresnet-compact")
+#: Segmentation networks (dense outputs (B, K, *spatial)); the others are classifiers.
+SEGMENTATION_ARCHITECTURES: tuple[str, ...] = ("segresnet", "segresnet-compact")
 CHECKPOINT_FORMAT = "medimg-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_META_KEYS: tuple[str, ...] = ("pipeline", "architecture", "network", "labels", "preprocessing", "training")
@@ -71,6 +73,12 @@ REQUIRED_META_KEYS: tuple[str, ...] = ("pipeline", "architecture", "network", "l
 COMPACT_MAX_STATE_BYTES = 256 * 1024
 
 _COMPACT_DEFAULTS: dict[str, Any] = {"init_features": 16, "growth_rate": 8, "block_config": (2, 4, 6), "bn_size": 2}
+# SegResNet as in MONAI's brats_mri_segmentation bundle, and a CPU-sized variant with dropout
+# (which also makes Monte-Carlo dropout uncertainty possible).
+_SEGRESNET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "segresnet": {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
+    "segresnet-compact": {"init_filters": 8, "blocks_down": (1, 2, 2), "blocks_up": (1, 1), "dropout_prob": 0.2},
+}
 # The layer whose activations and gradients Grad-CAM uses: the last feature map before pooling.
 _GRADCAM_LAYERS = {"densenet121": "class_layers.relu", "compact": "class_layers.relu", "resnet18": "layer4"}
 _RESERVED_KEYS = ("format", "version", "state_dict", "meta")
@@ -115,6 +123,11 @@ def build_network(
     if architecture == "compact":
         settings = {**_COMPACT_DEFAULTS, **kwargs}
         return DenseNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **settings)
+    if architecture in _SEGRESNET_DEFAULTS:
+        from monai.networks.nets import SegResNet
+
+        settings = {**_SEGRESNET_DEFAULTS[architecture], **kwargs}
+        return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **settings)
     return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **kwargs)
 
 
@@ -128,6 +141,8 @@ def gradcam_layer(architecture: str) -> str:
         ValueError: unknown architecture.
     """
     _check_architecture(architecture)
+    if architecture not in _GRADCAM_LAYERS:
+        raise ValueError(f"{architecture!r} is a segmentation network: Grad-CAM applies to classifiers")
     return _GRADCAM_LAYERS[architecture]
 
 

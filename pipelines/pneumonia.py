@@ -118,9 +118,10 @@ class PneumoniaPipeline(Pipeline):
 
     def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
         """Logits and the pneumonia-class Grad-CAM maps from the same forward pass."""
+        from medimg.models import gradcam_layer
         from saliency.cam import gradcam_forward
 
-        return gradcam_forward(model, images, meta["feature_layer"], class_index=1)
+        return gradcam_forward(model, images, gradcam_layer(meta["architecture"]), class_index=1)
 
     def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
         import torch.nn.functional as F

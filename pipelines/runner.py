@@ -182,7 +182,7 @@ def run_pipeline(
     import torch
 
     from medimg.dicom import scan_folder
-    from medimg.models import file_sha256, gradcam_layer, load_checkpoint
+    from medimg.models import file_sha256, load_checkpoint
 
     start = time.perf_counter()
     out = Path(out)
@@ -190,7 +190,6 @@ def run_pipeline(
     summary = RunSummary(out=out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name, map_location=device)
     model.eval().to(device)
-    meta = dict(meta, feature_layer=gradcam_layer(meta["architecture"]))
     transform = pipeline.transforms(meta["preprocessing"], train=False)
 
     t = time.perf_counter()

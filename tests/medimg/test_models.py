@@ -18,6 +18,7 @@ from medimg import __version__
 from medimg.models import (
     ARCHITECTURES,
     COMPACT_MAX_STATE_BYTES,
+    SEGMENTATION_ARCHITECTURES,
     CheckpointError,
     build_network,
     file_sha256,
@@ -53,7 +54,10 @@ def state_bytes(model: torch.nn.Module) -> int:
     return len(buffer.getvalue())
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+CLASSIFIERS = [a for a in ARCHITECTURES if a not in SEGMENTATION_ARCHITECTURES]
+
+
+@pytest.mark.parametrize("architecture", CLASSIFIERS)
 def test_each_architecture_classifies_and_has_its_gradcam_layer(architecture: str) -> None:
     torch.manual_seed(0)
     model = build_network(architecture, spatial_dims=2, in_channels=1, out_channels=3).eval()
@@ -208,3 +212,13 @@ def test_file_sha256_streams(tmp_path: Path) -> None:
     expected = hashlib.sha256(data).hexdigest()
     assert file_sha256(path) == expected
     assert file_sha256(path, chunk_bytes=4096) == expected
+
+
+@pytest.mark.parametrize("architecture", SEGMENTATION_ARCHITECTURES)
+def test_segmentation_networks_are_dense_and_have_no_gradcam_layer(architecture: str) -> None:
+    model = build_network(architecture, spatial_dims=3, in_channels=4, out_channels=3).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 4, 32, 32, 32))
+    assert out.shape == (1, 3, 32, 32, 32)
+    with pytest.raises(ValueError, match="segmentation network"):
+        gradcam_layer(architecture)
