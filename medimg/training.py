@@ -1,8 +1,12 @@
-"""One supervised training loop for classifiers: seeded, resumable, DistributedDataParallel-ready.
+"""One supervised training loop, for classifiers and segmenters: seeded, resumable, DistributedDataParallel-ready.
 
 :func:`train_classifier` trains any classification network (``(B, C, *spatial)`` ->
 ``(B, K)`` logits) on datasets of ``{"image": tensor, "label": int}`` dicts (what MONAI dict
-datasets with dict transforms give) or ``(image, label)`` tuples, and writes to ``out_dir``:
+datasets with dict transforms give) or ``(image, label)`` tuples. :func:`train_segmenter` trains
+any segmentation network (``(B, C, *patch)`` -> ``(B, R, *patch)`` logits, one sigmoid channel
+per region, e.g. BraTS TC/WT/ET) on random patches and validates on whole volumes through the
+caller's ``predict`` (typically sliding-window inference). Both run the same loop (the task only
+decides how a batch becomes a loss and how validation becomes metrics) and write to ``out_dir``:
 
 * ``metrics.csv``: one row per epoch (``epoch, train_loss, val_loss, <metrics>, lr, seconds``),
   rewritten atomically after every epoch;
@@ -13,9 +17,9 @@ datasets with dict transforms give) or ``(image, label)`` tuples, and writes to 
 * ``learning_curve.png``: train/val loss and the monitored metric per epoch.
 
 Determinism: the order of the training data and the seeds of every RNG (Python, NumPy, torch,
-MONAI random transforms through the DataLoader generator, worker seeds) are derived from
-``(seed, epoch, rank)`` at the start of each epoch, so epoch ``e`` computes the same thing
-whether the run started at epoch 1 or resumed at ``e``. Learning rate: AdamW with a cosine
+MONAI random transforms such as random crops through the DataLoader generator, worker seeds) are
+derived from ``(seed, epoch, rank)`` at the start of each epoch, so epoch ``e`` computes the same
+thing whether the run started at epoch 1 or resumed at ``e``. Learning rate: AdamW with a cosine
 schedule over ``config.epochs`` (epoch ``e`` of ``E``, 1-based, uses
 ``lr * (1 + cos(pi * (e - 1) / E)) / 2``); a resumed run with a different ``epochs`` continues on
 the schedule stretched to the new total.
@@ -44,28 +48,48 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import DataLoader, MetaTensor
-from monai.losses import FocalLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from monai.metrics import compute_dice
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import Dataset, DistributedSampler
 
-from medimg.models import CheckpointError, build_network, read_checkpoint, save_checkpoint, unwrap_model, validate_meta
+from medimg.models import (
+    ARCHITECTURES,
+    CheckpointError,
+    build_network,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap_model,
+    validate_meta,
+)
 from medimg.writers import atomic_path, write_csv
 
 __all__ = [
     "LOSSES",
+    "SEGMENTATION_LOSSES",
     "MetricFn",
+    "Predictor",
+    "SegmentationMetricFn",
     "TrainConfig",
     "TrainResult",
     "init_distributed",
     "is_distributed",
     "rank",
     "train_classifier",
+    "train_segmenter",
     "world_size",
 ]
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+"""Classification metrics: ``(y_true (N,) int64, y_prob (N, K) float64) -> {name: value}``."""
+SegmentationMetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+"""Segmentation metrics of one volume: ``(pred (1, R, *spatial) 0/1 float32, label (1, R, *spatial)) -> {name: value}``."""
+Predictor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+"""Whole-volume inference: ``(model, image (1, C, *spatial)) -> probabilities (1, R, *spatial) in [0, 1]``."""
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: tuple[str, ...] = ("ce", "focal")
+SEGMENTATION_LOSSES: tuple[str, ...] = ("dice", "dicece")
 _RESERVED_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 # A resumed run must agree with last.pt on these, or it would silently train something else.
 _RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "class_weights", "monitor")
@@ -73,16 +97,18 @@ _RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "class_weights", "mo
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`train_classifier`.
+    """Settings of :func:`train_classifier` and :func:`train_segmenter`.
 
     Attributes:
         epochs: total number of epochs (a resumed run continues up to this number).
-        batch_size: items per step and per rank.
+        batch_size: items per step and per rank (a crop transform returning ``n`` patches per
+            item makes each step ``batch_size * n`` patches).
         lr: peak learning rate of AdamW (cosine-annealed to 0 over ``epochs``).
         weight_decay: AdamW's decoupled weight decay.
         seed: non-negative seed for data order, augmentation and initialisation-free RNG use.
         num_workers: DataLoader worker processes.
-        class_weights: one weight per class for the loss, or None.
+        class_weights: one weight per class for the classification loss, or None (it must be
+            None for segmentation).
         monitor: key of ``metric_fn``'s dict that picks ``best.pt``; higher is better.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun, CUDA uses ``LOCAL_RANK``).
         log_every: refresh the running loss on the progress bar every this many steps.
@@ -102,7 +128,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_classifier` did.
+    """What :func:`train_classifier` or :func:`train_segmenter` did.
 
     Attributes:
         best_value: highest value of the monitored metric so far (None if never finite).

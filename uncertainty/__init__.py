@@ -5,9 +5,11 @@
 - :mod:`uncertainty.scoring`: a whole submission folder, in parallel, and its CSV outputs.
 - :mod:`uncertainty.ranking` / :mod:`uncertainty.leaderboard`: ranking teams.
 - :mod:`uncertainty.report`: HTML reports.
+- :mod:`uncertainty.estimation`: uncertainty maps for any segmentation model (test-time
+  augmentation, Monte-Carlo dropout, ensembles), needs torch.
 
-Generic over any model; never imports ``pipelines`` and never imports torch. Uncertainty-map
-estimation (MC dropout, TTA, ensembles) arrives with the brain-tumour pipeline issue.
+Generic over any model; never imports ``pipelines``. The scoring modules never import torch
+(importing this package does not either).
 """
 
 from uncertainty.qubrats import REGIONS, CaseScore, RegionScore, score_case, thresholds
