@@ -5,6 +5,7 @@
 - :func:`load_rules` / :func:`select`: declarative series (or image) selection with reasons.
 - :func:`load_series` / :func:`load_instance`: pixels -> ``MetaTensor`` with a RAS affine.
 - :func:`convert_folder`: selected series -> NIfTI.
+- :mod:`medimg.dicom.seg` (imported on its own, it loads code tables): label volumes <-> DICOM SEG.
 """
 
 from medimg.dicom.convert import ConversionResult, convert_folder
