@@ -84,7 +84,7 @@ __all__ = [
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 """Classification metrics: ``(y_true (N,) int64, y_prob (N, K) float64) -> {name: value}``."""
 SegmentationMetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
-"""Segmentation metrics of one volume: ``(pred (1, R, *spatial) 0/1 float32, label (1, R, *spatial)) -> {name: value}``."""
+"""One volume's metrics: ``(pred (1, R, *spatial) float32 0/1, label (1, R, *spatial) 0/1) -> {name: value}``."""
 Predictor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 """Whole-volume inference: ``(model, image (1, C, *spatial)) -> probabilities (1, R, *spatial) in [0, 1]``."""
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -268,19 +268,8 @@ def _cosine_factor(epochs: int) -> Callable[[int], float]:
     return factor
 
 
-def _make_loss(
-    loss: str, class_weights: list[float] | None, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``criterion(logits (B, K) float, labels (B,) int64) -> scalar``: cross-entropy or focal."""
-    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
-    if loss == "ce":
-        return torch.nn.CrossEntropyLoss(weight=weight)
-    focal = FocalLoss(to_onehot_y=True, use_softmax=True, weight=weight)
-    return lambda logits, labels: focal(logits, labels[:, None])
-
-
-def _split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images (B, C, *spatial) float, labels (B,) int64)`` on ``device`` from a collated batch."""
+def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float, labels)`` as plain tensors (on the loader's device) from a collated batch."""
     if isinstance(batch, Mapping):
         if "image" not in batch or "label" not in batch:
             raise ValueError(f"dataset items must hold 'image' and 'label'; this batch has keys {sorted(batch)}")
@@ -298,7 +287,12 @@ def _split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.
     images = torch.as_tensor(images)
     if not torch.is_floating_point(images):
         images = images.float()
-    labels = torch.as_tensor(labels)
+    return images, torch.as_tensor(labels)
+
+
+def _classification_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (B, C, *spatial) float, labels (B,) int64)`` on ``device`` from a collated batch."""
+    images, labels = _unpack_batch(batch)
     if labels.numel() != images.shape[0]:
         raise ValueError(
             f"labels must be one class index per item: got labels of shape {tuple(labels.shape)} "
@@ -307,16 +301,178 @@ def _split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.
     return images.to(device, non_blocking=True), labels.reshape(-1).long().to(device, non_blocking=True)
 
 
-@torch.no_grad()
-def _predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(N, K)`` float32 and labels ``(N,)`` int64 (CPU) over a whole loader, eval mode."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for batch in loader:
-        images, labels = _split_batch(batch, device)
-        all_logits.append(model(images).float().cpu())
-        all_labels.append(labels.cpu())
-    return torch.cat(all_logits), torch.cat(all_labels)
+def _segmentation_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (B, C, *spatial) float, labels (B, R, *spatial) float 0/1)`` on ``device``."""
+    images, labels = _unpack_batch(batch)
+    if labels.ndim != images.ndim or labels.shape[0] != images.shape[0] or labels.shape[2:] != images.shape[2:]:
+        raise ValueError(
+            f"segmentation labels must be (B, R, *spatial) multi-channel masks on the image grid (B, C, *spatial): "
+            f"got labels of shape {tuple(labels.shape)} for images of shape {tuple(images.shape)}"
+        )
+    return images.to(device, non_blocking=True), labels.float().to(device, non_blocking=True)
+
+
+def _classification_loss(loss: str, class_weights: list[float] | None, device: torch.device) -> Criterion:
+    """``criterion(logits (B, K) float, labels (B,) int64) -> scalar``: cross-entropy or focal."""
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
+    if loss == "ce":
+        return torch.nn.CrossEntropyLoss(weight=weight)
+    focal = FocalLoss(to_onehot_y=True, use_softmax=True, weight=weight)
+    return lambda logits, labels: focal(logits, labels[:, None])
+
+
+def _segmentation_loss(loss: str, class_weights: list[float] | None, device: torch.device) -> Criterion:
+    """``criterion(logits (B, R, *spatial), masks (B, R, *spatial) 0/1) -> scalar``: sigmoid Dice or Dice + BCE.
+
+    ``"dice"`` is the MONAI BraTS tutorial's loss (squared denominators, no numerator smoothing);
+    ``"dicece"`` adds binary cross-entropy (MONAI ``DiceCELoss`` with sigmoid). ``class_weights``
+    and ``device`` are unused (segmentation takes no class weights; the losses hold no tensors).
+    """
+    if loss == "dice":
+        dice: torch.nn.Module = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+    else:
+        dice = DiceCELoss(sigmoid=True)
+
+    def criterion(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if logits.shape != masks.shape:
+            raise ValueError(
+                f"the network's logits have shape {tuple(logits.shape)} but the labels {tuple(masks.shape)}: "
+                "labels need one binary channel per output channel (R = out_channels)"
+            )
+        return dice(logits, masks)
+
+    return criterion
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the values that are not NaN (NaN when all are)."""
+    kept = [value for value in values if not math.isnan(value)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What the shared loop needs to know about a task; everything else (seeding, sampling, DDP,
+    optimisation, checkpoints, resuming, logging) is the same for every task.
+
+    Attributes:
+        kind: ``"classification"`` or ``"segmentation"``; recorded in the checkpoints, and a resumed
+            run must be of the same kind.
+        losses: the accepted loss names.
+        make_criterion: ``(loss, class_weights, device) -> criterion(outputs, targets) -> scalar``.
+        split_batch: ``(collated batch, device) -> (inputs, targets)`` on ``device``.
+        validate: ``(model in eval mode, validation loader, criterion, device) -> (val_loss,
+            metrics)``, called under ``torch.no_grad()``; the metrics are checked by the loop.
+        check: ``(model, config, validated meta)``: task-specific checks before training; raises
+            ValueError.
+        val_batch_size: items per validation batch; None for ``config.batch_size``.
+    """
+
+    kind: str
+    losses: tuple[str, ...]
+    make_criterion: Callable[[str, list[float] | None, torch.device], Criterion]
+    split_batch: Callable[[Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
+    validate: Callable[[torch.nn.Module, DataLoader, Criterion, torch.device], tuple[float, Mapping[str, Any]]]
+    check: Callable[[torch.nn.Module, TrainConfig, Mapping[str, Any]], None]
+    val_batch_size: int | None = None
+
+
+def _classification_task(metric_fn: MetricFn) -> _Task:
+    """Logits ``(B, K)``, integer labels, softmax probabilities of the whole validation set to ``metric_fn``."""
+
+    def validate(
+        model: torch.nn.Module, loader: DataLoader, criterion: Criterion, device: torch.device
+    ) -> tuple[float, Mapping[str, Any]]:
+        all_logits, all_labels = [], []
+        for batch in loader:
+            images, labels = _classification_batch(batch, device)
+            all_logits.append(model(images).float().cpu())
+            all_labels.append(labels.cpu())
+        logits, y_true = torch.cat(all_logits), torch.cat(all_labels)
+        val_loss = float(criterion(logits.to(device), y_true.to(device)))
+        y_prob = torch.softmax(logits.double(), dim=1).numpy()
+        return val_loss, metric_fn(y_true.numpy(), y_prob)
+
+    def check(model: torch.nn.Module, config: TrainConfig, meta: Mapping[str, Any]) -> None:
+        n_classes = int(meta["network"]["out_channels"])
+        if config.class_weights is not None and len(config.class_weights) != n_classes:
+            raise ValueError(
+                f"class_weights has {len(config.class_weights)} entries for a network with {n_classes} classes"
+            )
+        _check_model_matches_meta(model, meta)
+
+    return _Task(
+        kind="classification",
+        losses=LOSSES,
+        make_criterion=_classification_loss,
+        split_batch=_classification_batch,
+        validate=validate,
+        check=check,
+    )
+
+
+def _segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> _Task:
+    """Patch logits ``(B, R, *patch)`` against multi-channel masks; whole volumes through ``predict``."""
+
+    def validate(
+        model: torch.nn.Module, loader: DataLoader, criterion: Criterion, device: torch.device
+    ) -> tuple[float, Mapping[str, Any]]:
+        dice_sum, rows = 0.0, []
+        for index, batch in enumerate(loader):
+            image, label = _segmentation_batch(batch, device)
+            if image.shape[0] != 1:
+                raise ValueError(
+                    f"validation items must be whole volumes, one per item: validation item {index} gave a batch "
+                    f"of {image.shape[0]} (a crop with num_samples > 1 in the validation transforms?)"
+                )
+            prob = predict(model, image)
+            if not isinstance(prob, torch.Tensor) or tuple(prob.shape) != tuple(label.shape):
+                shape = tuple(prob.shape) if isinstance(prob, torch.Tensor) else type(prob).__name__
+                raise ValueError(
+                    f"predict must return probabilities shaped like the label {tuple(label.shape)} (1, R, *spatial); "
+                    f"it returned {shape} for validation item {index}, image {tuple(image.shape)}"
+                )
+            low, high = (float(v) for v in torch.aminmax(prob.float()))
+            if not (low >= 0.0 and high <= 1.0):
+                raise ValueError(
+                    f"predict must return probabilities in [0, 1] (apply a sigmoid to the logits); it returned "
+                    f"values in [{low}, {high}] for validation item {index}"
+                )
+            pred = (prob >= 0.5).float()
+            label = label.to(pred.device)
+            dice_sum += float(compute_dice(pred, label, include_background=True, ignore_empty=False).mean())
+            rows.append(_metric_row(metric_fn(pred, label)))
+            if set(rows[-1]) != set(rows[0]):
+                raise ValueError(
+                    f"metric_fn returned the keys {sorted(rows[-1])} for validation item {index} but {sorted(rows[0])} "
+                    "for item 0; it must return the same keys for every volume"
+                )
+        metrics = {key: _nanmean([row[key] for row in rows]) for key in rows[0]}
+        return 1.0 - dice_sum / len(rows), metrics
+
+    def check(model: torch.nn.Module, config: TrainConfig, meta: Mapping[str, Any]) -> None:
+        if config.class_weights is not None:
+            raise ValueError(
+                f"class_weights apply to classification only; train_segmenter got class_weights={config.class_weights}"
+            )
+        n_regions = int(meta["network"]["out_channels"])
+        if len(meta["labels"]) != n_regions:
+            raise ValueError(
+                f"checkpoint_meta['labels'] names {len(meta['labels'])} regions {meta['labels']} for a network with "
+                f"{n_regions} output channels; name one region per channel"
+            )
+        if meta["architecture"] in ARCHITECTURES:  # others cannot be rebuilt by medimg.models, so not checked
+            _check_model_matches_meta(model, meta)
+
+    return _Task(
+        kind="segmentation",
+        losses=SEGMENTATION_LOSSES,
+        make_criterion=_segmentation_loss,
+        split_batch=_segmentation_batch,
+        validate=validate,
+        check=check,
+        val_batch_size=1,
+    )
 
 
 def _check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
@@ -362,7 +518,8 @@ def _plot_learning_curve(path: Path, history: list[dict[str, float]], monitor: s
         fig.savefig(tmp, format="png", dpi=96)
 
 
-def _metric_row(metrics: Mapping[str, Any], monitor: str) -> dict[str, float]:
+def _metric_row(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``metric_fn``'s dict as ``{name: float}``; ValueError for anything else or a reserved name."""
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metric_fn must return a dict of floats, not {type(metrics).__name__}")
     row = {}
@@ -373,9 +530,12 @@ def _metric_row(metrics: Mapping[str, Any], monitor: str) -> dict[str, float]:
             row[key] = float(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metric_fn returned {key}={value!r}, which is not a number") from exc
+    return row
+
+
+def _check_monitor(row: Mapping[str, float], monitor: str) -> None:
     if monitor not in row:
         raise ValueError(f"monitor {monitor!r} is not among the metrics returned by metric_fn: {sorted(row)}")
-    return row
 
 
 def _columns(history: list[dict[str, float]]) -> list[str]:
@@ -390,17 +550,14 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _check_config(config: TrainConfig, loss: str, n_classes: int) -> None:
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+def _check_config(config: TrainConfig, loss: str, losses: tuple[str, ...]) -> None:
+    """Task-independent settings; the task checks its own (class weights, labels) afterwards."""
+    if loss not in losses:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses)}")
     if config.epochs < 0 or config.batch_size < 1 or config.num_workers < 0 or config.log_every < 1:
         raise ValueError(f"epochs >= 0, batch_size >= 1, num_workers >= 0 and log_every >= 1 are required: {config}")
     if config.seed < 0:
         raise ValueError(f"seed must be non-negative, not {config.seed}")
-    if config.class_weights is not None and len(config.class_weights) != n_classes:
-        raise ValueError(
-            f"class_weights has {len(config.class_weights)} entries for a network with {n_classes} classes"
-        )
 
 
 def _progress(enabled: bool) -> Progress | None:
@@ -447,8 +604,8 @@ def train_classifier(
             it must return ``config.monitor``.
         checkpoint_meta: checkpoint metadata (:func:`medimg.models.validate_meta`); it must
             describe ``model`` (architecture and network kwargs). Each checkpoint's
-            ``meta["training"]`` extends it with the configuration, ``epoch``, ``monitor``,
-            ``value`` and the epoch's metrics.
+            ``meta["training"]`` extends it with the configuration, ``task``, ``epoch``,
+            ``monitor``, ``value`` and the epoch's metrics.
         loss: ``"ce"`` (cross-entropy) or ``"focal"`` (MONAI FocalLoss on softmax), both weighted by
             ``config.class_weights``.
         resume: continue from ``out_dir/last.pt`` when it exists (a completed run returns at once).
@@ -466,17 +623,128 @@ def train_classifier(
         CheckpointError: ``last.pt`` is unreadable or does not fit ``model``.
         FloatingPointError: the training loss became NaN or infinite.
     """
+    return _run(
+        _classification_task(metric_fn),
+        model,
+        train_data,
+        val_data,
+        config=config,
+        out_dir=out_dir,
+        checkpoint_meta=checkpoint_meta,
+        loss=loss,
+        resume=resume,
+        quiet=quiet,
+    )
+
+
+def train_segmenter(
+    model: torch.nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    predict: Predictor,
+    metric_fn: SegmentationMetricFn,
+    checkpoint_meta: Mapping[str, Any],
+    loss: str = "dice",
+    resume: bool = True,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train a segmenter on random patches, validate on whole volumes; checkpoint, log and resume in ``out_dir``.
+
+    The same loop as :func:`train_classifier` (seeding, sharding, DistributedDataParallel,
+    AdamW with a cosine schedule, checkpoints, resuming, ``metrics.csv``, learning curve); only
+    the loss and the validation differ.
+
+    Args:
+        model: network mapping float32 ``(B, C, *patch)`` to ``(B, R, *patch)`` logits, one sigmoid
+            channel per region (e.g. MONAI ``SegResNet``); trained in place and moved to
+            ``config.device``.
+        train_data: items ``{"image": (C, *patch) float, "label": (R, *patch) 0/1}`` (or
+            ``(image, label)`` tuples), e.g. BraTS volumes through
+            ``ConvertToMultiChannelBasedOnBratsClassesd`` (TC, WT, ET) and a random crop
+            (``RandSpatialCropd``, ``RandCropByPosNegLabeld``, ...). A crop returning a list of
+            patches per item (``num_samples`` > 1) is flattened into the batch by MONAI's
+            ``list_data_collate``; all patches of a batch must have one size.
+        val_data: whole volumes ``{"image": (C, *spatial), "label": (R, *spatial)}``, validated one
+            at a time after every epoch.
+        config: see :class:`TrainConfig`; ``class_weights`` must be None and ``monitor`` a key
+            of ``metric_fn``'s dict (e.g. ``"dice_mean"``).
+        out_dir: folder for ``metrics.csv``, ``last.pt``, ``best.pt``, ``learning_curve.png``.
+        predict: ``predict(model, image (1, C, *spatial)) -> (1, R, *spatial)`` probabilities in
+            [0, 1], called in eval mode under ``torch.no_grad()`` with the image on the training
+            device, e.g. ``sliding_window_inference`` followed by a sigmoid.
+        metric_fn: ``metric_fn(pred (1, R, *spatial) float32 0/1, label (1, R, *spatial) float32 0/1)
+            -> {name: float}`` for one volume, the prediction being ``probabilities >= 0.5`` (both on
+            ``predict``'s device), e.g. ``dice_tc, dice_wt, dice_et, dice_mean``. Each metric is
+            averaged over the validation volumes (NaNs, e.g. the Dice of an empty region, left out);
+            it must return ``config.monitor``.
+        checkpoint_meta: checkpoint metadata (:func:`medimg.models.validate_meta`); ``labels``
+            names the R regions and ``network["out_channels"]`` is R. When ``architecture`` is
+            one :func:`medimg.models.build_network` knows, ``model`` must match it; other
+            architectures are recorded as given (read such checkpoints with
+            :func:`medimg.models.read_checkpoint`). ``meta["training"]`` is extended as for
+            :func:`train_classifier`.
+        loss: ``"dice"`` (MONAI ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0,
+            smooth_dr=1e-5)``, the MONAI BraTS tutorial's) or ``"dicece"`` (``DiceCELoss(sigmoid=True)``).
+        resume: continue from ``out_dir/last.pt`` when it exists (a completed run returns at once).
+        quiet: no progress bar and no per-epoch lines (on stderr).
+
+    ``val_loss`` in ``metrics.csv`` is ``1 - mean Dice`` of the thresholded predictions (over the
+    regions of a volume, then over volumes; a region empty in both label and prediction counts as
+    Dice 1), whatever the training loss.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad configuration (class weights, an unknown loss), metadata that does not
+            describe ``model``, labels that are not ``(R, *spatial)`` masks on the image grid or do
+            not match the network's channels, ``predict`` returning another shape or values outside
+            [0, 1], a metric_fn without ``config.monitor``, or a ``last.pt`` made with other settings.
+        CheckpointError: ``last.pt`` is unreadable or does not fit ``model``.
+        FloatingPointError: the training loss became NaN or infinite.
+    """
+    return _run(
+        _segmentation_task(predict, metric_fn),
+        model,
+        train_data,
+        val_data,
+        config=config,
+        out_dir=out_dir,
+        checkpoint_meta=checkpoint_meta,
+        loss=loss,
+        resume=resume,
+        quiet=quiet,
+    )
+
+
+def _run(
+    task: _Task,
+    model: torch.nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    checkpoint_meta: Mapping[str, Any],
+    loss: str,
+    resume: bool,
+    quiet: bool,
+) -> TrainResult:
+    """Set up the process group when torchrun asks for one (and tear down the one it created) around :func:`_train`."""
     owns_group = is_distributed() and not (dist.is_available() and dist.is_initialized())
     device = init_distributed(config.device)
     try:
         return _train(
+            task,
             model,
             train_data,
             val_data,
             config=config,
             device=device,
             out_dir=Path(out_dir),
-            metric_fn=metric_fn,
             checkpoint_meta=checkpoint_meta,
             loss=loss,
             resume=resume,
@@ -488,6 +756,7 @@ def train_classifier(
 
 
 def _train(
+    task: _Task,
     model: torch.nn.Module,
     train_data: Dataset,
     val_data: Dataset,
@@ -495,16 +764,15 @@ def _train(
     config: TrainConfig,
     device: torch.device,
     out_dir: Path,
-    metric_fn: MetricFn,
     checkpoint_meta: Mapping[str, Any],
     loss: str,
     resume: bool,
     quiet: bool,
 ) -> TrainResult:
+    """The loop shared by every task (see the module docstring); ``task`` supplies loss and validation."""
     meta = validate_meta(checkpoint_meta)
-    n_classes = int(meta["network"]["out_channels"])
-    _check_config(config, loss, n_classes)
-    _check_model_matches_meta(model, meta)
+    _check_config(config, loss, task.losses)
+    task.check(model, config, meta)
     if len(train_data) == 0 or len(val_data) == 0:  # type: ignore[arg-type]
         raise ValueError(f"empty dataset: {len(train_data)} training and {len(val_data)} validation items")  # type: ignore[arg-type]
 
@@ -522,7 +790,7 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     factor = _cosine_factor(config.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    criterion = _make_loss(loss, config.class_weights, device)
+    criterion = task.make_criterion(loss, config.class_weights, device)
 
     start_epoch, history = 0, []
     best_value: float | None = None
@@ -530,6 +798,11 @@ def _train(
     if resume and paths["last"].is_file():
         state = read_checkpoint(paths["last"], map_location="cpu")
         saved, wanted = state.get("config", {}), _config_dict(config)
+        if state.get("task", "classification") != task.kind:  # last.pt files from before segmentation lack it
+            raise ValueError(
+                f"{paths['last']} was written by a {state.get('task', 'classification')} run, not {task.kind}; "
+                "use another out_dir"
+            )
         for key in _RESUME_KEYS:
             if saved.get(key) != wanted[key]:
                 raise ValueError(
@@ -574,13 +847,18 @@ def _train(
     # BatchNorm cannot train on a final batch of one item: drop it when the shard leaves exactly one.
     drop_last = len(sampler) % config.batch_size == 1 and len(sampler) > 1
     val_loader = DataLoader(
-        val_data, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers, pin_memory=False
+        val_data,
+        batch_size=task.val_batch_size or config.batch_size,
+        shuffle=False,
+        num_workers=config.num_workers,
+        pin_memory=False,
     )
 
     def training_meta(epoch: int, row: Mapping[str, float]) -> dict[str, Any]:
         training = {
             **meta["training"],
             "config": _config_dict(config),
+            "task": task.kind,
             "loss": loss,
             "world_size": n_ranks,
             "train_items": len(train_data),  # type: ignore[arg-type]
@@ -614,26 +892,26 @@ def _train(
                 generator=torch.Generator().manual_seed(seed),
             )
             lr = float(optimizer.param_groups[0]["lr"])
-            task = None
+            bar = None
             if progress is not None:
-                task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), status="")
+                bar = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), status="")
             net.train()
             loss_sum, count = 0.0, 0
             for step, batch in enumerate(loader, 1):
-                images, labels = _split_batch(batch, device)
+                inputs, targets = task.split_batch(batch, device)
                 optimizer.zero_grad(set_to_none=True)
-                batch_loss = criterion(net(images), labels)
+                batch_loss = criterion(net(inputs), targets)
                 if not torch.isfinite(batch_loss):
                     raise FloatingPointError(
                         f"training loss became {batch_loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g})"
                     )
                 batch_loss.backward()
                 optimizer.step()
-                loss_sum += float(batch_loss.item()) * labels.shape[0]
-                count += labels.shape[0]
-                if progress is not None and task is not None:
+                loss_sum += float(batch_loss.item()) * inputs.shape[0]
+                count += inputs.shape[0]
+                if progress is not None and bar is not None:
                     status = f"loss {loss_sum / count:.4f}" if step % config.log_every == 0 or step == 1 else None
-                    progress.update(task, advance=1, **({"status": status} if status else {}))
+                    progress.update(bar, advance=1, **({"status": status} if status else {}))
             totals = torch.tensor([loss_sum, float(count)], dtype=torch.float64, device=device)
             if distributed:
                 dist.all_reduce(totals)
@@ -641,12 +919,13 @@ def _train(
                     dist.broadcast(buffer, src=0)
             train_loss = float(totals[0] / totals[1])
 
-            if progress is not None and task is not None:
-                progress.update(task, description=f"epoch {epoch}/{config.epochs} validation", status="")
-            logits, y_true = _predict(model, val_loader, device)
-            val_loss = float(criterion(logits.to(device), y_true.to(device)))
-            y_prob = torch.softmax(logits.double(), dim=1).numpy()
-            metrics = _metric_row(metric_fn(y_true.numpy(), y_prob), config.monitor)
+            if progress is not None and bar is not None:
+                progress.update(bar, description=f"epoch {epoch}/{config.epochs} validation", status="")
+            model.eval()
+            with torch.no_grad():
+                val_loss, raw_metrics = task.validate(model, val_loader, criterion, device)
+            metrics = _metric_row(raw_metrics)
+            _check_monitor(metrics, config.monitor)
             scheduler.step()
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics, "lr": lr}
             row["seconds"] = round(time.perf_counter() - started, 3)
@@ -673,13 +952,14 @@ def _train(
                         "best_epoch": best_epoch,
                         "history": history,
                         "config": _config_dict(config),
+                        "task": task.kind,
                         "loss": loss,
                         "rng": _rng_state(),
                     },
                 )
                 _plot_learning_curve(paths["png"], history, config.monitor)
-            if progress is not None and task is not None:
-                progress.remove_task(task)
+            if progress is not None and bar is not None:
+                progress.remove_task(bar)
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                 mark = "  [green]best[/]" if improved else ""
                 progress.console.print(
