@@ -293,13 +293,40 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo studies that are already done.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    uncertainty: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="brats: uncertainty maps by tta, mc-dropout or ensemble (QU-BraTS files)."),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,
+    ensemble_weights: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="brats: further checkpoints for --uncertainty ensemble (repeatable)."),
+    ] = None,
+    naming: Annotated[
+        str, typer.Option(help="brats NIfTI input naming: brats2021 (_t1ce...) or brats2023 (-t1c...).")
+    ] = "brats2021",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run a pipeline on a DICOM folder: results.csv, per-study outputs, errors.csv, report.html."""
+    """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
+    outputs, errors.csv, report.html."""
     from medimg.models import CheckpointError
     from pipelines.runner import default_weights, run_pipeline, summarize_errors
 
     task = _pipeline(pipeline)
+    if hasattr(task, "configure"):
+        try:
+            task.configure(
+                naming=naming,
+                uncertainty=uncertainty,
+                samples=samples,
+                ensemble_weights=[str(w) for w in ensemble_weights or []],
+            )
+        except ValueError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    elif uncertainty or ensemble_weights:
+        err_console.print(f"[red]error:[/red] --uncertainty and --ensemble-weights apply to brats, not {task.name}")
+        raise typer.Exit(2)
     if weights is None:
         weights = default_weights(task.name)
         if weights is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_nifti", "write_text"]
+__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_nifti", "write_nifti_array", "write_text"]
 
 
 @contextlib.contextmanager
@@ -84,7 +84,6 @@ def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
     Returns:
         The path written.
     """
-    import nibabel as nib
 
     array = np.asarray(tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else tensor)
     affine = np.asarray(tensor.affine, dtype=np.float64)
@@ -98,10 +97,16 @@ def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
         data = data.astype(np.int16)
     else:
         data = data.astype(np.float32)
-    image = nib.Nifti1Image(data, affine)
+    return write_nifti_array(path, data, affine)
+
+
+def write_nifti_array(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``array`` (its dtype kept) with a voxel-to-RAS ``affine`` (mm) as NIfTI, atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path

@@ -15,6 +15,7 @@ __all__ = ["PIPELINES", "DatasetError", "Pipeline", "get_pipeline"]
 PIPELINES = {
     "pneumonia": "pipelines.pneumonia:PneumoniaPipeline",
     "density": "pipelines.density:DensityPipeline",
+    "brats": "pipelines.brats:BratsPipeline",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,11 +32,13 @@ class ImageResult:
         row: the ``results.csv`` row (identifiers, probabilities, prediction, extras).
         heatmap: optional (rows, columns) float32 map in [0, 1] on the source pixel grid.
         image: the preprocessed display image (rows, columns) in [0, 1], for overlays.
+        extras: anything else the pipeline's writers need (e.g. a label volume and its affine).
     """
 
     row: dict[str, Any]
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def patient_split(patient_ids: Sequence[str], *, seed: int, val_fraction: float = 0.2) -> np.ndarray:
@@ -76,6 +78,18 @@ class Pipeline:
     monitor: ClassVar[str]
     default_image_size: ClassVar[Mapping[str, tuple[int, int]]] = {"densenet121": (224, 224), "compact": (128, 128)}
     result_columns: ClassVar[tuple[str, ...]] = ()
+    #: What one result is: ``"image"`` (2-D: one row per selected image, batched) or ``"study"``
+    #: (3-D: the study's selected series together make one case).
+    unit: ClassVar[str] = "image"
+    #: Identifier columns that start every ``results.csv`` row.
+    id_columns: ClassVar[tuple[str, ...]] = (
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "source_file",
+        "selection",
+    )
 
     # --- preprocessing -------------------------------------------------------------------
 
@@ -151,6 +165,56 @@ class Pipeline:
     def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
         """Add the evaluation tables and plots to a :class:`medimg.report.Report`."""
         raise NotImplementedError
+
+    # --- running (see pipelines.runner) -------------------------------------------------
+
+    def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
+        """Folder (relative to OUT) of a study's outputs and ``study.json``."""
+        import re
+
+        return "studies/" + (re.sub(r"[^A-Za-z0-9.+-]+", "_", study_uid)[:96] or "x")
+
+    def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
+        """Work for inputs that are not DICOM (e.g. a BraTS NIfTI folder), or None to scan DICOM.
+
+        Returns jobs ``(case, folder, items)`` not yet done, recording resumed cases and input
+        problems in ``summary`` (see :func:`pipelines.runner.run_pipeline`).
+        """
+        return None
+
+    def study_items(self, study: Any, chosen: Any) -> list[dict[str, Any]]:
+        """For ``unit == "study"``: the work items of a study from what the rules picked."""
+        raise NotImplementedError
+
+    def load(self, item: Mapping[str, Any], transform: Any) -> Any:
+        """Decode and preprocess one work item (raises on bad input; the runner records it)."""
+        return transform(dict(item))["image"]
+
+    def infer(
+        self,
+        model: Any,
+        inputs: Sequence[Any],
+        items: Sequence[Mapping],
+        meta: Mapping,
+        *,
+        device: str,
+        timings: dict[str, float],
+    ) -> list[ImageResult]:
+        """Results for a batch of loaded inputs: stack, :meth:`forward`, softmax, :meth:`postprocess`."""
+        import time
+
+        import torch
+
+        start = time.perf_counter()
+        images = torch.stack([torch.as_tensor(x) for x in inputs]).to(device)
+        with torch.no_grad():
+            logits, extras = self.forward(model, images, meta)
+            prob = torch.softmax(logits, dim=1).cpu().numpy()
+        timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        results = self.postprocess(images.cpu(), prob, extras, items, meta)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+        return results
 
     def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
         """One forward pass: ``(logits (B, K), extras)``; extras go to :meth:`postprocess`.

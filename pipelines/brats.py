@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.base import ImageResult, Pipeline
+
 __all__ = [
+    "BratsPipeline",
     "CHANNEL_ORDER",
     "LABEL_CONVENTIONS",
     "NAMING",
@@ -277,3 +280,222 @@ def segment(
     prob = MetaTensor(torch.sigmoid(logits[0]).cpu(), affine=prepared.affine, meta=dict(prepared.meta))
     back = ResampleToMatch(mode="bilinear")(prob, img_dst=case)
     return np.asarray(back, dtype=np.float32)
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _to_source_grid(array: Any, prepared: Any, case: Any) -> np.ndarray:
+    """(R, *spatial) values on the preprocessed grid -> the case's grid (trilinear, by affines)."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatch
+
+    moved = MetaTensor(torch.as_tensor(array, dtype=torch.float32), affine=prepared.affine, meta=dict(prepared.meta))
+    return np.asarray(ResampleToMatch(mode="bilinear")(moved, img_dst=case), dtype=np.float32)
+
+
+class BratsPipeline(Pipeline):
+    """Brain-tumour segmentation; configure with :meth:`configure` before running."""
+
+    name = "brats"
+    description = "Brain-tumour segmentation (BraTS): labels, volumes, DICOM SEG, QU-BraTS uncertainty maps"
+    labels = REGION_CHANNELS
+    rules = "brain_mr"
+    monitor = "dice_mean"
+    unit = "study"
+    id_columns = ("case_id", "PatientID", "StudyInstanceUID", "source", "source_file")
+    result_columns = ("WT_ml", "TC_ml", "ET_ml", "labels_file", "seg_file", "uncertainty", "uncertainty_files")
+
+    def __init__(self) -> None:
+        self.naming = "brats2021"
+        self.uncertainty: str | None = None
+        self.samples = 8
+        self.ensemble_weights: list[str] = []
+
+    def configure(
+        self,
+        *,
+        naming: str = "brats2021",
+        uncertainty: str | None = None,
+        samples: int = 8,
+        ensemble_weights: Sequence[str] = (),
+    ) -> BratsPipeline:
+        """Input naming (NIfTI), uncertainty method (``tta``, ``mc-dropout``, ``ensemble``) and its
+        samples; for ``ensemble``, the further checkpoints averaged with the main one."""
+        from uncertainty.estimation import SUPPORTED_METHODS
+
+        if naming not in NAMING:
+            raise ValueError(f"unknown naming {naming!r}; choose from {sorted(NAMING)}")
+        if uncertainty is not None and uncertainty not in SUPPORTED_METHODS:
+            raise ValueError(f"unknown uncertainty method {uncertainty!r}; choose from {SUPPORTED_METHODS}")
+        if uncertainty == "ensemble" and not ensemble_weights:
+            raise ValueError("uncertainty 'ensemble' needs further checkpoints (--ensemble-weights)")
+        self.naming, self.uncertainty, self.samples = naming, uncertainty, samples
+        self.ensemble_weights = [str(w) for w in ensemble_weights]
+        return self
+
+    def preprocessing(self, architecture: str, image_size: Sequence[int] | None = None) -> dict[str, Any]:
+        return {
+            "channels": list(CHANNEL_ORDER),
+            "labels": "brats2020",
+            "spacing": None,
+            "roi_size": list(image_size or (96, 96, 64)),
+            "overlap": 0.5,
+            "intensity": "per-channel z-score over non-zero voxels",
+        }
+
+    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool) -> Any:
+        return None  # loading and preprocessing happen in load() and infer()
+
+    def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
+        return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(item["case_id"]))[:96] or "case"
+
+    def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
+        import json
+
+        cases, errors = find_nifti_cases(source, naming=self.naming)
+        if not cases and not errors:
+            return None  # no NIfTI cases: a DICOM folder
+        for error in errors:
+            summary.errors.append(
+                {"kind": "error", "PatientID": error.case_id, "path": error.path, "reason": str(error)}
+            )
+        jobs = []
+        for case_id, roles in cases.items():
+            item = {
+                "case_id": case_id,
+                "PatientID": case_id,
+                "StudyInstanceUID": case_id,
+                "source": "nifti",
+                "source_file": str(roles["t1ce"].parent),
+                "sources": {s: str(roles[s]) for s in SEQUENCES},
+            }
+            folder = out / self.output_folder(case_id, item)
+            summary.folders[case_id] = folder.name
+            done = folder / "study.json"
+            if done.is_file() and not overwrite:
+                previous = json.loads(done.read_text())
+                summary.rows.extend(previous["rows"])
+                summary.errors.extend(previous.get("errors", []))
+                summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
+                continue
+            jobs.append((case_id, folder, [item]))
+        return jobs
+
+    def study_items(self, study: Any, chosen: Any) -> list[dict[str, Any]]:
+        sources = {name: items[0][0].files for name, items in chosen.picked.items() if items}
+        return [
+            {
+                "case_id": study.PatientID or study.StudyInstanceUID,
+                "PatientID": study.PatientID,
+                "StudyInstanceUID": study.StudyInstanceUID,
+                "source": "dicom",
+                "source_file": os.path.dirname(sources[REFERENCE_SEQUENCE][0]),
+                "sources": sources,
+            }
+        ]
+
+    def load(self, item: Mapping[str, Any], transform: Any) -> Any:
+        return load_case(item["case_id"], item["sources"])
+
+    def _predictor(self, meta: Mapping[str, Any], device: str) -> Any:
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        pre = meta["preprocessing"]
+
+        def predict(model: Any, x: Any) -> Any:
+            logits = sliding_window_inference(
+                x.to(device),
+                roi_size=tuple(pre["roi_size"]),
+                sw_batch_size=1,
+                predictor=model,
+                overlap=float(pre.get("overlap", 0.5)),
+                mode="gaussian",
+            )
+            return torch.sigmoid(logits)
+
+        return predict
+
+    def infer(
+        self,
+        model: Any,
+        inputs: Sequence[Any],
+        items: Sequence[Mapping],
+        meta: Mapping,
+        *,
+        device: str,
+        timings: dict[str, float],
+    ) -> list[ImageResult]:
+        import time
+
+        import torch
+
+        from medimg.models import load_checkpoint
+
+        predict = self._predictor(meta, device)
+        models = [model]
+        if self.uncertainty == "ensemble":
+            models += [load_checkpoint(w, pipeline=self.name, map_location=device)[0] for w in self.ensemble_weights]
+        results = []
+        for case, item in zip(inputs, items, strict=True):
+            start = time.perf_counter()
+            prepared = preprocessing_transforms(meta["preprocessing"].get("spacing"))(case)
+            batch = prepared.unsqueeze(0)
+            maps = None
+            with torch.no_grad():
+                if self.uncertainty is None:
+                    prob = predict(model, batch)[0].cpu()
+                else:
+                    from uncertainty.estimation import estimate_uncertainty
+
+                    estimate = estimate_uncertainty(
+                        predict,
+                        batch,
+                        models,
+                        method=self.uncertainty,
+                        samples=self.samples,
+                        regions={r: i for i, r in enumerate(REGION_CHANNELS)},
+                    )
+                    prob = estimate.mean_probability.cpu()
+                    maps = torch.stack([estimate.maps[r].cpu() for r in ("WT", "TC", "ET")])
+            timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
+            start = time.perf_counter()
+            prob_src = _to_source_grid(prob, prepared, case)
+            labels = channels_to_labels(prob_src > 0.5, meta["preprocessing"].get("labels", "brats2020"))
+            row = {
+                **region_volumes_ml(labels, np.asarray(case.affine), meta["preprocessing"].get("labels", "brats2020"))
+            }
+            extras = {"labels": labels, "affine": np.asarray(case.affine, dtype=np.float64), "item": dict(item)}
+            if maps is not None:
+                unc = np.clip(np.round(_to_source_grid(maps, prepared, case)), 0, 100).astype(np.uint8)
+                extras["uncertainty"] = dict(zip(("whole", "core", "enhance"), unc, strict=True))
+                row["uncertainty"] = self.uncertainty
+            if item.get("source") == "dicom":
+                extras["seg_sources"] = list(case.meta.get("source_files", []))
+            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+            results.append(ImageResult(row=row, heatmap=None, image=None, extras=extras))
+        return results
+
+    def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
+        from medimg.writers import write_nifti_array
+
+        extras = result.extras
+        case_id = extras["item"]["case_id"]
+        names = [f"{case_id}.nii.gz"]
+        write_nifti_array(study_dir / names[0], extras["labels"], extras["affine"])
+        for suffix, values in extras.get("uncertainty", {}).items():
+            names.append(f"{case_id}_unc_{suffix}.nii.gz")
+            write_nifti_array(study_dir / names[-1], values, extras["affine"])
+        result.row["labels_file"] = names[0]
+        result.row["uncertainty_files"] = " ".join(names[1:])
+        if extras.get("seg_sources"):
+            from medimg.dicom.seg import write_seg
+
+            present = [v for v in (1, 2, 4) if (extras["labels"] == v).any()] or [1]
+            name = f"{case_id}_SEG.dcm"
+            write_seg(extras["labels"], extras["seg_sources"], study_dir / name, label_values=present)
+            result.row["seg_file"] = name
+            names.append(name)
+        return names

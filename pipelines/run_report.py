@@ -19,11 +19,9 @@ def _thumbnail(summary: Any, row: Mapping[str, Any]) -> np.ndarray | None:
     """The overlay PNG when the pipeline wrote one, else the decoded source image."""
     from PIL import Image
 
-    from pipelines.runner import _slug
-
     overlay = row.get("overlay")
     if overlay:
-        path = summary.out / "studies" / _slug(row["StudyInstanceUID"]) / overlay
+        path = summary.out / summary.folders.get(row["StudyInstanceUID"], "") / overlay
         if path.is_file():
             return np.asarray(Image.open(path).convert("RGB"))
     try:
@@ -58,7 +56,7 @@ def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Rep
     if len(summary.rows) > 200:
         report.text(f"First 200 of {len(summary.rows)} rows; all are in results.csv.")
     pictures = []
-    for row in summary.rows[:MAX_THUMBNAILS]:
+    for row in summary.rows[:MAX_THUMBNAILS] if pipeline.unit == "image" else ():
         thumb = _thumbnail(summary, row)
         if thumb is not None:
             label = row.get("predicted", "")

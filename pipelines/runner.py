@@ -49,6 +49,8 @@ class RunSummary:
     errors: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: StudyInstanceUID -> its output folder, relative to ``out``.
+    folders: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -114,8 +116,19 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
                         "reason": f"not selected by the {rules.name} rules: {decision.reason}",
                     }
                 )
-        items = []
-        for name, picks in chosen.picked.items():
+        if chosen.missing:
+            first = study.series[0].files[0] if study.series else ""
+            summary.errors.append(
+                {
+                    "kind": "error",
+                    **ids,
+                    "path": os.path.dirname(first),
+                    "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)",
+                }
+            )
+            continue
+        items = pipeline.study_items(study, chosen) if pipeline.unit == "study" else []
+        for name, picks in chosen.picked.items() if pipeline.unit == "image" else ():
             for series, inst in picks:
                 assert inst is not None  # the 2-D pipelines select at image level
                 item = {key: inst.get(key, "") for key in _HEADER_KEYS}
@@ -134,7 +147,8 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
                 {"kind": "skipped", **ids, "path": "", "reason": f"no image matches the {rules.name} rules"}
             )
             continue
-        folder = out / "studies" / _slug(study.StudyInstanceUID)
+        folder = out / pipeline.output_folder(study.StudyInstanceUID, items[0])
+        summary.folders[study.StudyInstanceUID] = str(folder.relative_to(out))
         done = folder / "study.json"
         if done.is_file() and not overwrite:
             previous = json.loads(done.read_text())
@@ -179,7 +193,6 @@ def run_pipeline(
     Raises:
         medimg.models.CheckpointError: the weights are missing or not for this pipeline.
     """
-    import torch
 
     from medimg.dicom import scan_folder
     from medimg.models import file_sha256, load_checkpoint
@@ -193,9 +206,14 @@ def run_pipeline(
     transform = pipeline.transforms(meta["preprocessing"], train=False)
 
     t = time.perf_counter()
-    scan = scan_folder(dicom_dir, workers=workers)
+    planned = pipeline.plan_files(Path(dicom_dir), out, overwrite, summary)
+    if planned is None:
+        scan = scan_folder(dicom_dir, workers=workers)
+        jobs = _plan(pipeline, scan, out, overwrite, summary)
+        n_studies = len(scan.studies)
+    else:
+        jobs, n_studies = planned, len(planned) + summary.counts.get("studies_resumed", 0)
     summary.timings["scan"] = time.perf_counter() - t
-    jobs = _plan(pipeline, scan, out, overwrite, summary)
 
     pending = [(j, item) for j, (_, _, items) in enumerate(jobs) for item in items]
     results: dict[int, list[tuple[dict, ImageResult | None]]] = {j: [] for j in range(len(jobs))}
@@ -208,7 +226,7 @@ def run_pipeline(
         t = time.perf_counter()
         for j, item in batch:
             try:
-                tensors.append(transform(dict(item))["image"])
+                tensors.append(pipeline.load(item, transform))
                 ok.append((j, item))
             except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
                 ids = {k: item[k] for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
@@ -217,15 +235,7 @@ def run_pipeline(
                 results[j].append((item, None))
         timings["load_transform"] += time.perf_counter() - t
         if tensors:
-            t = time.perf_counter()
-            images = torch.stack([torch.as_tensor(x) for x in tensors]).to(device)
-            with torch.no_grad():
-                logits, extras = pipeline.forward(model, images, meta)
-                prob = torch.softmax(logits, dim=1).cpu().numpy()
-            timings["inference"] += time.perf_counter() - t
-            t = time.perf_counter()
-            outputs = pipeline.postprocess(images.cpu(), prob, extras, [item for _, item in ok], meta)
-            timings["postprocess"] += time.perf_counter() - t
+            outputs = pipeline.infer(model, tensors, [item for _, item in ok], meta, device=device, timings=timings)
             for (j, item), result in zip(ok, outputs, strict=True):
                 results[j].append((item, result))
         done_images += len(batch)
@@ -241,8 +251,8 @@ def run_pipeline(
         timings["write"] += time.perf_counter() - t
 
     t = time.perf_counter()
-    summary.rows.sort(key=lambda r: (r["PatientID"], r["StudyInstanceUID"], r["selection"], r["SOPInstanceUID"]))
-    columns = ID_COLUMNS + pipeline.result_columns
+    summary.rows.sort(key=lambda r: tuple(str(r.get(c, "")) for c in pipeline.id_columns))
+    columns = pipeline.id_columns + pipeline.result_columns
     write_csv(out / "results.csv", summary.rows, columns)
     outputs = pipeline.finalize(out, summary.rows, meta)
     write_csv(out / "errors.csv", summary.errors, ERROR_COLUMNS)
@@ -251,7 +261,7 @@ def run_pipeline(
     summary.counts.setdefault("images_processed", 0)
     summary.counts.setdefault("studies_resumed", 0)
     summary.counts.update(
-        studies=len(scan.studies),
+        studies=n_studies,
         studies_processed=len(jobs),
         images=len(summary.rows),
         errors=sum(1 for e in summary.errors if e["kind"] == "error"),
@@ -299,7 +309,7 @@ def _write_study(
     for item, result in done:
         if result is None:
             continue
-        row = {key: item[key] for key in ID_COLUMNS}
+        row = {key: item.get(key, "") for key in pipeline.id_columns}
         row.update(result.row)
         result.row = row
         pipeline.write_image_outputs(folder, result)
