@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test bench lint clean demo-weights quality
+.PHONY: venv demo test bench lint clean demo-weights demo-weights-brats quality
 
 venv: $(STAMP)
 
@@ -40,11 +40,21 @@ demo-weights: $(STAMP)
 	mkdir -p sample_data/weights
 	cp build/demo-runs/pneumonia/best.pt sample_data/weights/pneumonia.pt
 	cp build/demo-runs/density/best.pt sample_data/weights/density.pt
+	$(MAKE) demo-weights-brats
+
+demo-weights-brats: $(STAMP)
+	$(MEDIMG) sample-data build/demo-train-brain --seed 100 --only brain --count 24
+	$(MEDIMG) train brats build/demo-train-brain/brain/nifti -o build/demo-runs/brats --architecture segresnet-compact \
+		--epochs 40 --image-size 48x48x48 --note "$(DEMO_NOTE)" -q
+	mkdir -p sample_data/weights
+	cp build/demo-runs/brats/best.pt sample_data/weights/brats.pt
 
 quality: $(STAMP)
 	$(MEDIMG) sample-data build/quality --seed 200 --only cxr --only mammo --count cxr=200,mammo=25
 	$(MEDIMG) evaluate pneumonia build/quality/cxr --weights sample_data/weights/pneumonia.pt -o build/quality/pneumonia
 	$(MEDIMG) evaluate density build/quality/mammo --weights sample_data/weights/density.pt -o build/quality/density
+	$(MEDIMG) sample-data build/quality --seed 200 --only brain --count 6
+	$(MEDIMG) evaluate brats build/quality/brain/nifti --weights sample_data/weights/brats.pt -o build/quality/brats
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -351,7 +351,8 @@ def run(
         raise typer.Exit(2) from exc
     c = summary.counts
     console.print(
-        f"{c['images']} image(s) in results.csv ({c['images_processed']} processed now, "
+        f"{c['images']} {'case(s)' if task.unit == 'study' else 'image(s)'} in results.csv "
+        f"({c['images_processed']} processed now, "
         f"{c['studies_resumed']} stud(ies) resumed); {c['errors']} error(s), {c['skipped']} skipped. "
         f"Outputs in {out} (report.html)."
     )
@@ -375,8 +376,12 @@ def train(
         Path, typer.Option("--out", "-o", help="Run folder: best.pt, last.pt, metrics.csv, learning_curve.png.")
     ],
     architecture: Annotated[
-        str, typer.Option(help="densenet121 (paper-faithful), compact (CPU), resnet18.")
-    ] = "densenet121",
+        str | None,
+        typer.Option(
+            help="densenet121 (default, paper-faithful), compact (CPU), resnet18; brats: segresnet (default), "
+            "segresnet-compact."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
@@ -399,7 +404,7 @@ def train(
             task,
             data,
             out,
-            architecture=architecture,
+            architecture=architecture or task.default_architecture,
             image_size=size,
             epochs=epochs,
             batch_size=batch_size,
@@ -440,13 +445,21 @@ def evaluate(
     ],
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    uncertainty: Annotated[
+        str | None, typer.Option(help="brats: also score uncertainty maps (tta, mc-dropout) with QU-BraTS.")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="brats: samples for the uncertainty method.")] = 8,
+    naming: Annotated[str, typer.Option(help="brats: NIfTI naming, brats2021 or brats2023.")] = "brats2021",
 ) -> None:
-    """Evaluate a checkpoint on a labelled dataset, with bootstrap 95% intervals."""
+    """Evaluate a checkpoint on a labelled dataset (classification: bootstrap 95% intervals;
+    brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty)."""
     from medimg.models import CheckpointError
     from pipelines import DatasetError
     from pipelines.training import evaluate_pipeline
 
     task = _pipeline(pipeline)
+    if hasattr(task, "configure"):
+        task.configure(naming=naming, uncertainty=uncertainty, samples=samples)
     try:
         metrics = evaluate_pipeline(task, data, weights, out, seed=seed, n_boot=n_boot)
     except (DatasetError, CheckpointError) as exc:
@@ -457,7 +470,7 @@ def evaluate(
     for key, value in shown.items():
         interval = f" (95% CI {ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else ""
         console.print(f"{key}: {value:.4f}{interval}")
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'}, {out / 'report.html'}")
+    console.print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} in {out}")
 
 
 uncertainty_app = typer.Typer(

@@ -81,6 +81,8 @@ class Pipeline:
     #: What one result is: ``"image"`` (2-D: one row per selected image, batched) or ``"study"``
     #: (3-D: the study's selected series together make one case).
     unit: ClassVar[str] = "image"
+    #: Architecture ``medimg train`` uses when none is given.
+    default_architecture: ClassVar[str] = "densenet121"
     #: Identifier columns that start every ``results.csv`` row.
     id_columns: ClassVar[tuple[str, ...]] = (
         "PatientID",

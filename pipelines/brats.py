@@ -20,9 +20,12 @@ tumour extent is read on and is usually acquired at the finest resolution.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,19 @@ REGION_CHANNELS: tuple[str, ...] = ("TC", "WT", "ET")
 CHANNEL_ORDER: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
 REFERENCE_SEQUENCE = "t1ce"
 _NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
+# MONAI 1.6 logs at every LoadImage that its GPU DICOM decoder is absent: expected on a CPU.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_monai() -> Iterator[None]:
+    """Silence the MONAI/highdicom warnings that say nothing about the data (listed here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
+        warnings.filterwarnings("ignore", message="Setting affine, but the applied meta contains an affine")
+        warnings.filterwarnings("ignore", message=".*Orientation.__init__:labels.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield
 
 
 class CaseInputError(ValueError):
@@ -126,12 +142,19 @@ def find_nifti_cases(
 def _load_sequence(case_id: str, source: Path | Sequence[str]) -> Any:
     """A MetaTensor (1, X, Y, Z) with its RAS affine from a NIfTI file or a DICOM series."""
     if isinstance(source, (str, os.PathLike)):
-        from monai.transforms import LoadImage
+        import nibabel as nib
+        import torch
+        from monai.data import MetaTensor
 
         try:
-            return LoadImage(image_only=True, ensure_channel_first=True, reader="NibabelReader")(str(source))
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken headers
+            image = nib.load(str(source))
+            data = np.asarray(image.get_fdata(dtype=np.float32))
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise CaseInputError(case_id, source, f"cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
+        if data.ndim != 3:
+            raise CaseInputError(case_id, source, f"expected a 3-D volume, got shape {data.shape}")
+        meta = {"filename_or_obj": str(source), "space": "RAS", "original_affine": image.affine}
+        return MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(image.affine), meta=meta)
     from medimg.dicom import DecodeError, SeriesError, load_series
 
     try:
@@ -304,6 +327,7 @@ class BratsPipeline(Pipeline):
     rules = "brain_mr"
     monitor = "dice_mean"
     unit = "study"
+    default_architecture = "segresnet"
     id_columns = ("case_id", "PatientID", "StudyInstanceUID", "source", "source_file")
     result_columns = ("WT_ml", "TC_ml", "ET_ml", "labels_file", "seg_file", "uncertainty", "uncertainty_files")
 
@@ -377,7 +401,6 @@ class BratsPipeline(Pipeline):
             if done.is_file() and not overwrite:
                 previous = json.loads(done.read_text())
                 summary.rows.extend(previous["rows"])
-                summary.errors.extend(previous.get("errors", []))
                 summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
                 continue
             jobs.append((case_id, folder, [item]))
@@ -397,7 +420,8 @@ class BratsPipeline(Pipeline):
         ]
 
     def load(self, item: Mapping[str, Any], transform: Any) -> Any:
-        return load_case(item["case_id"], item["sources"])
+        with quiet_monai():
+            return load_case(item["case_id"], item["sources"])
 
     def _predictor(self, meta: Mapping[str, Any], device: str) -> Any:
         import torch
@@ -419,6 +443,19 @@ class BratsPipeline(Pipeline):
         return predict
 
     def infer(
+        self,
+        model: Any,
+        inputs: Sequence[Any],
+        items: Sequence[Mapping],
+        meta: Mapping,
+        *,
+        device: str,
+        timings: dict[str, float],
+    ) -> list[ImageResult]:
+        with quiet_monai():
+            return self._infer(model, inputs, items, meta, device=device, timings=timings)
+
+    def _infer(
         self,
         model: Any,
         inputs: Sequence[Any],
@@ -495,7 +532,8 @@ class BratsPipeline(Pipeline):
 
             present = [v for v in (1, 2, 4) if (extras["labels"] == v).any()] or [1]
             name = f"{case_id}_SEG.dcm"
-            write_seg(extras["labels"], extras["seg_sources"], study_dir / name, label_values=present)
+            with quiet_monai():
+                write_seg(extras["labels"], extras["seg_sources"], study_dir / name, label_values=present)
             result.row["seg_file"] = name
             names.append(name)
         return names

@@ -153,7 +153,6 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
         if done.is_file() and not overwrite:
             previous = json.loads(done.read_text())
             summary.rows.extend(previous["rows"])
-            summary.errors.extend(previous.get("errors", []))
             summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
             continue
         jobs.append((study, folder, items))
@@ -229,7 +228,7 @@ def run_pipeline(
                 tensors.append(pipeline.load(item, transform))
                 ok.append((j, item))
             except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-                ids = {k: item[k] for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+                ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
                 reason = f"cannot load: {exc}"
                 job_errors[j].append({"kind": "error", **ids, "path": item["source_file"], "reason": reason})
                 results[j].append((item, None))
@@ -302,8 +301,8 @@ def run_pipeline(
 def _write_study(
     pipeline: Pipeline, folder: Path, done: list[tuple[dict, ImageResult | None]], errors: list[dict[str, Any]]
 ) -> list[dict]:
-    """Per-study files, then ``study.json`` (the done marker, with the study's errors, so that a
-    resumed run still reports them); returns the study's rows."""
+    """Per-study files, then ``study.json`` (the done marker; not written when an image of the
+    study failed, so that a rerun tries the study again and reports its errors again)."""
     rows = []
     folder.mkdir(parents=True, exist_ok=True)
     for item, result in done:
@@ -314,7 +313,8 @@ def _write_study(
         result.row = row
         pipeline.write_image_outputs(folder, result)
         rows.append(result.row)
-    write_json(folder / "study.json", {"rows": rows, "errors": errors})
+    if not errors:  # a study with failures gets no done marker: the next run retries it
+        write_json(folder / "study.json", {"rows": rows})
     return rows
 
 

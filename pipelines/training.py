@@ -72,6 +72,25 @@ def train_pipeline(
     from medimg.training import TrainConfig, train_classifier
     from pipelines.base import DatasetError
 
+    if pipeline.unit == "study":  # 3-D segmentation (brats)
+        from pipelines.brats_training import train_brats
+
+        return train_brats(
+            pipeline,
+            data_dir,
+            run_dir,
+            architecture=architecture,
+            roi_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            val_fraction=val_fraction,
+            cache=cache,
+            resume=resume,
+            note=note,
+            quiet=quiet,
+        )
     run_dir = Path(run_dir)
     items = pipeline.load_dataset(data_dir)
     is_val = patient_split([item["patient_id"] for item in items], seed=seed, val_fraction=val_fraction)
@@ -182,6 +201,10 @@ def evaluate_pipeline(
     from medimg.models import file_sha256, load_checkpoint
     from medimg.report import Report
 
+    if pipeline.unit == "study":  # 3-D segmentation (brats)
+        from pipelines.brats_training import evaluate_brats
+
+        return evaluate_brats(pipeline, data_dir, weights, out)
     out = Path(out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
     items = pipeline.load_dataset(data_dir)
