@@ -96,7 +96,58 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]5. Run the pneumonia and density pipelines on DICOM folders (demo weights)")
     ok &= _pipelines(data, out, console)
+
+    console.rule("[bold]6. Segment brain tumours from MR DICOM: labels, DICOM SEG, uncertainty, QU-BraTS score")
+    ok &= _brats(data, out, console)
     return ok
+
+
+def _brats(data: Path, out: Path, console: Console) -> bool:
+    """The brats pipeline on the sample MR DICOM study, with TTA uncertainty, scored by QU-BraTS."""
+    import nibabel as nib
+
+    from pipelines import get_pipeline
+    from pipelines.brats import labels_to_channels
+    from pipelines.runner import default_weights, run_pipeline
+    from uncertainty.scoring import score_submission
+
+    weights = default_weights("brats")
+    if weights is None:
+        console.print("[red]no demo weights for brats[/red] (make demo-weights-brats writes sample_data/weights/)")
+        return False
+    pipeline = get_pipeline("brats").configure(uncertainty="tta", samples=4)
+    summary = run_pipeline(pipeline, data / "brain" / "dicom", out / "brats", weights=weights, overwrite=True)
+    scores = score_submission(out / "brats", data / "brain" / "nifti", workers=1)
+    table = Table(title="medimg run brats sample_data/brain/dicom --uncertainty tta (weights: phantoms only)")
+    for column in ("case", "WT mL", "TC mL", "ET mL", "Dice WT/TC/ET", "QU-BraTS WT/TC/ET", "SEG"):
+        table.add_column(column)
+    by_case = {c.case_id: c for c in scores.cases}
+    for row in summary.rows:
+        case_id = row["case_id"]
+        labels = np.asarray(nib.load(out / "brats" / case_id / f"{case_id}.nii.gz").dataobj)
+        truth = np.asarray(nib.load(data / "brain" / "nifti" / case_id / f"{case_id}_seg.nii.gz").dataobj)
+        dice = []
+        for p, t in zip(labels_to_channels(labels), labels_to_channels(truth), strict=True):
+            total = p.sum() + t.sum()
+            dice.append(1.0 if total == 0 else 2 * (p & t).sum() / total)
+        tc, wt, et = dice
+        quality = by_case.get(case_id)
+        qubrats = "/".join(f"{quality[r].score:.3f}" for r in ("WT", "TC", "ET")) if quality else "-"
+        table.add_row(
+            case_id,
+            f"{row['WT_ml']:.1f}",
+            f"{row['TC_ml']:.1f}",
+            f"{row['ET_ml']:.1f}",
+            f"{wt:.3f}/{tc:.3f}/{et:.3f}",
+            qubrats,
+            str(row.get("seg_file", "")),
+        )
+    console.print(table)
+    console.print(
+        f"  outputs: {out / 'brats'} (per case: labels NIfTI, uncertainty maps, DICOM SEG; results.csv, "
+        "report.html). The folder is a QU-BraTS submission: medimg uncertainty score OUT --truth TRUTH"
+    )
+    return not summary.failed and scores.ok
 
 
 def _pipelines(data: Path, out: Path, console: Console) -> bool:
