@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_scan.py
 	$(PY) tests/benchmarks/bench_qubrats.py
 	$(PY) tests/benchmarks/bench_pipelines.py
+	$(PY) tests/benchmarks/bench_brats.py
 
 # Demo weights: compact models trained on generated data (seed 100). Valid for the synthetic
 # phantoms only; `make quality` measures them on fresh data (seed 200) they never saw.

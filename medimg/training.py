@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import DataLoader, MetaTensor
-from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from monai.losses import DiceLoss, FocalLoss
 from monai.metrics import compute_dice
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -322,16 +322,21 @@ def _classification_loss(loss: str, class_weights: list[float] | None, device: t
 
 
 def _segmentation_loss(loss: str, class_weights: list[float] | None, device: torch.device) -> Criterion:
-    """``criterion(logits (B, R, *spatial), masks (B, R, *spatial) 0/1) -> scalar``: sigmoid Dice or Dice + BCE.
+    """``criterion(logits (B, R, *spatial), masks (B, R, *spatial) 0/1) -> scalar``: sigmoid Dice, or Dice + BCE.
 
-    ``"dice"`` is the MONAI BraTS tutorial's loss (squared denominators, no numerator smoothing);
-    ``"dicece"`` adds binary cross-entropy (MONAI ``DiceCELoss`` with sigmoid). ``class_weights``
-    and ``device`` are unused (segmentation takes no class weights; the losses hold no tensors).
+    ``"dice"`` is the MONAI BraTS tutorial's loss (MONAI ``DiceLoss`` on sigmoids, squared
+    denominators, no numerator smoothing). ``"dicece"`` is MONAI ``DiceLoss(sigmoid=True)`` plus
+    binary cross-entropy per channel (``BCEWithLogitsLoss``), weights 1 and 1: for R = 1 that is
+    ``DiceCELoss(sigmoid=True)``, but for R > 1 MONAI's ``DiceCELoss`` applies a softmax
+    cross-entropy across the channels (``DiceCELoss.forward`` uses ``ce`` whenever there is more
+    than one channel), which is wrong for overlapping regions such as TC inside WT, so it is not
+    used. ``class_weights`` and ``device`` are unused (the losses hold no tensors).
     """
+    terms: tuple[Criterion, ...]
     if loss == "dice":
-        dice: torch.nn.Module = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+        terms = (DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True),)
     else:
-        dice = DiceCELoss(sigmoid=True)
+        terms = (DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss())
 
     def criterion(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if logits.shape != masks.shape:
@@ -339,7 +344,7 @@ def _segmentation_loss(loss: str, class_weights: list[float] | None, device: tor
                 f"the network's logits have shape {tuple(logits.shape)} but the labels {tuple(masks.shape)}: "
                 "labels need one binary channel per output channel (R = out_channels)"
             )
-        return dice(logits, masks)
+        return torch.stack([term(logits, masks) for term in terms]).sum()
 
     return criterion
 
@@ -352,8 +357,11 @@ def _nanmean(values: list[float]) -> float:
 
 @dataclass(frozen=True)
 class _Task:
-    """What the shared loop needs to know about a task; everything else (seeding, sampling, DDP,
-    optimisation, checkpoints, resuming, logging) is the same for every task.
+    """What the shared loop needs to know about a task.
+
+    Everything else (seeding, sampling, DDP, optimisation, checkpoints, resuming, logging) is the
+    same for every task: :func:`train_classifier` and :func:`train_segmenter` differ only in the
+    :class:`_Task` they pass to :func:`_train`.
 
     Attributes:
         kind: ``"classification"`` or ``"segmentation"``; recorded in the checkpoints, and a resumed
@@ -478,7 +486,13 @@ def _segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> _
 def _check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
     """Fail before training when ``meta`` would rebuild a network the weights do not fit."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        reference = build_network(meta["architecture"], **meta["network"]).state_dict()
+        try:
+            reference = build_network(meta["architecture"], **meta["network"]).state_dict()
+        except TypeError as exc:  # keyword arguments the architecture's constructor does not take
+            raise ValueError(
+                f"checkpoint_meta describes a {meta['architecture']!r} network {dict(meta['network'])} that "
+                f"medimg.models.build_network cannot build: {exc}"
+            ) from exc
     mine = unwrap_model(model).state_dict()
     missing = sorted(set(reference) - set(mine))
     unexpected = sorted(set(mine) - set(reference))
