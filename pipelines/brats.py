@@ -376,7 +376,7 @@ class BratsPipeline(Pipeline):
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(item["case_id"]))[:96] or "case"
 
     def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
-        import json
+        from pipelines.runner import resume_study
 
         cases, errors = find_nifti_cases(source, naming=self.naming)
         if not cases and not errors:
@@ -397,13 +397,8 @@ class BratsPipeline(Pipeline):
             }
             folder = out / self.output_folder(case_id, item)
             summary.folders[case_id] = folder.name
-            done = folder / "study.json"
-            if done.is_file() and not overwrite:
-                previous = json.loads(done.read_text())
-                summary.rows.extend(previous["rows"])
-                summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
-                continue
-            jobs.append((case_id, folder, [item]))
+            if not resume_study(folder, overwrite, summary):
+                jobs.append((case_id, folder, [item]))
         return jobs
 
     def study_items(self, study: Any, chosen: Any) -> list[dict[str, Any]]:
@@ -452,68 +447,60 @@ class BratsPipeline(Pipeline):
         device: str,
         timings: dict[str, float],
     ) -> list[ImageResult]:
-        with quiet_monai():
-            return self._infer(model, inputs, items, meta, device=device, timings=timings)
-
-    def _infer(
-        self,
-        model: Any,
-        inputs: Sequence[Any],
-        items: Sequence[Mapping],
-        meta: Mapping,
-        *,
-        device: str,
-        timings: dict[str, float],
-    ) -> list[ImageResult]:
         import time
 
         import torch
 
         from medimg.models import load_checkpoint
 
-        predict = self._predictor(meta, device)
-        models = [model]
-        if self.uncertainty == "ensemble":
-            models += [load_checkpoint(w, pipeline=self.name, map_location=device)[0] for w in self.ensemble_weights]
-        results = []
-        for case, item in zip(inputs, items, strict=True):
-            start = time.perf_counter()
-            prepared = preprocessing_transforms(meta["preprocessing"].get("spacing"))(case)
-            batch = prepared.unsqueeze(0)
-            maps = None
-            with torch.no_grad():
-                if self.uncertainty is None:
-                    prob = predict(model, batch)[0].cpu()
-                else:
-                    from uncertainty.estimation import estimate_uncertainty
+        with quiet_monai():
+            predict = self._predictor(meta, device)
+            models = [model]
+            if self.uncertainty == "ensemble":
+                models += [
+                    load_checkpoint(w, pipeline=self.name, map_location=device)[0] for w in self.ensemble_weights
+                ]
+            results = []
+            for case, item in zip(inputs, items, strict=True):
+                start = time.perf_counter()
+                prepared = preprocessing_transforms(meta["preprocessing"].get("spacing"))(case)
+                batch = prepared.unsqueeze(0)
+                maps = None
+                with torch.no_grad():
+                    if self.uncertainty is None:
+                        prob = predict(model, batch)[0].cpu()
+                    else:
+                        from uncertainty.estimation import estimate_uncertainty
 
-                    estimate = estimate_uncertainty(
-                        predict,
-                        batch,
-                        models,
-                        method=self.uncertainty,
-                        samples=self.samples,
-                        regions={r: i for i, r in enumerate(REGION_CHANNELS)},
+                        estimate = estimate_uncertainty(
+                            predict,
+                            batch,
+                            models,
+                            method=self.uncertainty,
+                            samples=self.samples,
+                            regions={r: i for i, r in enumerate(REGION_CHANNELS)},
+                        )
+                        prob = estimate.mean_probability.cpu()
+                        maps = torch.stack([estimate.maps[r].cpu() for r in ("WT", "TC", "ET")])
+                timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
+                start = time.perf_counter()
+                prob_src = _to_source_grid(prob, prepared, case)
+                labels = channels_to_labels(prob_src > 0.5, meta["preprocessing"].get("labels", "brats2020"))
+                row = {
+                    **region_volumes_ml(
+                        labels, np.asarray(case.affine), meta["preprocessing"].get("labels", "brats2020")
                     )
-                    prob = estimate.mean_probability.cpu()
-                    maps = torch.stack([estimate.maps[r].cpu() for r in ("WT", "TC", "ET")])
-            timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
-            start = time.perf_counter()
-            prob_src = _to_source_grid(prob, prepared, case)
-            labels = channels_to_labels(prob_src > 0.5, meta["preprocessing"].get("labels", "brats2020"))
-            row = {
-                **region_volumes_ml(labels, np.asarray(case.affine), meta["preprocessing"].get("labels", "brats2020"))
-            }
-            extras = {"labels": labels, "affine": np.asarray(case.affine, dtype=np.float64), "item": dict(item)}
-            if maps is not None:
-                unc = np.clip(np.round(_to_source_grid(maps, prepared, case)), 0, 100).astype(np.uint8)
-                extras["uncertainty"] = dict(zip(("whole", "core", "enhance"), unc, strict=True))
-                row["uncertainty"] = self.uncertainty
-            if item.get("source") == "dicom":
-                extras["seg_sources"] = list(case.meta.get("source_files", []))
-            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
-            results.append(ImageResult(row=row, heatmap=None, image=None, extras=extras))
-        return results
+                }
+                extras = {"labels": labels, "affine": np.asarray(case.affine, dtype=np.float64), "item": dict(item)}
+                if maps is not None:
+                    unc = np.clip(np.round(_to_source_grid(maps, prepared, case)), 0, 100).astype(np.uint8)
+                    extras["uncertainty"] = dict(zip(("whole", "core", "enhance"), unc, strict=True))
+                    row["uncertainty"] = self.uncertainty
+                if item.get("source") == "dicom":
+                    extras["seg_sources"] = list(case.meta.get("source_files", []))
+                timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+                results.append(ImageResult(row=row, heatmap=None, image=None, extras=extras))
+            return results
 
     def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
         from medimg.writers import write_nifti_array

@@ -118,12 +118,15 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
                 )
         if chosen.missing:
             first = study.series[0].files[0] if study.series else ""
+            # A series that matched but was unusable (missing slices, mixed sizes) says why.
+            unusable = [f"{d.label}: {d.reason}" for d in chosen.decisions if "but unusable" in d.reason]
             summary.errors.append(
                 {
                     "kind": "error",
                     **ids,
                     "path": os.path.dirname(first),
-                    "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)",
+                    "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)"
+                    + "".join(f"; {u}" for u in unusable),
                 }
             )
             continue
@@ -149,14 +152,20 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
             continue
         folder = out / pipeline.output_folder(study.StudyInstanceUID, items[0])
         summary.folders[study.StudyInstanceUID] = str(folder.relative_to(out))
-        done = folder / "study.json"
-        if done.is_file() and not overwrite:
-            previous = json.loads(done.read_text())
-            summary.rows.extend(previous["rows"])
-            summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
-            continue
-        jobs.append((study, folder, items))
+        if not resume_study(folder, overwrite, summary):
+            jobs.append((study, folder, items))
     return jobs
+
+
+def resume_study(folder: Path, overwrite: bool, summary: RunSummary) -> bool:
+    """True when ``folder/study.json`` marks the study done (its rows are then added to
+    ``summary``); False when it has to be processed (again)."""
+    done = folder / "study.json"
+    if overwrite or not done.is_file():
+        return False
+    summary.rows.extend(json.loads(done.read_text())["rows"])
+    summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
+    return True
 
 
 def run_pipeline(

@@ -48,33 +48,45 @@ def main() -> None:
         weights = default_weights("brats")
         if weights is None:
             network = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
-            meta = {"pipeline": "brats", "architecture": "segresnet-compact", "network": network,
-                    "labels": list(pipeline.labels), "preprocessing": pipeline.preprocessing("segresnet-compact"),
-                    "training": {}}
+            meta = {
+                "pipeline": "brats",
+                "architecture": "segresnet-compact",
+                "network": network,
+                "labels": list(pipeline.labels),
+                "preprocessing": pipeline.preprocessing("segresnet-compact"),
+                "training": {},
+            }
             weights = save_checkpoint(root / "w.pt", build_network("segresnet-compact", **network), meta)
         model, meta = load_checkpoint(weights, pipeline="brats")
         pre = meta["preprocessing"]
         cases, _ = find_nifti_cases(data)
-        (case_id, roles), = cases.items()
+        ((case_id, roles),) = cases.items()
         prepared = preprocessing_transforms(pre.get("spacing"))(load_case(case_id, roles)).unsqueeze(0)
         t = time.perf_counter()
         with torch.no_grad():
-            sliding_window_inference(prepared, tuple(pre["roi_size"]), 1, model, overlap=pre.get("overlap", 0.5),
-                                     mode="gaussian")
+            sliding_window_inference(
+                prepared, tuple(pre["roi_size"]), 1, model, overlap=pre.get("overlap", 0.5), mode="gaussian"
+            )
         bare = time.perf_counter() - t
         t = time.perf_counter()
         run_pipeline(pipeline.configure(), data, root / "plain", weights=weights)
         plain = time.perf_counter() - t
-        print(f"case {tuple(prepared.shape[2:])}, roi {pre['roi_size']}, spacing {pre.get('spacing')}, "
-              f"architecture {meta['architecture']}")
+        print(
+            f"case {tuple(prepared.shape[2:])}, roi {pre['roi_size']}, spacing {pre.get('spacing')}, "
+            f"architecture {meta['architecture']}"
+        )
         print(f"(a) bare sliding_window_inference: {bare:.2f} s")
         print(f"(b) medimg run brats end to end: {plain:.2f} s")
         print(f"ratio b / a = {plain / bare:.2f}  (target <= 1.5)")
         extra = {"tta": {}, "mc-dropout": {}, "ensemble": {"ensemble_weights": [str(weights)]}}
         for method, options in extra.items():
             t = time.perf_counter()
-            run_pipeline(pipeline.configure(uncertainty=method, samples=args.samples, **options), data,
-                         root / method, weights=weights)
+            run_pipeline(
+                pipeline.configure(uncertainty=method, samples=args.samples, **options),
+                data,
+                root / method,
+                weights=weights,
+            )
             elapsed = time.perf_counter() - t
             n = 2 if method == "ensemble" else args.samples
             print(f"uncertainty {method} ({n} passes): {elapsed:.2f} s = {elapsed / plain:.2f}x the plain run")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,15 +25,6 @@ from medimg.models import (
     load_checkpoint,
     save_checkpoint,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the suite runs on 2 cores with 2 xdist workers (oversubscribed OpenMP thrashes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def meta(architecture: str = "compact", pipeline: str = "density", **network) -> dict:

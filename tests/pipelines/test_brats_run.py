@@ -141,7 +141,8 @@ def test_dicom_series_with_a_missing_slice(brain: Path, weights: Path, tmp_path:
     result = runner.invoke(app, ["run", "brats", str(dicom), "-o", str(out), "--weights", str(weights), "-q"])
     assert result.exit_code == 1
     (error,) = [e for e in _rows(out / "errors.csv") if e["kind"] == "error"]
-    assert "missing slices" in error["reason"] and CASE in error["reason"]
+    assert error["PatientID"] == CASE
+    assert "missing required series: flair" in error["reason"] and "missing slices" in error["reason"]
 
 
 def test_other_pipelines_weights_are_refused(brain: Path, tmp_path: Path) -> None:
