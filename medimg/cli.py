@@ -391,6 +391,9 @@ def train(
     ] = None,  # noqa: UP045
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode DICOM every epoch instead of caching.")] = False,
     note: Annotated[str, typer.Option(help="A note stored in the checkpoint (what the weights are valid for).")] = "",
+    loss: Annotated[
+        str | None, typer.Option(help="brats: dice (default, MONAI DiceLoss) or dicece (Dice + per-channel BCE).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a pipeline's classifier (patient-level split, best checkpoint, resume; DDP under torchrun)."""
@@ -412,6 +415,7 @@ def train(
             seed=seed,
             cache=not no_cache,
             note=note,
+            loss=loss,
             quiet=quiet,
         )
     except DatasetError as exc:

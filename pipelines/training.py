@@ -57,6 +57,7 @@ def train_pipeline(
     resume: bool = True,
     num_workers: int = 0,
     note: str = "",
+    loss: str | None = None,
     quiet: bool = False,
 ) -> Any:
     """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
@@ -89,6 +90,7 @@ def train_pipeline(
             cache=cache,
             resume=resume,
             note=note,
+            loss=loss or "dice",
             quiet=quiet,
         )
     run_dir = Path(run_dir)
