@@ -370,7 +370,13 @@ class BratsPipeline(Pipeline):
         }
 
     def transforms(self, preprocessing: Mapping[str, Any], *, train: bool) -> Any:
-        return None  # loading and preprocessing happen in load() and infer()
+        """Loader of a case in the checkpoint's channel order (intensity preprocessing is in infer())."""
+        channels = tuple(preprocessing.get("channels", CHANNEL_ORDER))
+
+        def load(item: Mapping[str, Any]) -> Any:
+            return load_case(item["case_id"], item["sources"], channels=channels)
+
+        return load
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(item["case_id"]))[:96] or "case"
@@ -416,7 +422,7 @@ class BratsPipeline(Pipeline):
 
     def load(self, item: Mapping[str, Any], transform: Any) -> Any:
         with quiet_monai():
-            return load_case(item["case_id"], item["sources"])
+            return transform(item)
 
     def _predictor(self, meta: Mapping[str, Any], device: str) -> Any:
         import torch

@@ -54,7 +54,7 @@ def _items(pipeline: BratsPipeline, data_dir: str | os.PathLike[str]) -> list[di
     return items
 
 
-def _load_transform(convention: str) -> Any:
+def _load_transform(convention: str, channels: tuple[str, ...]) -> Any:
     """A MONAI map transform: case item -> {"image": (4, X, Y, Z), "label": (3, X, Y, Z)}."""
     from monai.data import MetaTensor
     from monai.transforms import MapTransform
@@ -64,19 +64,19 @@ def _load_transform(convention: str) -> Any:
             super().__init__(keys=["image"])
 
         def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-            image = load_case(data["case_id"], data["sources"])
             import nibabel as nib
 
+            image = load_case(data["case_id"], data["sources"], channels=channels)
             seg = np.asarray(nib.load(data["seg"]).dataobj)
             if tuple(seg.shape) != tuple(image.shape[1:]):
                 raise DatasetError(
                     f"{data['case_id']}: segmentation shape {tuple(seg.shape)} != {tuple(image.shape[1:])}"
                 )
             try:
-                channels = labels_to_channels(np.asarray(seg), convention)
+                regions = labels_to_channels(np.asarray(seg), convention)
             except ValueError as exc:
                 raise DatasetError(f"{data['case_id']}: {exc} ({data['seg']})") from exc
-            label = MetaTensor(channels.astype(np.float32), affine=image.affine, meta=dict(image.meta))
+            label = MetaTensor(regions.astype(np.float32), affine=image.affine, meta=dict(image.meta))
             return {"image": image, "label": label, "case_id": data["case_id"]}
 
     return LoadBratsCased()
@@ -96,7 +96,8 @@ def _transforms(preprocessing: Mapping[str, Any], *, train: bool) -> Any:
     )
 
     keys = ["image", "label"]
-    steps: list[Any] = [_load_transform(preprocessing.get("labels", "brats2020")), Orientationd(keys, axcodes="RAS")]
+    load = _load_transform(preprocessing.get("labels", "brats2020"), tuple(preprocessing["channels"]))
+    steps: list[Any] = [load, Orientationd(keys, axcodes="RAS")]
     if preprocessing.get("spacing"):
         steps.append(Spacingd(keys, pixdim=tuple(preprocessing["spacing"]), mode=("bilinear", "nearest")))
     steps.append(NormalizeIntensityd("image", nonzero=True, channel_wise=True))
@@ -234,7 +235,7 @@ def evaluate_brats(
     for item in _items(pipeline, data_dir):
         import nibabel as nib
 
-        case = load_case(item["case_id"], item["sources"])
+        case = load_case(item["case_id"], item["sources"], channels=tuple(meta["preprocessing"]["channels"]))
         truth = np.asarray(nib.load(item["seg"]).dataobj)
         (result,) = pipeline.infer(model, [case], [dict(item, source="nifti")], meta, device="cpu", timings={})
         labels = result.extras["labels"]
