@@ -46,7 +46,7 @@ demo-weights: $(STAMP)
 demo-weights-brats: $(STAMP)
 	$(MEDIMG) sample-data build/demo-train-brain --seed 100 --only brain --count 24
 	$(MEDIMG) train brats build/demo-train-brain/brain/nifti -o build/demo-runs/brats --architecture segresnet-compact \
-		--epochs 40 --image-size 48x48x48 --lr 2e-3 --loss dicece --note "$(DEMO_NOTE)" -q
+		--epochs 80 --image-size 48x48x48 --lr 2e-3 --loss dicece --note "$(DEMO_NOTE)" -q
 	mkdir -p sample_data/weights
 	cp build/demo-runs/brats/best.pt sample_data/weights/brats.pt
 
