@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["DatasetError", "ImageResult", "Pipeline", "patient_split"]
+__all__ = ["DatasetError", "ImageResult", "Pipeline", "patient_split", "slug"]
 
 
 class DatasetError(ValueError):
@@ -39,6 +39,13 @@ class ImageResult:
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    """A file-system-safe folder name from an identifier (UIDs keep their dots)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text))[:96] or "x"
 
 
 def patient_split(patient_ids: Sequence[str], *, seed: int, val_fraction: float = 0.2) -> np.ndarray:
@@ -172,9 +179,7 @@ class Pipeline:
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
         """Folder (relative to OUT) of a study's outputs and ``study.json``."""
-        import re
-
-        return "studies/" + (re.sub(r"[^A-Za-z0-9.+-]+", "_", study_uid)[:96] or "x")
+        return "studies/" + slug(study_uid)
 
     def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
         """Work for inputs that are not DICOM (e.g. a BraTS NIfTI folder), or None to scan DICOM.

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.base import ImageResult, Pipeline
+from pipelines.base import ImageResult, Pipeline, slug
 
 __all__ = [
     "BratsPipeline",
@@ -379,7 +379,7 @@ class BratsPipeline(Pipeline):
         return load
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
-        return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(item["case_id"]))[:96] or "case"
+        return slug(item["case_id"])
 
     def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
         from pipelines.runner import resume_study

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +32,8 @@ from medimg import __version__
 from medimg.writers import write_csv, write_json
 from pipelines.base import ImageResult, Pipeline
 
-__all__ = ["ERROR_COLUMNS", "ID_COLUMNS", "RunSummary", "default_weights", "run_pipeline"]
+__all__ = ["ERROR_COLUMNS", "RunSummary", "default_weights", "resume_study", "run_pipeline"]
 
-ID_COLUMNS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "source_file", "selection")
 ERROR_COLUMNS = ("kind", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "path", "reason")
 _HEADER_KEYS = ("PatientID", "Rows", "Columns", "ViewPosition", "ImageLaterality", "Laterality", "Modality")
 
@@ -65,10 +63,6 @@ def default_weights(pipeline: str) -> Path | None:
     """
     candidate = Path(__file__).resolve().parents[1] / "sample_data" / "weights" / f"{pipeline}.pt"
     return candidate if candidate.is_file() else None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)[:96] or "x"
 
 
 def _versions() -> dict[str, str]:
