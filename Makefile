@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test bench lint clean demo-weights demo-weights-brats quality
+.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-brats quality
 
 venv: $(STAMP)
 
@@ -19,14 +19,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medimg demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -n 2 -q
+
+# Headless Chromium for the saliency report's browser test (Debian package; skipped, with the
+# reason, where it cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1)); } || \
+		echo "chromium not installed: the report's browser test will be skipped"
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_scan.py
 	$(PY) tests/benchmarks/bench_qubrats.py
 	$(PY) tests/benchmarks/bench_pipelines.py
 	$(PY) tests/benchmarks/bench_brats.py
+	$(PY) tests/benchmarks/bench_saliency.py
 
 # Demo weights: compact models trained on generated data (seed 100). Valid for the synthetic
 # phantoms only; `make quality` measures them on fresh data (seed 200) they never saw.

@@ -268,7 +268,7 @@ def demo(
         raise typer.Exit(1)
 
 
-PIPELINE_HELP = "Pipeline: pneumonia (chest X-ray) or density (mammography)."
+PIPELINE_HELP = "Pipeline: pneumonia (chest X-ray), density (mammography) or brats (brain-tumour MRI)."
 
 
 def _pipeline(name: str):  # type: ignore[no-untyped-def]
@@ -369,7 +369,9 @@ def train(
     data: Annotated[
         Path,
         typer.Argument(
-            exists=True, file_okay=False, help="RSNA layout (pneumonia) or VinDr-like site folder(s) (density)."
+            exists=True,
+            file_okay=False,
+            help="RSNA layout (pneumonia), VinDr-like site folder(s) (density) or BraTS NIfTI folder (brats).",
         ),
     ],
     out: Annotated[
@@ -396,7 +398,7 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train a pipeline's classifier (patient-level split, best checkpoint, resume; DDP under torchrun)."""
+    """Train a pipeline's network (patient-level split, best checkpoint, resume; DDP under torchrun)."""
     from pipelines import DatasetError
     from pipelines.training import train_pipeline
 
@@ -620,6 +622,103 @@ def uncertainty_rank(
     _print_errors([{"team": team, **e.to_row()} for team, e in board.errors])  # type: ignore[attr-defined]
     if board.errors:
         raise typer.Exit(1)
+
+
+saliency_app = typer.Typer(
+    help="Saliency-map trust audits (Arun et al. 2020): eight methods, four criteria.", no_args_is_help=True
+)
+app.add_typer(saliency_app, name="saliency")
+
+
+def _csv_list(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+@saliency_app.command("audit")
+def saliency_audit(
+    pipeline: Annotated[str, typer.Argument(help="2-D pipeline: pneumonia (boxes: all criteria) or density.")],
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The pipeline's dataset folder.")],
+    weights: Annotated[Path, typer.Option("--weights", exists=True, dir_okay=False, help="Trained model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (report, CSVs, map cache).")],
+    replica: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(exists=True, dir_okay=False, help="Same architecture, another seed (repeatability)."),
+    ] = None,
+    other_arch: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--other-arch", exists=True, dir_okay=False, help="Another architecture (reproducibility)."),
+    ] = None,
+    train_replicas: Annotated[
+        bool, typer.Option("--train-replicas", help="Train the missing replicate / second architecture.")
+    ] = False,
+    train_data: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(file_okay=False, help="Training data for --train-replicas (default: the weights' own)."),
+    ] = None,
+    prior_data: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(file_okay=False, help="Folder whose boxes make the average-mask prior (default: leave-one-out)."),
+    ] = None,
+    methods: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Comma-separated: gradient,smoothgrad,integrated_gradients,smoothgrad_ig,gradcam,"
+            "guided_backprop,guided_gradcam,xrai (default: all)."
+        ),
+    ] = None,
+    criteria: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Comma-separated: localization,randomization,repeatability,reproducibility (default: all)."),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Method settings: paper (spec defaults) or captum.")] = "paper",
+    data_range: Annotated[float, typer.Option(help="SSIM data range: 1.0, or 2.0 as in the paper's code.")] = 1.0,
+    max_images: Annotated[int, typer.Option(min=1, help="At most this many images (positives first).")] = 100,
+    seed: Annotated[int, typer.Option(help="Seeds noise, randomisation, baseline pairs, replicas.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images x samples per forward/backward chunk.")] = 32,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Audit a model's saliency maps: localisation, randomisation, repeatability, reproducibility."""
+    from rich.table import Table
+
+    from medimg.models import CheckpointError
+    from pipelines.base import DatasetError
+    from pipelines.saliency_audit import audit_pipeline
+    from saliency.audit_report import pass_matrix_rows
+
+    try:
+        result = audit_pipeline(
+            pipeline,
+            data,
+            weights,
+            out,
+            replica=replica,
+            other_arch=other_arch,
+            train_replicas=train_replicas,
+            train_data=train_data,
+            prior_data=prior_data,
+            methods=_csv_list(methods),
+            criteria=_csv_list(criteria),
+            preset=preset,
+            data_range=data_range,
+            max_images=max_images,
+            seed=seed,
+            batch_size=batch_size,
+            progress=not quiet,
+        )
+    except (DatasetError, CheckpointError, ValueError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    rows = pass_matrix_rows(result.matrix, [c for c in next(iter(result.matrix.values()), {})])
+    if rows:
+        table = Table(title="Pass/fail matrix")
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print("wrote " + ", ".join(str(p) for p in result.files.values()))
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ Architectures (all classifiers: input ``(B, in_channels, *spatial)`` float32, ou
 * ``"resnet18"``: ``monai.networks.nets.resnet18`` with MONAI's defaults (11.2 M parameters;
   first convolution stride 1, so 4x the compute of torchvision's ResNet-18 at the same image
   size; pass ``conv1_t_stride=2`` to match torchvision).
+* ``"resnet-compact"``: a small MONAI ``ResNet`` (basic blocks, one per stage, widths 16, 32,
+  64, 128, first convolution stride 2) for CPU training and the saliency audit's second
+  architecture (reproducibility): 0.30 M parameters for 1 channel and 2 classes.
 
 Checkpoint layout (a ``dict`` written by ``torch.save``)::
 
@@ -62,7 +65,14 @@ __all__ = [
     "validate_meta",
 ]
 
-ARCHITECTURES: tuple[str, ...] = ("densenet121", "compact", "resnet18", "segresnet", "segresnet-compact")
+ARCHITECTURES: tuple[str, ...] = (
+    "densenet121",
+    "compact",
+    "resnet18",
+    "resnet-compact",
+    "segresnet",
+    "segresnet-compact",
+)
 #: Segmentation networks (dense outputs (B, K, *spatial)); the others are classifiers.
 SEGMENTATION_ARCHITECTURES: tuple[str, ...] = ("segresnet", "segresnet-compact")
 CHECKPOINT_FORMAT = "medimg-checkpoint"
@@ -80,7 +90,18 @@ _SEGRESNET_DEFAULTS: dict[str, dict[str, Any]] = {
     "segresnet-compact": {"init_filters": 8, "blocks_down": (1, 2, 2), "blocks_up": (1, 1), "dropout_prob": 0.2},
 }
 # The layer whose activations and gradients Grad-CAM uses: the last feature map before pooling.
-_GRADCAM_LAYERS = {"densenet121": "class_layers.relu", "compact": "class_layers.relu", "resnet18": "layer4"}
+_GRADCAM_LAYERS = {
+    "densenet121": "class_layers.relu",
+    "compact": "class_layers.relu",
+    "resnet18": "layer4",
+    "resnet-compact": "layer4",
+}
+_RESNET_COMPACT_DEFAULTS: dict[str, Any] = {
+    "block": "basic",
+    "layers": (1, 1, 1, 1),
+    "block_inplanes": (16, 32, 64, 128),
+    "conv1_t_stride": 2,
+}
 _RESERVED_KEYS = ("format", "version", "state_dict", "meta")
 
 
@@ -128,6 +149,11 @@ def build_network(
 
         settings = {**_SEGRESNET_DEFAULTS[architecture], **kwargs}
         return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **settings)
+    if architecture == "resnet-compact":
+        from monai.networks.nets import ResNet
+
+        settings = {**_RESNET_COMPACT_DEFAULTS, **kwargs}
+        return ResNet(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **settings)
     return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **kwargs)
 
 

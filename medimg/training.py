@@ -325,18 +325,18 @@ def _segmentation_loss(loss: str, class_weights: list[float] | None, device: tor
     """``criterion(logits (B, R, *spatial), masks (B, R, *spatial) 0/1) -> scalar``: sigmoid Dice, or Dice + BCE.
 
     ``"dice"`` is the MONAI BraTS tutorial's loss (MONAI ``DiceLoss`` on sigmoids, squared
-    denominators, no numerator smoothing). ``"dicece"`` is MONAI ``DiceLoss(sigmoid=True)`` plus
-    binary cross-entropy per channel (``BCEWithLogitsLoss``), weights 1 and 1: for R = 1 that is
-    ``DiceCELoss(sigmoid=True)``, but for R > 1 MONAI's ``DiceCELoss`` applies a softmax
-    cross-entropy across the channels (``DiceCELoss.forward`` uses ``ce`` whenever there is more
-    than one channel), which is wrong for overlapping regions such as TC inside WT, so it is not
-    used. ``class_weights`` and ``device`` are unused (the losses hold no tensors).
+    denominators, no numerator smoothing). ``"dicece"`` is that Dice loss plus binary
+    cross-entropy per channel (``BCEWithLogitsLoss``), weights 1 and 1. MONAI's ``DiceCELoss`` is
+    not used: for R > 1 it applies a softmax cross-entropy across the channels, wrong for
+    overlapping regions such as TC inside WT. No numerator smoothing matters for patch training:
+    with MONAI's default ``smooth_nr=1e-5`` a patch whose region is empty has the loss
+    ``1 - 1e-5 / (sum(p) + 1e-5)``, whose gradient grows like ``1e-5 / sum(p)^2`` as the prediction
+    shrinks, so small regions (the enhancing rim) collapse to "never predicted" (measured: ET
+    validation Dice 0.00 after 9 epochs); with ``smooth_nr=0`` an empty region costs a constant 1
+    and no gradient. ``class_weights`` and ``device`` are unused (the losses hold no tensors).
     """
-    terms: tuple[Criterion, ...]
-    if loss == "dice":
-        terms = (DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True),)
-    else:
-        terms = (DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss())
+    dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+    terms: tuple[Criterion, ...] = (dice,) if loss == "dice" else (dice, torch.nn.BCEWithLogitsLoss())
 
     def criterion(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if logits.shape != masks.shape:
@@ -701,7 +701,7 @@ def train_segmenter(
             :func:`medimg.models.read_checkpoint`). ``meta["training"]`` is extended as for
             :func:`train_classifier`.
         loss: ``"dice"`` (MONAI ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0,
-            smooth_dr=1e-5)``, the MONAI BraTS tutorial's) or ``"dicece"`` (``DiceCELoss(sigmoid=True)``).
+            smooth_dr=1e-5)``, the MONAI BraTS tutorial's) or ``"dicece"`` (that Dice loss + per-channel BCE).
         resume: continue from ``out_dir/last.pt`` when it exists (a completed run returns at once).
         quiet: no progress bar and no per-epoch lines (on stderr).
 

@@ -83,7 +83,11 @@ class Pipeline:
     labels: ClassVar[tuple[str, ...]]
     rules: ClassVar[str]
     monitor: ClassVar[str]
-    default_image_size: ClassVar[Mapping[str, tuple[int, int]]] = {"densenet121": (224, 224), "compact": (128, 128)}
+    default_image_size: ClassVar[Mapping[str, tuple[int, int]]] = {
+        "densenet121": (224, 224),
+        "compact": (128, 128),
+        "resnet-compact": (128, 128),
+    }
     result_columns: ClassVar[tuple[str, ...]] = ()
     #: What one result is: ``"image"`` (2-D: one row per selected image, batched) or ``"study"``
     #: (3-D: the study's selected series together make one case).

@@ -1,0 +1,151 @@
+"""The audit end to end on a planted-lesion problem: CSVs, pass/fail matrix, cache, known answers."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from saliency_toy import lesion_data, train
+
+from medimg.models import build_network, gradcam_layer
+from saliency.audit import CRITERIA, AuditConfig, AuditData, AuditModel, run_audit
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def toy() -> dict:
+    images, labels, masks = lesion_data(96, seed=0)
+    torch.manual_seed(0)
+    trained = train(build_network("compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels, seed=0)
+    torch.manual_seed(1)
+    replica = train(build_network("compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels, seed=1)
+    torch.manual_seed(2)
+    other = train(build_network("resnet-compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels)
+    torch.manual_seed(3)
+    untrained = build_network("compact", spatial_dims=2, in_channels=1, out_channels=2).eval()
+    test_images, test_labels, test_masks = lesion_data(24, seed=7)
+    positives = np.flatnonzero(test_labels)
+    data = AuditData(
+        ids=[f"img{i:02d}" for i in positives],
+        images=test_images[positives],
+        masks=test_masks[positives],
+        labels=test_labels[positives],
+        description="planted lesions",
+    )
+    models = [
+        AuditModel("trained", trained, "compact", gradcam_layer("compact"), "toy"),
+        AuditModel("untrained", untrained, "compact", gradcam_layer("compact"), "random"),
+        AuditModel("replica", replica, "compact", gradcam_layer("compact"), "toy seed 1"),
+        AuditModel("other", other, "resnet-compact", gradcam_layer("resnet-compact"), "toy resnet"),
+    ]
+    return {"data": data, "models": models}
+
+
+def test_audit_writes_every_table_and_the_matrix_and_resumes_from_its_cache(toy: dict, tmp_path: Path) -> None:
+    config = AuditConfig(methods=("gradient", "gradcam", "guided_backprop"), examples=2)
+    result = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)
+    for name in (
+        "report.html",
+        "summary.csv",
+        "localization.csv",
+        "randomization.csv",
+        "repeatability.csv",
+        "reproducibility.csv",
+        "settings.json",
+    ):
+        assert (tmp_path / name).is_file(), name
+    assert set(result.matrix) == {"gradient", "gradcam", "guided_backprop"}
+    assert all(set(row) == set(CRITERIA) for row in result.matrix.values())
+    n = len(toy["data"].ids)
+    loc = _read(tmp_path / "localization.csv")
+    sources = {r["source"] for r in loc}
+    assert sources == {"trained", "untrained", "prior"}
+    assert sum(r["source"] == "trained" for r in loc) == 3 * n
+    rand = _read(tmp_path / "randomization.csv")
+    stages = {(r["model"], r["stage"]) for r in rand if int(r["stage_index"]) > 0}
+    assert ("trained", "logits") in stages and ("replica", "logits") in stages
+    assert len(_read(tmp_path / "repeatability.csv")) == 3 * n
+    summary = _read(tmp_path / "summary.csv")
+    assert {r["criterion"] for r in summary} == set(CRITERIA)
+    html = (tmp_path / "report.html").read_text()
+    assert "Pass/fail matrix" in html and html.count("<img") >= 5
+
+    # A rerun computes no map again: everything comes from OUT/cache.
+    before = {p.name for p in (tmp_path / "cache").iterdir()}
+    again = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == before
+    assert again.matrix == result.matrix
+    import json
+
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["cache"]["computed"] == 0 and settings["cache"]["loaded"] > 0
+
+
+def test_trained_gradcam_beats_the_untrained_model_on_planted_lesions(toy: dict, tmp_path: Path) -> None:
+    config = AuditConfig(methods=("gradcam",), criteria=("localization",))
+    run_audit(toy["data"], toy["models"][:2], config, tmp_path, progress=False)
+    loc = _read(tmp_path / "localization.csv")
+    ap = {
+        s: np.nanmean([float(r["average_precision"]) for r in loc if r["source"] == s])
+        for s in ("trained", "untrained", "prior")
+    }
+    assert ap["trained"] > ap["untrained"] + 0.2, ap
+    assert ap["trained"] > ap["prior"], ap
+    (row,) = [r for r in _read(tmp_path / "summary.csv") if r["baseline"] == "untrained model"]
+    assert float(row["p_holm"]) < 0.01
+
+
+def test_missing_models_skip_their_criteria_with_a_note(toy: dict, tmp_path: Path) -> None:
+    data = toy["data"]
+    bare = AuditData(ids=data.ids, images=data.images)  # no masks
+    result = run_audit(bare, toy["models"][:1], AuditConfig(methods=("gradient",)), tmp_path, progress=False)
+    assert set(result.matrix["gradient"]) == {"randomization"}
+    text = " ".join(result.notes)
+    assert "Localisation skipped" in text and "Repeatability skipped" in text and "Reproducibility skipped" in text
+
+
+def test_degenerate_maps_are_counted_not_dropped(tmp_path: Path) -> None:
+    class Constant(torch.nn.Module):
+        """Logits that do not depend on the input: every gradient map is all zero."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(1, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.ones(x.shape[0], 1)) + 0 * x.sum()
+
+    images, _, _ = lesion_data(6, seed=3, size=32)
+    masks = np.zeros((6, 32, 32), dtype=bool)
+    masks[:, 5:15, 8:20] = True
+    data = AuditData(ids=[str(i) for i in range(6)], images=images, masks=masks)
+    model = Constant().eval()
+    result = run_audit(
+        data,
+        [AuditModel("trained", model, "constant")],
+        AuditConfig(methods=("gradient",), criteria=("localization",)),
+        tmp_path,
+        progress=False,
+    )
+    rows = _read(tmp_path / "localization.csv")
+    trained = [r for r in rows if r["source"] == "trained"]
+    assert len(trained) == 6 and all(r["degenerate"] == "True" for r in trained)
+    (summary,) = [r for r in result.summary if r["criterion"] == "localization"]
+    assert summary["n_degenerate"] == 6 and summary["n"] == 0 and summary["passed"] is False  # n: finite scores
+
+
+def test_bad_inputs_are_refused(toy: dict, tmp_path: Path) -> None:
+    data = toy["data"]
+    with pytest.raises(ValueError, match="trained"):
+        run_audit(data, toy["models"][1:2], AuditConfig(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown saliency method"):
+        run_audit(data, toy["models"][:1], AuditConfig(methods=("lime",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown criteria"):
+        run_audit(data, toy["models"][:1], AuditConfig(criteria=("beauty",)), tmp_path, progress=False)
