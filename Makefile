@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-brats quality
+.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-brats quality
 
 venv: $(STAMP)
 
@@ -50,12 +50,23 @@ demo-weights: $(STAMP)
 	mkdir -p sample_data/weights
 	cp build/demo-runs/pneumonia/best.pt sample_data/weights/pneumonia.pt
 	cp build/demo-runs/density/best.pt sample_data/weights/density.pt
+	$(MAKE) demo-weights-saliency
 	$(MAKE) demo-weights-brats
+
+# The saliency audit's replicate (same net, seed 1) and second architecture for the pneumonia model.
+demo-weights-saliency: $(STAMP)
+	test -d build/demo-train/cxr || $(MEDIMG) sample-data build/demo-train --seed 100 --only cxr --count cxr=400
+	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia-seed1 --architecture compact \
+		--epochs 20 --seed 1 --note "$(DEMO_NOTE)" -q
+	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia-resnet --architecture resnet-compact \
+		--epochs 20 --note "$(DEMO_NOTE)" -q
+	cp build/demo-runs/pneumonia-seed1/best.pt sample_data/weights/pneumonia_replica.pt
+	cp build/demo-runs/pneumonia-resnet/best.pt sample_data/weights/pneumonia_resnet.pt
 
 demo-weights-brats: $(STAMP)
 	$(MEDIMG) sample-data build/demo-train-brain --seed 100 --only brain --count 24
 	$(MEDIMG) train brats build/demo-train-brain/brain/nifti -o build/demo-runs/brats --architecture segresnet-compact \
-		--epochs 80 --image-size 48x48x48 --lr 2e-3 --loss dicece --note "$(DEMO_NOTE)" -q
+		--epochs 40 --batch-size 2 --image-size 48x48x48 --lr 2e-3 --loss dicece --note "$(DEMO_NOTE)" -q
 	mkdir -p sample_data/weights
 	cp build/demo-runs/brats/best.pt sample_data/weights/brats.pt
 

@@ -4,7 +4,8 @@ Generate the sample data when missing; scan each dataset folder (index + quarant
 bundled selection rules (brain MR sequences, frontal chest radiograph, the four mammography
 views); convert the brain MR DICOM studies to NIfTI, checking voxel values and geometry against
 the BraTS NIfTI files the same cases were generated from; score and rank synthetic QU-BraTS
-teams; run the pneumonia and density pipelines with the demo weights.
+teams; run the pneumonia and density pipelines with the demo weights; segment the brain MR
+study with uncertainty; audit the pneumonia model's saliency maps.
 """
 
 from __future__ import annotations
@@ -99,7 +100,52 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]6. Segment brain tumours from MR DICOM: labels, DICOM SEG, uncertainty, QU-BraTS score")
     ok &= _brats(data, out, console)
+
+    console.rule("[bold]7. Audit the pneumonia model's saliency maps (eight methods, four criteria)")
+    ok &= _saliency(data, out, console, quiet=quiet)
     return ok
+
+
+def _saliency(data: Path, out: Path, console: Console, *, quiet: bool) -> bool:
+    """``medimg saliency audit pneumonia`` on the sample CXR positives with the demo weights."""
+    from pipelines.runner import default_weights
+    from pipelines.saliency_audit import audit_pipeline
+    from saliency.audit_report import pass_matrix_rows
+
+    weights = default_weights("pneumonia")
+    if weights is None:
+        console.print("[red]no demo weights for pneumonia[/red] (make demo-weights writes sample_data/weights/)")
+        return False
+    extra = {role: weights.with_name(name) for role, name in _SALIENCY_MODELS.items()}
+    result = audit_pipeline(
+        "pneumonia",
+        data / "cxr",
+        weights,
+        out / "saliency",
+        replica=extra["replica"] if extra["replica"].is_file() else None,
+        other_arch=extra["other"] if extra["other"].is_file() else None,
+        progress=not quiet,
+    )
+    criteria = list(next(iter(result.matrix.values()), {}))
+    rows = pass_matrix_rows(result.matrix, criteria)
+    table = Table(title="medimg saliency audit pneumonia sample_data/cxr (pass/fail; rules in the report)")
+    for column in rows[0] if rows else []:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    for note in result.notes:
+        console.print(f"  note: {note}")
+    console.print(
+        f"  outputs: {out / 'saliency'} (report.html, summary.csv, localization.csv, randomization.csv, "
+        "repeatability.csv, reproducibility.csv). A handful of images: the verdicts show the mechanics, "
+        "not the model's trustworthiness."
+    )
+    return bool(rows)
+
+
+#: Demo weights beside pneumonia.pt used by the saliency audit (repeatability, reproducibility).
+_SALIENCY_MODELS = {"replica": "pneumonia_replica.pt", "other": "pneumonia_resnet.pt"}
 
 
 def _brats(data: Path, out: Path, console: Console) -> bool:

@@ -1,0 +1,96 @@
+"""``medimg saliency audit`` on the pneumonia pipeline: masks on the network grid, CLI, model checks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medimg.cli import app
+from medimg.models import build_network, load_checkpoint, save_checkpoint
+from pipelines import get_pipeline
+from pipelines.saliency_audit import audit_pipeline, load_audit_data
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
+CXR = SAMPLE / "cxr"
+WEIGHTS = SAMPLE / "weights" / "pneumonia.pt"
+runner = CliRunner()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_boxes_become_masks_on_the_network_grid() -> None:
+    pipeline = get_pipeline("pneumonia")
+    _, meta = load_checkpoint(WEIGHTS, pipeline="pneumonia")
+    data = load_audit_data(pipeline, CXR, meta["preprocessing"])
+    items = {i["patient_id"]: i for i in pipeline.load_dataset(CXR) if i["boxes"]}
+    assert sorted(data.ids) == sorted(items) and data.masks is not None
+    nx, ny = meta["preprocessing"]["image_size"]
+    assert data.images.shape == (len(items), 1, nx, ny) and data.masks.shape == (len(items), nx, ny)
+    import pydicom
+
+    for pid, mask in zip(data.ids, data.masks, strict=True):
+        ds = pydicom.dcmread(items[pid]["image"], stop_before_pixels=True)
+        expected = np.zeros((ny, nx), dtype=bool)  # rows, columns
+        for x, y, w, h in items[pid]["boxes"]:
+            c0, c1 = int(x / (ds.Columns - 1) * nx), int((x + w) / (ds.Columns - 1) * nx)
+            r0, r1 = int(y / (ds.Rows - 1) * ny), int((y + h) / (ds.Rows - 1) * ny)
+            expected[r0 : r1 + 1, c0 : c1 + 1] = True
+        np.testing.assert_array_equal(mask, expected.T)  # network grid is (X = columns, Y = rows)
+    # ... and the images are on that grid too: image[0].T looks like the stored pixels (rows, columns).
+    from skimage.transform import resize
+
+    for pid, image in zip(data.ids, data.images.numpy(), strict=True):
+        pixels = resize(pydicom.dcmread(items[pid]["image"]).pixel_array.astype(float), (ny, nx))
+        assert np.corrcoef(pixels.ravel(), image[0].T.ravel())[0, 1] > 0.95
+
+
+def test_cli_audit_on_the_sample_data_with_the_same_weights_as_replica(tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    result = runner.invoke(
+        app,
+        [
+            "saliency", "audit", "pneumonia", str(CXR), "--weights", str(WEIGHTS), "--replica", str(WEIGHTS),
+            "--methods", "gradient,gradcam", "--criteria", "localization,repeatability", "-o", str(out), "-q",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Pass/fail matrix" in result.output
+    for name in ("report.html", "summary.csv", "localization.csv", "repeatability.csv", "settings.json"):
+        assert (out / name).is_file()
+    # Identical weights give identical maps: SSIM exactly 1, and the rule passes.
+    ssim = [float(r["ssim"]) for r in _rows(out / "repeatability.csv")]
+    assert ssim and np.allclose(ssim, 1.0)
+    summary = [r for r in _rows(out / "summary.csv") if r["criterion"] == "repeatability"]
+    assert {r["passed"] for r in summary} == {"True"}
+
+
+def test_models_with_another_input_grid_or_task_are_refused(tmp_path: Path) -> None:
+    pipeline = get_pipeline("pneumonia")
+    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
+    meta = {
+        "pipeline": "pneumonia",
+        "architecture": "resnet-compact",
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing("resnet-compact", (64, 64)),
+        "training": {"note": "untrained, for tests"},
+    }
+    torch.manual_seed(0)
+    other = save_checkpoint(tmp_path / "other.pt", build_network("resnet-compact", **network), meta)
+    with pytest.raises(ValueError, match="same input grid"):
+        audit_pipeline("pneumonia", CXR, WEIGHTS, tmp_path / "o", other_arch=other, methods=("gradient",))
+    with pytest.raises(ValueError, match="segmentation"):
+        audit_pipeline("brats", CXR, WEIGHTS, tmp_path / "b")
+    result = runner.invoke(
+        app, ["saliency", "audit", "pneumonia", str(CXR), "--weights", str(other), "--replica", str(WEIGHTS),
+              "-o", str(tmp_path / "c"), "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "error" in result.output
