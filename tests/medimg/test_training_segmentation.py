@@ -20,7 +20,7 @@ import pytest
 import torch
 from monai.data import Dataset
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from monai.metrics import compute_dice
 from monai.networks.nets import SegResNet
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped, RandCropByPosNegLabeld
@@ -221,15 +221,25 @@ def test_dicece_is_dice_plus_per_channel_binary_cross_entropy() -> None:
     torch.manual_seed(0)
     criterion = _segmentation_loss("dicece", None, torch.device("cpu"))
     logits, masks = torch.randn(2, 3, 8, 8, 8), (torch.rand(2, 3, 8, 8, 8) > 0.7).float()
-    # one channel: exactly MONAI's DiceCELoss(sigmoid=True), which then uses binary cross-entropy
-    assert float(criterion(logits[:, :1], masks[:, :1])) == pytest.approx(
-        float(DiceCELoss(sigmoid=True)(logits[:, :1], masks[:, :1]))
-    )
-    # several overlapping regions: per-channel BCE, not DiceCELoss's softmax cross-entropy over the channels
+    # the "dice" loss (MONAI's BraTS tutorial settings) plus per-channel BCE, not DiceCELoss's
+    # softmax cross-entropy over overlapping channels
+    dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)(logits, masks)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
-    dice_ce = DiceCELoss(sigmoid=True, lambda_ce=0.0)(logits, masks)
-    assert float(criterion(logits, masks)) == pytest.approx(float(dice_ce + bce))
+    assert float(criterion(logits, masks)) == pytest.approx(float(dice + bce))
     assert float(criterion(logits, masks)) != pytest.approx(float(DiceCELoss(sigmoid=True)(logits, masks)))
+
+
+def test_an_empty_region_in_a_patch_costs_the_same_whatever_is_predicted() -> None:
+    """MONAI's default smoothing scores an empty region 1 - 1e-5 / (sum(p) + 1e-5): ~0 when nothing
+    is predicted, ~1 otherwise, so patches without the (small) region reward never predicting it.
+    Our Dice term (no numerator smoothing) costs such a patch 1 whatever the prediction."""
+    criterion = _segmentation_loss("dice", None, torch.device("cpu"))
+    empty = torch.zeros(1, 1, 4, 4, 4)
+    nothing, something = torch.full((1, 1, 4, 4, 4), -30.0), torch.full((1, 1, 4, 4, 4), 2.0)
+    assert float(criterion(nothing, empty)) == pytest.approx(1.0)
+    assert float(criterion(something, empty)) == pytest.approx(1.0)
+    default = DiceLoss(sigmoid=True)
+    assert float(default(nothing, empty)) < 0.01 and float(default(something, empty)) > 0.99
 
 
 def test_dicece_training_and_bad_settings(tmp_path: Path) -> None:
