@@ -380,8 +380,8 @@ def train(
     architecture: Annotated[
         str | None,
         typer.Option(
-            help="densenet121 (default, paper-faithful), compact (CPU), resnet18; brats: segresnet (default), "
-            "segresnet-compact."
+            help="densenet121 (default, paper-faithful), compact (CPU), resnet18, resnet-compact (CPU); "
+            "brats: segresnet (default), segresnet-compact."
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
