@@ -303,7 +303,7 @@ def write_pdf(html_path: Path, pdf_path: Path) -> Path | None:
     """``report.pdf`` from the HTML with WeasyPrint (the ``pdf`` extra); None when it is not installed."""
     try:
         from weasyprint import HTML  # type: ignore[import-not-found]
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or its system libraries (pango) are missing
         return None
     from medimg.writers import atomic_path
 

@@ -94,3 +94,37 @@ def test_models_with_another_input_grid_or_task_are_refused(tmp_path: Path) -> N
               "-o", str(tmp_path / "c"), "-q"],
     )  # fmt: skip
     assert result.exit_code == 2 and "error" in result.output
+
+
+def test_train_replicas_trains_the_missing_models_with_the_pipeline(tmp_path: Path) -> None:
+    pipeline = get_pipeline("pneumonia")
+    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
+    meta = {
+        "pipeline": "pneumonia",
+        "architecture": "compact",
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing("compact", (48, 48)),
+        "training": {"data": str(CXR), "epochs": 1, "batch_size": 4, "lr": 1e-3},
+    }
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "w.pt", build_network("compact", **network), meta)
+    out = tmp_path / "audit"
+    result = audit_pipeline(
+        "pneumonia", CXR, weights, out, train_replicas=True, methods=("gradcam",),
+        criteria=("repeatability", "reproducibility"), progress=False,
+    )  # fmt: skip
+    replica, _ = load_checkpoint(out / "replicas" / "replica" / "best.pt", pipeline="pneumonia")
+    _, other_meta = load_checkpoint(out / "replicas" / "resnet-compact" / "best.pt", pipeline="pneumonia")
+    assert other_meta["architecture"] == "resnet-compact" and other_meta["training"]["epochs"] == 1
+    assert set(result.matrix["gradcam"]) == {"repeatability", "reproducibility"}
+    assert len(_rows(out / "reproducibility.csv")) == len(load_audit_data(pipeline, CXR, meta["preprocessing"]).ids)
+
+
+def test_density_audit_without_boxes_skips_localisation(tmp_path: Path) -> None:
+    result = audit_pipeline(
+        "density", SAMPLE / "mammo", SAMPLE / "weights" / "density.pt", tmp_path, methods=("gradient",),
+        criteria=("localization", "randomization"), max_images=4, progress=False,
+    )  # fmt: skip
+    assert set(result.matrix["gradient"]) == {"randomization"}
+    assert any("Localisation skipped" in n for n in result.notes)

@@ -149,3 +149,39 @@ def test_bad_inputs_are_refused(toy: dict, tmp_path: Path) -> None:
         run_audit(data, toy["models"][:1], AuditConfig(methods=("lime",)), tmp_path, progress=False)
     with pytest.raises(ValueError, match="unknown criteria"):
         run_audit(data, toy["models"][:1], AuditConfig(criteria=("beauty",)), tmp_path, progress=False)
+
+
+def test_volumes_run_every_method_but_xrai_and_say_so(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.normal(0, 0.3, (3, 1, 16, 32, 32)).astype(np.float32))
+    masks = np.zeros((3, 16, 32, 32), dtype=bool)
+    masks[:, 4:10, 8:20, 8:20] = True
+    images[torch.from_numpy(masks[:, None])] += 1.5
+    torch.manual_seed(0)
+    model = build_network("compact", spatial_dims=3, in_channels=1, out_channels=2).eval()
+    data = AuditData(ids=["a", "b", "c"], images=images, masks=masks)
+    result = run_audit(
+        data,
+        [AuditModel("trained", model, "compact", gradcam_layer("compact"))],
+        AuditConfig(methods=("gradient", "guided_backprop", "xrai"), criteria=("localization", "randomization")),
+        tmp_path,
+        progress=False,
+    )
+    assert set(result.matrix) == {"gradient", "guided_backprop"}
+    assert any("XRAI skipped" in note and "2-D" in note for note in result.notes)
+    assert "XRAI skipped" in (tmp_path / "report.html").read_text()
+    rand = _read(tmp_path / "randomization.csv")
+    assert {r["method"] for r in rand} == {"gradient", "guided_backprop"}
+
+
+def test_report_pdf_when_weasyprint_works(toy: dict, tmp_path: Path) -> None:
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"the pdf extra (weasyprint) is not usable here: {exc}")
+    result = run_audit(
+        toy["data"], toy["models"][:1], AuditConfig(methods=("gradcam",), criteria=("randomization",)), tmp_path,
+        progress=False,
+    )  # fmt: skip
+    pdf = tmp_path / "report.pdf"
+    assert result.files["report.pdf"] == pdf and pdf.read_bytes()[:5] == b"%PDF-"
