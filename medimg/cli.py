@@ -396,6 +396,18 @@ def train(
     loss: Annotated[
         str | None, typer.Option(help="brats: dice (default, MONAI DiceLoss) or dicece (Dice + per-channel BCE).")
     ] = None,
+    attention: Annotated[
+        bool, typer.Option("--attention", help="2-D pipelines: add the trainable attention gate (saliency.attention).")
+    ] = False,
+    attention_heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 1,
+    attention_activation: Annotated[str, typer.Option(help="sigmoid or softmax (spatial).")] = "sigmoid",
+    attention_regulariser: Annotated[str, typer.Option(help="none, sparsity or tv.")] = "none",
+    attention_regulariser_weight: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    box_fraction: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Fraction of positive training images whose boxes supervise the map."),
+    ] = 0.0,
+    box_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the box-supervision loss.")] = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a pipeline's network (patient-level split, best checkpoint, resume; DDP under torchrun)."""
@@ -418,9 +430,19 @@ def train(
             cache=not no_cache,
             note=note,
             loss=loss,
+            attention={
+                "heads": attention_heads,
+                "activation": attention_activation,
+                "regulariser": attention_regulariser,
+                "regulariser_weight": attention_regulariser_weight,
+                "box_fraction": box_fraction,
+                "box_weight": box_weight,
+            }
+            if attention
+            else None,
             quiet=quiet,
         )
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     from medimg.training import rank

@@ -24,6 +24,12 @@ Architectures (all classifiers: input ``(B, in_channels, *spatial)`` float32, ou
   64, 128, first convolution stride 2) for CPU training and the saliency audit's second
   architecture (reproducibility): 0.30 M parameters for 1 channel and 2 classes.
 
+Wrappers: a network may wrap one of these backbones (e.g. the trainable attention gate of
+``saliency.attention``). Its kwargs then carry ``"wrapper": {"name": ..., ...}`` and
+:func:`build_network` hands them to the builder registered under that name
+(:func:`register_wrapper`); medimg core imports no wrapper module itself, so the module that
+registers the wrapper must be imported before such a network is built or loaded.
+
 Checkpoint layout (a ``dict`` written by ``torch.save``)::
 
     {"format": "medimg-checkpoint", "version": 1, "state_dict": {name: tensor},
@@ -37,7 +43,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,8 @@ __all__ = [
     "gradcam_layer",
     "load_checkpoint",
     "read_checkpoint",
+    "register_wrapper",
+    "registered_wrappers",
     "save_checkpoint",
     "unwrap_model",
     "validate_meta",
@@ -103,6 +111,10 @@ _RESNET_COMPACT_DEFAULTS: dict[str, Any] = {
     "conv1_t_stride": 2,
 }
 _RESERVED_KEYS = ("format", "version", "state_dict", "meta")
+#: Network wrappers by name: ``builder(network_kwargs) -> nn.Module`` (see :func:`register_wrapper`).
+_WRAPPERS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {}
+# Where each known wrapper is registered, for the error message when it is not (yet).
+_WRAPPER_MODULES = {"attention": "saliency.attention"}
 
 
 class CheckpointError(ValueError):
@@ -112,6 +124,49 @@ class CheckpointError(ValueError):
 def _check_architecture(architecture: str) -> None:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+def register_wrapper(name: str, builder: Callable[[dict[str, Any]], torch.nn.Module]) -> None:
+    """Register a network wrapper so that :func:`build_network` (and :func:`load_checkpoint`) can build it.
+
+    Args:
+        name: the value of ``network_kwargs["wrapper"]["name"]`` that selects this builder.
+            Registering a name again replaces its builder (a module reload re-registers).
+        builder: called as ``builder(network_kwargs)`` with the *full* network keyword arguments:
+            ``architecture`` (the backbone, one of :data:`ARCHITECTURES`), ``spatial_dims``,
+            ``in_channels``, ``out_channels``, any further backbone kwargs, and ``wrapper`` (a
+            dict holding ``name`` and the wrapper's own settings). It returns the network. It
+            should raise ValueError (or TypeError) for settings it does not accept.
+
+    Raises:
+        ValueError: empty name; TypeError: builder not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"wrapper name must be a non-empty string, got {name!r}")
+    if not callable(builder):
+        raise TypeError(f"wrapper builder for {name!r} must be callable, got {type(builder).__name__}")
+    _WRAPPERS[name] = builder
+
+
+def registered_wrappers() -> tuple[str, ...]:
+    """Names of the registered network wrappers, sorted."""
+    return tuple(sorted(_WRAPPERS))
+
+
+def _build_wrapped(architecture: str, network: dict[str, Any]) -> torch.nn.Module:
+    wrapper = network["wrapper"]
+    if not isinstance(wrapper, Mapping) or not isinstance(wrapper.get("name"), str):
+        raise ValueError(f"network kwarg 'wrapper' must be a mapping with a string 'name', got {wrapper!r}")
+    name = wrapper["name"]
+    builder = _WRAPPERS.get(name)
+    if builder is None:
+        module = _WRAPPER_MODULES.get(name, "the module that defines it")
+        known = ", ".join(registered_wrappers()) or "none"
+        raise ValueError(
+            f"unknown network wrapper {name!r} (registered: {known}); import {module} first: it registers the "
+            f"wrapper with medimg.models.register_wrapper"
+        )
+    return builder({"architecture": architecture, **network, "wrapper": dict(wrapper)})
 
 
 def build_network(
@@ -130,15 +185,22 @@ def build_network(
         in_channels: input channels C.
         out_channels: number of classes K; the network returns ``(B, K)`` float32 logits.
         **kwargs: further keyword arguments of the MONAI constructor (for ``"compact"`` they
-            override its DenseNet settings, e.g. ``dropout_prob=0.2``).
+            override its DenseNet settings, e.g. ``dropout_prob=0.2``). The key ``wrapper``
+            (``{"name": ..., ...}``) instead builds a registered wrapper around the
+            ``architecture`` backbone (:func:`register_wrapper`), passing it all the kwargs.
 
     Returns:
         The network (``torch.nn.Module``, train mode, on the CPU).
 
     Raises:
-        ValueError: unknown architecture.
+        ValueError: unknown architecture, or an unregistered wrapper (the message names the
+            module to import, e.g. ``saliency.attention``).
     """
     _check_architecture(architecture)
+    wrapper = kwargs.pop("wrapper", None)  # None: no wrapper (a plain backbone)
+    if wrapper is not None:
+        network = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
+        return _build_wrapped(architecture, {**network, "wrapper": wrapper})
     if architecture == "densenet121":
         return DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
     if architecture == "compact":

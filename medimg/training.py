@@ -609,7 +609,10 @@ def train_classifier(
 
     Args:
         model: network mapping float32 ``(B, C, *spatial)`` to ``(B, K)`` logits; trained in place
-            (it holds the last epoch's weights afterwards) and moved to ``config.device``.
+            (it holds the last epoch's weights afterwards) and moved to ``config.device``. A model
+            with a method ``auxiliary_loss(batch) -> scalar`` (e.g. an attention gate's regulariser
+            and box supervision) has it added to the loss of every training batch (called after
+            the forward pass, with the collated batch).
         train_data: items ``{"image": (C, H, W[, D]) tensor, "label": int}`` or ``(image, label)``.
         val_data: the same kind of items; evaluated in full after every epoch.
         config: see :class:`TrainConfig`.
@@ -910,11 +913,14 @@ def _train(
             if progress is not None:
                 bar = progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader), status="")
             net.train()
+            auxiliary = getattr(unwrap_model(net), "auxiliary_loss", None)
             loss_sum, count = 0.0, 0
             for step, batch in enumerate(loader, 1):
                 inputs, targets = task.split_batch(batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss = criterion(net(inputs), targets)
+                if auxiliary is not None:  # e.g. an attention gate's regulariser and box supervision
+                    batch_loss = batch_loss + auxiliary(batch)
                 if not torch.isfinite(batch_loss):
                     raise FloatingPointError(
                         f"training loss became {batch_loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g})"

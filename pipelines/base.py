@@ -115,8 +115,13 @@ class Pipeline:
             "voi": None,
         }
 
-    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool) -> Any:
-        """MONAI dictionary transforms on key ``image`` (a DICOM path) -> (1, X, Y) float32."""
+    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool, box_masks: bool = False) -> Any:
+        """MONAI dictionary transforms on key ``image`` (a DICOM path) -> (1, X, Y) float32.
+
+        With ``box_masks`` the items' ``boxes`` (``[x, y, w, h]`` in source pixels) also become
+        ``box_mask`` (1, X, Y) on the network grid, following every spatial step (resize,
+        augmentation) of the image, for box-supervised attention training.
+        """
         from monai.transforms import (
             Compose,
             EnsureTyped,
@@ -130,8 +135,11 @@ class Pipeline:
         from medimg.dicom.transforms import LoadDicomd
 
         intensity = preprocessing["intensity"]
-        steps: list[Any] = [
-            LoadDicomd("image", voi=preprocessing.get("voi")),
+        spatial = ("image", "box_mask") if box_masks else ("image",)
+        steps: list[Any] = [LoadDicomd("image", voi=preprocessing.get("voi"))]
+        if box_masks:
+            steps.append(BoxMaskd())
+        steps += [
             ScaleIntensityRangePercentilesd(
                 "image",
                 lower=intensity["lower_percentile"],
@@ -140,19 +148,20 @@ class Pipeline:
                 b_max=intensity["range"][1],
                 clip=True,
             ),
-            Resized("image", spatial_size=tuple(preprocessing["image_size"]), mode="area"),
+            Resized(spatial, spatial_size=tuple(preprocessing["image_size"]), mode="area"),
         ]
         if train:
-            steps += self.augmentations() or [
-                RandAffined("image", prob=0.5, rotate_range=0.1, scale_range=0.1, padding_mode="zeros"),
+            steps += self.augmentations(spatial) or [
+                RandAffined(spatial, prob=0.5, rotate_range=0.1, scale_range=0.1, padding_mode="zeros"),
                 RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
                 RandGaussianNoised("image", prob=0.3, std=0.02),
             ]
-        steps.append(EnsureTyped("image", dtype=np.float32, track_meta=not train))
+        steps.append(EnsureTyped(spatial, dtype=np.float32, track_meta=not train))
         return Compose(steps)
 
-    def augmentations(self) -> list[Any] | None:
-        """Task-specific training augmentations (None: the default set)."""
+    def augmentations(self, spatial_keys: Sequence[str] = ("image",)) -> list[Any] | None:
+        """Task-specific training augmentations (None: the default set); spatial steps apply to
+        ``spatial_keys`` (the image and, for box supervision, its box mask), intensity steps to the image."""
         return None
 
     # --- data ----------------------------------------------------------------------------
@@ -239,6 +248,29 @@ class Pipeline:
         """Per image: :class:`ImageResult` from the batch's probabilities and forward extras."""
         raise NotImplementedError
 
+    @staticmethod
+    def attention_forward(model: Any, images: Any) -> tuple[Any, Any] | None:
+        """``(logits, maps (B, 1, X, Y) in [0, 1])`` from a model with the trainable attention gate
+        (:mod:`saliency.attention`; each map min-max normalised, a constant map becomes 0), or None
+        for a model without one."""
+        if not callable(getattr(model, "attention", None)):
+            return None
+        logits, maps = model.attention(images)
+        flat = maps.flatten(1)
+        low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+        scaled = (flat - low) / (high - low).clamp_min(1e-12)
+        return logits, scaled.reshape(maps.shape)
+
+    @staticmethod
+    def source_grid(images: Any, maps: Any, index: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index`` of the batch and its map resampled from the network grid (X, Y) to the
+        source pixel grid in image orientation (rows, columns)."""
+        import torch.nn.functional as F
+
+        heat = F.interpolate(maps[index : index + 1], size=(cols, rows), mode="bilinear", align_corners=False)
+        image = F.interpolate(images[index : index + 1], size=(cols, rows), mode="bilinear", align_corners=False)
+        return image[0, 0].T.cpu().numpy(), heat[0, 0].T.cpu().numpy()
+
     def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
         """Per-image files (e.g. overlay PNGs) in the study's output folder; returns names."""
         return []
@@ -246,3 +278,28 @@ class Pipeline:
     def finalize(self, out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping) -> list[Path]:
         """Run-level outputs from all result rows (e.g. ``submission.csv``, ``exams.csv``)."""
         return []
+
+
+class BoxMaskd:
+    """Dictionary transform: ``boxes`` (``[x, y, w, h]`` in source pixels) -> ``box_mask`` (1, X, Y) float32.
+
+    Built on the loaded image's grid (MONAI's (X = columns, Y = rows) layout, so box x runs along
+    X), 1 inside any box (inclusive of the last pixel), 0 elsewhere; the later spatial transforms
+    (resize, augmentation) carry it with the image. Items without boxes get an all-zero mask.
+    """
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out = dict(data)
+        image = out["image"]
+        nx, ny = int(image.shape[-2]), int(image.shape[-1])
+        mask = torch.zeros((1, nx, ny), dtype=torch.float32)
+        for x, y, w, h in out.get("boxes") or []:
+            x0, y0 = max(int(x), 0), max(int(y), 0)
+            x1, y1 = min(int(x + w), nx - 1), min(int(y + h), ny - 1)
+            mask[0, x0 : x1 + 1, y0 : y1 + 1] = 1.0
+        from monai.data import MetaTensor
+
+        out["box_mask"] = MetaTensor(mask, affine=getattr(image, "affine", None))
+        return out

@@ -68,15 +68,16 @@ class DensityPipeline(Pipeline):
     rules = "mammography"
     monitor = "kappa_linear"
     default_image_size = {"densenet121": (224, 288), "compact": (128, 160)}
-    result_columns = ("predicted", "ImageLaterality", "ViewPosition", "prob_A", "prob_B", "prob_C", "prob_D")
+    result_columns = ("predicted", "ImageLaterality", "ViewPosition", "prob_A", "prob_B", "prob_C", "prob_D", "overlay")
 
-    def augmentations(self) -> list[Any]:
+    def augmentations(self, spatial_keys: Sequence[str] = ("image",)) -> list[Any]:
         from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised
 
         # Density does not depend on the side: flipping left-right is a safe augmentation.
+        keys = list(spatial_keys)
         return [
-            RandFlipd("image", prob=0.5, spatial_axis=0),
-            RandAffined("image", prob=0.5, rotate_range=0.08, scale_range=0.1, padding_mode="zeros"),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandAffined(keys, prob=0.5, rotate_range=0.08, scale_range=0.1, padding_mode="zeros"),
             RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.4)),
             RandGaussianNoised("image", prob=0.3, std=0.03),
         ]
@@ -137,6 +138,11 @@ class DensityPipeline(Pipeline):
 
         add_multiclass_section(report, np.asarray(y_true), np.asarray(prob), metrics, self.labels)
 
+    def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
+        """Logits, plus the attention maps when the model has the trainable gate."""
+        attended = self.attention_forward(model, images)
+        return attended if attended is not None else (model(images), None)
+
     def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
         results = []
         for i, item in enumerate(items):
@@ -146,8 +152,23 @@ class DensityPipeline(Pipeline):
                 "ViewPosition": item.get("ViewPosition", ""),
                 **{f"prob_{c}": float(p) for c, p in zip(self.labels, prob[i], strict=True)},
             }
-            results.append(ImageResult(row=row))
+            if extras is None:
+                results.append(ImageResult(row=row))
+                continue
+            image, heat = self.source_grid(images.cpu(), extras.cpu(), i, int(item["Rows"]), int(item["Columns"]))
+            results.append(ImageResult(row=row, heatmap=heat, image=image))
         return results
+
+    def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
+        """The attention overlay PNG, for a model with the trainable gate (nothing otherwise)."""
+        if result.heatmap is None or result.image is None:
+            return []
+        from pipelines.overlay import write_overlay
+
+        name = f"{result.row['SOPInstanceUID']}_attention.png"
+        write_overlay(study_dir / name, result.image, result.heatmap, (), f"density {result.row['predicted']}")
+        result.row["overlay"] = name
+        return [name]
 
     def finalize(self, out: Path, rows: Sequence[Mapping[str, Any]], meta: Mapping) -> list[Path]:
         by_study: dict[str, list[Mapping[str, Any]]] = defaultdict(list)

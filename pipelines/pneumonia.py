@@ -60,7 +60,7 @@ class PneumoniaPipeline(Pipeline):
     labels = ("no_pneumonia", "pneumonia")
     rules = "chest_xray"
     monitor = "roc_auc"
-    result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "overlay")
+    result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "heatmap", "overlay")
 
     def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
         data_dir = Path(data_dir)
@@ -117,25 +117,24 @@ class PneumoniaPipeline(Pipeline):
         add_binary_section(report, np.asarray(y_true), np.asarray(prob)[:, 1], metrics)
 
     def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
-        """Logits and the pneumonia-class Grad-CAM maps from the same forward pass."""
+        """Logits and, from the same forward pass, the model's attention maps when it has the
+        trainable gate, else the pneumonia-class Grad-CAM maps."""
         from medimg.models import gradcam_layer
         from saliency.cam import gradcam_forward
 
+        attended = self.attention_forward(model, images)
+        if attended is not None:
+            return attended
         return gradcam_forward(model, images, gradcam_layer(meta["architecture"]), class_index=1)
 
     def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
-        import torch.nn.functional as F
-
         threshold = float(meta.get("training", {}).get("operating_threshold", 0.5))
         maps = extras.cpu()
+        source = "attention" if "wrapper" in meta.get("network", {}) else "grad-cam"
         results = []
         for i, item in enumerate(items):
-            rows, cols = int(item["Rows"]), int(item["Columns"])
             # network grid (X, Y) -> source grid (columns, rows) -> image orientation (rows, columns)
-            heat = F.interpolate(maps[i : i + 1], size=(cols, rows), mode="bilinear", align_corners=False)
-            heat = heat[0, 0].T.numpy()
-            image = F.interpolate(images[i : i + 1], size=(cols, rows), mode="bilinear", align_corners=False)
-            image = image[0, 0].T.numpy()
+            image, heat = self.source_grid(images.cpu(), maps, i, int(item["Rows"]), int(item["Columns"]))
             p = float(prob[i, 1])
             boxes = boxes_from_heatmap(heat) if p >= threshold else []
             row = {
@@ -144,6 +143,7 @@ class PneumoniaPipeline(Pipeline):
                 "n_boxes": len(boxes),
                 "boxes": [[round(p * peak, 4), x, y, w, h] for x, y, w, h, peak in boxes],
                 "ViewPosition": item.get("ViewPosition", ""),
+                "heatmap": source,
             }
             results.append(ImageResult(row=row, heatmap=heat, image=image))
         return results
@@ -153,7 +153,7 @@ class PneumoniaPipeline(Pipeline):
 
         name = f"{result.row['SOPInstanceUID']}_overlay.png"
         boxes = [(x, y, w, h) for _, x, y, w, h in result.row["boxes"]]
-        label = f"p(pneumonia) = {result.row['probability']:.3f}"
+        label = f"p(pneumonia) = {result.row['probability']:.3f} ({result.row.get('heatmap', 'grad-cam')})"
         write_overlay(study_dir / name, result.image, result.heatmap, boxes, label)
         result.row["overlay"] = name
         return [name]

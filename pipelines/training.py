@@ -14,8 +14,10 @@ summary) and, for binary tasks, the operating threshold chosen on the validation
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,42 @@ def _dataset(items: list[dict], transform: Any, cache_dir: Path | None) -> Any:
     return PersistentDataset(items, transform, cache_dir=cache_dir)
 
 
-def _training_items(items: list[dict]) -> list[dict]:
-    """Only what the transforms need: path and label (JSON-able, hashable for the cache)."""
-    return [{"image": item["image"], "label": int(item["label"])} for item in items]
+def _training_items(items: list[dict], supervised: set[str] | None = None) -> list[dict]:
+    """Only what the transforms need: path and label (JSON-able, hashable for the cache); with
+    ``supervised`` (box supervision) also the boxes and a 0/1 ``box_weight`` per image."""
+    if supervised is None:
+        return [{"image": item["image"], "label": int(item["label"])} for item in items]
+    return [
+        {
+            "image": item["image"],
+            "label": int(item["label"]),
+            "boxes": [list(map(float, b)) for b in item.get("boxes") or []],
+            "box_weight": float(item["patient_id"] in supervised),
+        }
+        for item in items
+    ]
+
+
+#: Attention-gate training settings (``medimg train ... --attention``).
+ATTENTION_DEFAULTS: dict[str, Any] = {
+    "heads": 1,
+    "activation": "sigmoid",
+    "regulariser": "none",
+    "regulariser_weight": 0.0,
+    "box_fraction": 0.0,
+    "box_weight": 1.0,
+}
+
+
+def box_supervised_patients(items: Sequence[Mapping[str, Any]], fraction: float, seed: int) -> set[str]:
+    """The patients with boxes whose boxes supervise the attention map: a seeded ``fraction`` of them
+    (rounded; at least one when ``fraction`` > 0), chosen by a hash of seed and patient ID."""
+    with_boxes = sorted({str(item["patient_id"]) for item in items if item.get("boxes")})
+    if fraction <= 0 or not with_boxes:
+        return set()
+    count = max(1, round(fraction * len(with_boxes)))
+    key = lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()  # noqa: E731
+    return set(sorted(with_boxes, key=key)[:count])
 
 
 def train_pipeline(
@@ -58,9 +93,15 @@ def train_pipeline(
     num_workers: int = 0,
     note: str = "",
     loss: str | None = None,
+    attention: Mapping[str, Any] | None = None,
     quiet: bool = False,
 ) -> Any:
     """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
+
+    ``attention`` wraps the classifier in the trainable attention gate of
+    :mod:`saliency.attention` (keys of :data:`ATTENTION_DEFAULTS`: heads, activation, regulariser
+    and its weight, the fraction of positive training images whose boxes supervise the map, and
+    the box loss weight); the settings are recorded in the checkpoint.
 
     Returns:
         The :class:`medimg.training.TrainResult`.
@@ -74,6 +115,8 @@ def train_pipeline(
     from pipelines.base import DatasetError
 
     if pipeline.unit == "study":  # 3-D segmentation (brats)
+        if attention is not None:
+            raise ValueError(f"the attention gate wraps classifiers; {pipeline.name!r} is a segmentation pipeline")
         from pipelines.brats_training import train_brats
 
         return train_brats(
@@ -107,7 +150,20 @@ def train_pipeline(
     class_weights = (raw * n_classes / raw.sum()).tolist()
 
     preprocessing = pipeline.preprocessing(architecture, image_size)
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": n_classes}
+    network: dict[str, Any] = {"spatial_dims": 2, "in_channels": 1, "out_channels": n_classes}
+    gate: dict[str, Any] | None = None
+    supervised: set[str] | None = None
+    if attention is not None:
+        import saliency.attention  # noqa: F401  (registers the "attention" network wrapper)
+
+        unknown = set(attention) - set(ATTENTION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown attention setting(s) {sorted(unknown)}; known: {sorted(ATTENTION_DEFAULTS)}")
+        gate = {**ATTENTION_DEFAULTS, **attention}
+        network["wrapper"] = {"name": "attention", "heads": int(gate["heads"]), "activation": gate["activation"]}
+        if float(gate["box_fraction"]) > 0:
+            supervised = box_supervised_patients(train_items, float(gate["box_fraction"]), seed)
+            gate["box_supervised_images"] = len(supervised)
     meta = {
         "pipeline": pipeline.name,
         "architecture": architecture,
@@ -125,12 +181,23 @@ def train_pipeline(
             "batch_size": batch_size,
             "lr": lr,
             "note": note,
+            **({"attention": gate} if gate is not None else {}),
         },
     }
     cache_dir = run_dir / "cache" if cache else None
-    train_ds = _dataset(_training_items(train_items), pipeline.transforms(preprocessing, train=True), cache_dir)
+    train_ds = _dataset(
+        _training_items(train_items, supervised),
+        pipeline.transforms(preprocessing, train=True, box_masks=supervised is not None),
+        cache_dir,
+    )
     val_ds = _dataset(_training_items(val_items), pipeline.transforms(preprocessing, train=False), cache_dir)
     model = build_network(architecture, **network)
+    if gate is not None:
+        model.configure_losses(
+            regulariser=gate["regulariser"],
+            regulariser_weight=float(gate["regulariser_weight"]),
+            box_weight=float(gate["box_weight"]) if supervised else 0.0,
+        )
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
