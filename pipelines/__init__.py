@@ -1,4 +1,4 @@
-"""Task pipelines (breast density, chest X-ray pneumonia; brain-tumour segmentation to come).
+"""Task pipelines (breast density, chest X-ray pneumonia, brain-tumour segmentation).
 
 Each pipeline (:class:`pipelines.base.Pipeline`) declares its series-selection rules, MONAI
 transforms, network, metrics, post-processing and outputs; :func:`pipelines.runner.run_pipeline`
@@ -29,5 +29,7 @@ def get_pipeline(name: str) -> Pipeline:
 
     if name not in PIPELINES:
         raise KeyError(f"unknown pipeline {name!r}; choose from {sorted(PIPELINES)}")
+    # Registers the "attention" network wrapper, so checkpoints of gated models load anywhere.
+    importlib.import_module("saliency.attention")
     module, cls = PIPELINES[name].split(":")
     return getattr(importlib.import_module(module), cls)()

@@ -285,7 +285,8 @@ class BoxMaskd:
 
     Built on the loaded image's grid (MONAI's (X = columns, Y = rows) layout, so box x runs along
     X), 1 inside any box (inclusive of the last pixel), 0 elsewhere; the later spatial transforms
-    (resize, augmentation) carry it with the image. Items without boxes get an all-zero mask.
+    (resize, augmentation) carry it with the image. Items without boxes get an all-zero mask. The
+    ``boxes`` key is removed (variable-length lists cannot be batched).
     """
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,7 +296,7 @@ class BoxMaskd:
         image = out["image"]
         nx, ny = int(image.shape[-2]), int(image.shape[-1])
         mask = torch.zeros((1, nx, ny), dtype=torch.float32)
-        for x, y, w, h in out.get("boxes") or []:
+        for x, y, w, h in out.pop("boxes", None) or []:  # popped: lists of boxes do not collate
             x0, y0 = max(int(x), 0), max(int(y), 0)
             x1, y1 = min(int(x + w), nx - 1), min(int(y + h), ny - 1)
             mask[0, x0 : x1 + 1, y0 : y1 + 1] = 1.0

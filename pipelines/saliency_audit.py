@@ -126,6 +126,13 @@ def _train_missing(
     return run_dir / "best.pt"
 
 
+def _layer(model: Any, architecture: str) -> str:
+    """The Grad-CAM layer: the model's own (a gated model names it) or the architecture's."""
+    from medimg.models import gradcam_layer
+
+    return str(getattr(model, "gradcam_layer", None) or gradcam_layer(architecture))
+
+
 def audit_pipeline(
     pipeline_name: str,
     data_dir: str | os.PathLike[str],
@@ -154,7 +161,7 @@ def audit_pipeline(
     """
     import torch
 
-    from medimg.models import build_network, gradcam_layer, load_checkpoint
+    from medimg.models import build_network, load_checkpoint
     from pipelines import get_pipeline
     from saliency.audit import CRITERIA, AuditConfig, AuditModel, run_audit
 
@@ -165,10 +172,12 @@ def audit_pipeline(
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
     data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images, prior_data=prior_data)
     arch = meta["architecture"]
-    models = [AuditModel("trained", model.eval(), arch, gradcam_layer(arch), str(weights))]
+    models = [AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights))]
     torch.manual_seed(seed)
     untrained = build_network(arch, **meta["network"]).eval()
-    models.append(AuditModel("untrained", untrained, arch, gradcam_layer(arch), f"random initialisation, seed {seed}"))
+    models.append(
+        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}")
+    )
 
     source = Path(train_data) if train_data else Path(meta.get("training", {}).get("data", data_dir))
     if train_replicas and not source.is_dir():
@@ -196,9 +205,7 @@ def audit_pipeline(
                 f"{path}: a replicate must have the architecture {arch!r}, not {other_meta['architecture']!r}"
             )
         models.append(
-            AuditModel(
-                role, net.eval(), other_meta["architecture"], gradcam_layer(other_meta["architecture"]), str(path)
-            )
+            AuditModel(role, net.eval(), other_meta["architecture"], _layer(net, other_meta["architecture"]), str(path))
         )
     config = AuditConfig(
         methods=tuple(methods),

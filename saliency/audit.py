@@ -49,6 +49,24 @@ __all__ = [
 ]
 
 CRITERIA: tuple[str, ...] = ("localization", "randomization", "repeatability", "reproducibility")
+#: The ninth method: the map of a model with the trainable attention gate (:mod:`saliency.attention`).
+ATTENTION = "attention"
+#: Post-processing of attention maps: min-max only (they are already non-negative and single-channel).
+ATTENTION_READOUT = "gate map, heads averaged, upsampled (bilinear/trilinear) to the input, min-max to [0, 1]"
+
+
+def method_label(method: str) -> str:
+    """Display name of a method (the eight post-hoc methods and the trainable attention)."""
+    from saliency.methods import LABELS
+
+    return "Attention (trainable)" if method == ATTENTION else LABELS.get(method, method)
+
+
+def has_attention(model: torch.nn.Module) -> bool:
+    """Whether ``model`` exposes a trainable attention map (a callable ``attention(x)``)."""
+    return callable(getattr(model, "attention", None))
+
+
 CRITERION_LABELS = {
     "localization": "Localisation (AUPRC)",
     "randomization": "Randomisation sensitivity",
@@ -116,6 +134,8 @@ class AuditData:
             i's prior is the mean of the other images' masks).
         prior_source: how the prior was made (reported).
         localizer: ``(N, *spatial)`` maps of a supervised localiser (optional baseline).
+        localizer_replica: the maps of a second localiser trained with another seed: their SSIM
+            with ``localizer`` is the repeatability baseline (informative).
         to_display: maps an array on the network grid to viewing orientation (e.g. a transpose
             for MONAI's (X, Y) grid); identity by default.
         description: what the images are (reported).
@@ -128,6 +148,7 @@ class AuditData:
     prior: np.ndarray | None = None
     prior_source: str = ""
     localizer: np.ndarray | None = None
+    localizer_replica: np.ndarray | None = None
     to_display: Callable[[np.ndarray], np.ndarray] | None = None
     description: str = ""
 
@@ -172,11 +193,12 @@ class AuditConfig:
         from saliency.methods import METHODS, supports_3d
 
         chosen = list(self.methods or METHODS)
-        unknown = [m for m in chosen if m not in METHODS]
+        unknown = [m for m in chosen if m not in (*METHODS, ATTENTION)]
         if unknown:
-            raise ValueError(f"unknown saliency method(s) {unknown}; choose from {list(METHODS)}")
+            raise ValueError(f"unknown saliency method(s) {unknown}; choose from {[*METHODS, ATTENTION]}")
         if spatial_dims == 3:
-            return [m for m in chosen if supports_3d(m)], [m for m in chosen if not supports_3d(m)]
+            keep = [m for m in chosen if m == ATTENTION or supports_3d(m)]
+            return keep, [m for m in chosen if m not in keep]
         return chosen, []
 
 
@@ -201,6 +223,30 @@ def _state_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def attention_maps(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 32) -> Any:
+    """The trainable attention maps of a gated model as a :class:`saliency.methods.MapBatch`
+    (min-max per image, degenerate when constant; targets = predicted classes)."""
+    from saliency.methods import MapBatch
+    from saliency.postprocess import PostProcess, postprocess
+
+    if not has_attention(model):
+        raise ValueError(f"{type(model).__name__} has no trainable attention map (no attention() method)")
+    was_training = model.training
+    model.eval()
+    logits, maps = [], []
+    try:
+        with torch.no_grad():
+            for chunk in images.split(max(1, batch_size)):
+                out, attn = model.attention(chunk)  # type: ignore[operator]
+                logits.append(out.float().cpu())
+                maps.append(attn.float().cpu())
+    finally:
+        model.train(was_training)
+    raw = torch.cat(maps).numpy()
+    post, degenerate = postprocess(raw, PostProcess(abs=False, channel_reduce="sum", clip_percentile=None, minmax=True))
+    return MapBatch(maps=post, degenerate=degenerate, targets=torch.cat(logits).argmax(1).numpy(), raw=raw)
+
+
 class _MapCache:
     """Post-processed maps per (weights, method, settings, images) in ``folder`` as ``.npz``."""
 
@@ -217,9 +263,17 @@ class _MapCache:
     def maps(self, model: torch.nn.Module, method: str, layer: str | None, weights: str | None = None) -> Any:
         from saliency.methods import MapBatch, explain, method_settings
 
-        settings = method_settings(method, self.config.preset)
+        described = {"read-out": ATTENTION_READOUT} if method == ATTENTION else None
+        settings = None if method == ATTENTION else method_settings(method, self.config.preset)
         key_text = json.dumps(
-            [weights or _state_hash(model), method, settings.to_dict(), layer, self.images_key, self.config.seed],
+            [
+                weights or _state_hash(model),
+                method,
+                described or settings.to_dict(),  # type: ignore[union-attr]
+                layer,
+                self.images_key,
+                self.config.seed,
+            ],
             sort_keys=True,
             default=str,
         )
@@ -236,15 +290,18 @@ class _MapCache:
                 return batch
             except (OSError, ValueError, KeyError):
                 path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-        batch = explain(
-            model,
-            self.data.images,
-            method,
-            settings=settings,
-            layer=layer,
-            batch_size=self.config.batch_size,
-            seed=self.config.seed,
-        )
+        if method == ATTENTION:
+            batch = attention_maps(model, self.data.images, batch_size=self.config.batch_size)
+        else:
+            batch = explain(
+                model,
+                self.data.images,
+                method,
+                settings=settings,
+                layer=layer,
+                batch_size=self.config.batch_size,
+                seed=self.config.seed,
+            )
         buffer = io.BytesIO()
         np.savez_compressed(buffer, maps=batch.maps, degenerate=batch.degenerate, targets=batch.targets)
         write_bytes(path, buffer.getvalue())
@@ -372,7 +429,7 @@ def run_audit(
         ValueError: no ``trained`` model, mismatched data shapes, unknown methods or criteria.
     """
     from saliency.criteria import holm, inter_image_ssim, paired_wilcoxon_holm, summarise
-    from saliency.methods import LABELS, method_settings, passes_per_image
+    from saliency.methods import method_settings, passes_per_image
     from saliency.randomization import cascading_randomization, named_blocks, randomization_settings
 
     out = Path(out)
@@ -389,12 +446,18 @@ def run_audit(
         raise ValueError(f"masks have shape {np.shape(data.masks)}, expected {(n, *data.images.shape[2:])}")
     spatial_dims = data.images.ndim - 2
     methods, skipped_methods = config.resolved_methods(spatial_dims)
+    gated = has_attention(by_name["trained"].model)
+    if not config.methods and gated:
+        methods.append(ATTENTION)
+    if ATTENTION in methods and not gated:
+        raise ValueError("the 'attention' method needs a trained model with the trainable attention gate")
     notes: list[str] = []
     if skipped_methods:
         notes.append(
-            f"{', '.join(LABELS[m] for m in skipped_methods)} skipped: defined for 2-D images only "
+            f"{', '.join(method_label(m) for m in skipped_methods)} skipped: defined for 2-D images only "
             f"(these inputs are {spatial_dims}-D)."
         )
+    variants = [m for m in models if m.name.startswith("variant:")]
 
     criteria = list(config.criteria)
     if "localization" in criteria and data.masks is None:
@@ -417,7 +480,7 @@ def run_audit(
         roles.append("replica")
     if "reproducibility" in criteria:
         roles.append("other")
-    total = len(methods) * (len(roles) + sum(len(s) for s in stages.values()))
+    total = len(methods) * (len(roles) + sum(len(s) for s in stages.values())) + len(variants)
 
     bar = _progress_bar(progress)
     task = bar.add_task("saliency maps", total=total) if bar else None
@@ -439,7 +502,15 @@ def run_audit(
         for role in roles:
             entry = by_name[role]
             for method in methods:
+                if method == ATTENTION and not has_attention(entry.model):
+                    notes.append(f"Attention: the {role} model ({entry.architecture}) has no gate; not compared.")
+                    advance()
+                    continue
                 maps.setdefault(role, {})[method] = cache.maps(entry.model, method, entry.layer)
+        for entry in variants:  # localisation of differently trained models (e.g. box supervision levels)
+            maps[entry.name] = {ATTENTION if has_attention(entry.model) else "gradcam": None}
+            method = next(iter(maps[entry.name]))
+            maps[entry.name][method] = cache.maps(entry.model, method, entry.layer)
         for role in randomized_roles:
             entry = by_name[role]
             states = cascading_randomization(
@@ -467,12 +538,13 @@ def run_audit(
         )
         untrained_tests: dict[str, dict[str, float]] = {}
         if "untrained" in ap:
+            compared = [m for m in methods if m in ap["untrained"]]
             raw = {
                 m: paired_wilcoxon_holm({m: ap["trained"][m]}, ap["untrained"][m], alternative="greater")[m]["p"]
-                for m in methods
+                for m in compared
             }
-            adjusted = holm([raw[m] for m in methods])
-            untrained_tests = {m: {"p": raw[m], "p_holm": float(adjusted[i])} for i, m in enumerate(methods)}
+            adjusted = holm([raw[m] for m in compared])
+            untrained_tests = {m: {"p": raw[m], "p_holm": float(adjusted[i])} for i, m in enumerate(compared)}
         for method in methods:
             values = ap["trained"][method]
             batch = maps["trained"][method]
@@ -582,6 +654,8 @@ def run_audit(
         if criterion not in criteria:
             continue
         for method in methods:
+            if method not in maps.get(other, {}):
+                continue
             rows = _pair_rows(
                 data, maps["trained"][method], maps[other][method], method, ("trained", other), config.data_range
             )
@@ -606,6 +680,64 @@ def run_audit(
                 }
             )
 
+    if "repeatability" in criteria and data.localizer is not None and data.localizer_replica is not None:
+        from saliency.criteria import ssim
+
+        pair = np.asarray(
+            [
+                ssim(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), data_range=config.data_range)
+                for a, b in zip(data.localizer, data.localizer_replica, strict=True)
+            ]
+        )
+        for method in methods:
+            summary.append(
+                {
+                    "method": method,
+                    "criterion": "repeatability",
+                    "statistic": "mean SSIM",
+                    "value": _finite_mean([r["ssim"] for r in pair_rows["repeatability"] if r["method"] == method]),
+                    "baseline": "supervised localiser pair (two seeds)",
+                    "baseline_value": _finite_mean(pair),
+                    "p_value": float("nan"),
+                    "p_holm": float("nan"),
+                    "n": int(np.isfinite(pair).sum()),
+                    "n_degenerate": 0,
+                    "passed": None,
+                    "rule": "informative (not a pass criterion)",
+                }
+            )
+    variant_rows: list[dict[str, Any]] = []
+    if variants and "localization" in criteria:
+        from saliency.criteria import auprc
+
+        assert data.masks is not None
+        for entry in variants:
+            ((method, batch),) = maps[entry.name].items()
+            values = [auprc(batch.maps[i], data.masks[i]) for i in range(n)]
+            for i, v in enumerate(values):
+                loc_rows.append(
+                    {
+                        "image_id": data.ids[i],
+                        "method": method,
+                        "source": entry.name,
+                        "average_precision": v["average_precision"],
+                        "trapezoid": v["trapezoid"],
+                        "degenerate": bool(batch.degenerate[i]),
+                        "explained_class": int(batch.targets[i]),
+                        "true_class": int(data.labels[i]) if data.labels is not None else -1,
+                    }
+                )
+            variant_rows.append(
+                {
+                    "model": entry.name.split(":", 1)[1],
+                    "method": method_label(method),
+                    "mean_average_precision": _finite_mean([v["average_precision"] for v in values]),
+                    "mean_trapezoid": _finite_mean([v["trapezoid"] for v in values]),
+                    "n_degenerate": int(np.sum(batch.degenerate)),
+                    "source": entry.source,
+                }
+            )
+
     matrix: dict[str, dict[str, bool | None]] = {m: {} for m in methods}
     for row in summary:
         if row["rule"].startswith("informative"):
@@ -620,8 +752,13 @@ def run_audit(
         files[f"{criterion}.csv"] = write_csv(out / f"{criterion}.csv", pair_rows[criterion], PAIR_COLUMNS)
     settings = {
         "config": asdict(config),
-        "methods": {m: method_settings(m, config.preset).to_dict() for m in methods},
-        "passes_per_image": {m: passes_per_image(method_settings(m, config.preset)) for m in methods},
+        "methods": {
+            m: {"read-out": ATTENTION_READOUT} if m == ATTENTION else method_settings(m, config.preset).to_dict()
+            for m in methods
+        },
+        "passes_per_image": {
+            m: 1 if m == ATTENTION else passes_per_image(method_settings(m, config.preset)) for m in methods
+        },
         "randomization": {
             **randomization_settings(
                 by_name["trained"].model, stages["trained"], include_stem=config.include_stem, seed=config.seed
@@ -659,6 +796,7 @@ def run_audit(
             rand_rows=rand_rows,
             baselines=baselines,
             pair_rows=pair_rows,
+            variant_rows=variant_rows,
             settings=settings,
             criteria=criteria,
             notes=notes,

@@ -21,14 +21,19 @@ __all__ = ["pass_matrix_rows", "write_pdf", "write_report"]
 _MARK = {True: "pass", False: "FAIL", None: "n/a"}
 
 
+def _label(method: str) -> str:
+    """Display name of a method (the eight post-hoc methods and the trainable attention)."""
+    from saliency.methods import LABELS
+
+    return "Attention (trainable)" if method == "attention" else LABELS.get(method, method)
+
+
 def pass_matrix_rows(matrix: Mapping[str, Mapping[str, bool | None]], criteria: Sequence[str]) -> list[dict[str, str]]:
     """Rows ``{"method": label, criterion label: pass/FAIL/n/a}`` of the pass/fail matrix."""
     from saliency.audit import CRITERION_LABELS
-    from saliency.methods import LABELS
 
     return [
-        {"method": LABELS.get(m, m), **{CRITERION_LABELS[c]: _MARK[row.get(c)] for c in criteria}}
-        for m, row in matrix.items()
+        {"method": _label(m), **{CRITERION_LABELS[c]: _MARK[row.get(c)] for c in criteria}} for m, row in matrix.items()
     ]
 
 
@@ -44,8 +49,6 @@ def _slice(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _examples_figure(data: Any, maps: Mapping[str, Any], methods: Sequence[str], count: int) -> Any:
-    from saliency.methods import LABELS
-
     masks = data.masks
     order = [i for i in range(len(data.ids)) if masks is None or np.asarray(masks[i]).any()] or list(
         range(len(data.ids))
@@ -68,7 +71,7 @@ def _examples_figure(data: Any, maps: Mapping[str, Any], methods: Sequence[str],
                 batch = maps["trained"][methods[c - 1]]
                 heat = data.display(_slice(np.asarray(batch.maps[i]), mask))
                 ax.imshow(np.nan_to_num(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-                title = LABELS[methods[c - 1]] + (" (degenerate)" if batch.degenerate[i] else "")
+                title = _label(methods[c - 1]) + (" (degenerate)" if batch.degenerate[i] else "")
             else:
                 title = str(data.ids[i])[:18]
             if shown_mask is not None and shown_mask.any():
@@ -98,7 +101,6 @@ def _randomization_figure(
     rand_rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, np.ndarray], methods: Sequence[str]
 ) -> Any:
     from saliency.audit import _finite_mean
-    from saliency.methods import LABELS
 
     ncols = min(4, len(methods))
     nrows = int(np.ceil(len(methods) / ncols))
@@ -120,7 +122,7 @@ def _randomization_figure(
             ax.axhline(mean, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(xs, ["original", *[stage_names[k] for k in xs[1:]]], rotation=60, ha="right", fontsize=6)
         ax.set_ylim(-0.1, 1.05)
-        ax.set_title(LABELS[method], fontsize=9)
+        ax.set_title(_label(method), fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[len(methods) :]:
         ax.set_axis_off()
@@ -132,7 +134,6 @@ def _randomization_figure(
 
 def _matrix_figure(matrix: Mapping[str, Mapping[str, bool | None]], criteria: Sequence[str]) -> Any:
     from saliency.audit import CRITERION_LABELS
-    from saliency.methods import LABELS
 
     methods = list(matrix)
     grid = np.array([[{True: 1.0, False: 0.0, None: 0.5}[matrix[m].get(c)] for c in criteria] for m in methods])
@@ -143,9 +144,25 @@ def _matrix_figure(matrix: Mapping[str, Mapping[str, bool | None]], criteria: Se
         for c, crit in enumerate(criteria):
             ax.text(c, r, _MARK[matrix[m].get(crit)], ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(criteria)), [CRITERION_LABELS[c] for c in criteria], fontsize=8)
-    ax.set_yticks(range(len(methods)), [LABELS[m] for m in methods], fontsize=8)
+    ax.set_yticks(range(len(methods)), [_label(m) for m in methods], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _kind(method: str) -> str:
+    return "trainable" if method == "attention" else "post-hoc"
+
+
+def _means(rows: Sequence[Mapping[str, Any]], method: str | None) -> dict[str, Any]:
+    chosen = [r for r in rows if method is None or (r["method"] == method and r["source"] == "trained")]
+    ap = np.asarray([r["average_precision"] for r in chosen], dtype=float)
+    trap = np.asarray([r["trapezoid"] for r in chosen], dtype=float)
+    finite = np.isfinite(ap)
+    return {
+        "mean_average_precision": float(ap[finite].mean()) if finite.any() else float("nan"),
+        "mean_trapezoid": float(trap[np.isfinite(trap)].mean()) if np.isfinite(trap).any() else float("nan"),
+        "n": int(finite.sum()),
+    }
 
 
 def write_report(
@@ -162,18 +179,18 @@ def write_report(
     baselines: Mapping[str, np.ndarray],
     pair_rows: Mapping[str, Sequence[Mapping[str, Any]]],
     settings: Mapping[str, Any],
+    variant_rows: Sequence[Mapping[str, Any]] = (),
     criteria: Sequence[str],
     notes: Sequence[str],
     config: Any,
 ) -> dict[str, Path]:
     """Write ``report.html`` (and ``report.pdf`` when WeasyPrint is installed); returns the paths."""
     from saliency.audit import CRITERION_LABELS
-    from saliency.methods import LABELS
 
     report = Report(
         title,
         subtitle=f"{len(data.ids)} images{' - ' + data.description if data.description else ''}; "
-        f"methods: {', '.join(LABELS[m] for m in methods)}; preset '{config.preset}'.",
+        f"methods: {', '.join(_label(m) for m in methods)}; preset '{config.preset}'.",
     )
     report.heading("Pass/fail matrix")
     if criteria:
@@ -188,7 +205,7 @@ def write_report(
     for note in notes:
         report.text(note, warning=True)
     degenerate = [
-        f"{LABELS[m]}: {int(np.sum(maps['trained'][m].degenerate))}"
+        f"{_label(m)}: {int(np.sum(maps['trained'][m].degenerate))}"
         for m in methods
         if np.sum(maps["trained"][m].degenerate)
     ]
@@ -211,7 +228,7 @@ def write_report(
             for source in ("trained", "untrained"):
                 values = [r["average_precision"] for r in loc_rows if r["method"] == method and r["source"] == source]
                 if values:
-                    groups.append((f"{LABELS[method]} ({source})", np.asarray(values, dtype=float)))
+                    groups.append((f"{_label(method)} ({source})", np.asarray(values, dtype=float)))
         for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
             values = [r["average_precision"] for r in loc_rows if r["source"] == source]
             if values:
@@ -221,6 +238,31 @@ def write_report(
             "Per-image average precision of each map against the ground-truth mask (box: quartiles, "
             "solid line: median, dashed: mean). Table: localization.csv (also the paper's trapezoid AUPRC).",
         )
+        comparison = []
+        for method in methods:
+            for source in ("trained", "untrained"):
+                values = [r["average_precision"] for r in loc_rows if r["method"] == method and r["source"] == source]
+                if values and source == "trained":
+                    comparison.append({"maps": _label(method), "kind": _kind(method), **_means(loc_rows, method)})
+        for source, label, kind in (
+            ("prior", "average-mask prior", "baseline"),
+            ("localizer", "supervised localiser", "baseline (fully supervised)"),
+        ):
+            rows = [r for r in loc_rows if r["source"] == source]
+            if rows:
+                comparison.append({"maps": label, "kind": kind, **_means(rows, None)})
+        report.table(
+            comparison,
+            ["maps", "kind", "mean_average_precision", "mean_trapezoid", "n"],
+            caption="Comparison on the same images: mean average precision (primary) and the paper's trapezoid AUPRC",
+        )
+        if variant_rows:
+            report.table(
+                list(variant_rows),
+                ["model", "method", "mean_average_precision", "mean_trapezoid", "n_degenerate", "source"],
+                caption="Differently trained models on the same images (e.g. attention with 0%, 10% and 100% box "
+                "supervision)",
+            )
         report.table(
             [r for r in summary if r["criterion"] == "localization"],
             ["method", "baseline", "value", "baseline_value", "p_value", "p_holm", "n", "n_degenerate", "passed"],
@@ -246,7 +288,7 @@ def write_report(
             if criterion == "repeatability"
             else ("two architectures")
         )
-        groups = [(LABELS[m], np.asarray([r["ssim"] for r in rows if r["method"] == m], dtype=float)) for m in methods]
+        groups = [(_label(m), np.asarray([r["ssim"] for r in rows if r["method"] == m], dtype=float)) for m in methods]
         report.figure(
             _box_figure(groups, "SSIM per image", line=config.repeat_threshold),
             f"Per-image SSIM between the maps of {what}; blue line: the {config.repeat_threshold} reference. "
@@ -275,7 +317,7 @@ def write_report(
     report.table(flat, ["setting", "value"], caption="Audit")
     report.table(
         [
-            {"method": LABELS[m], "passes per image": settings["passes_per_image"][m], "settings": json.dumps(s)}
+            {"method": _label(m), "passes per image": settings["passes_per_image"][m], "settings": json.dumps(s)}
             for m, s in settings["methods"].items()
         ],
         ["method", "passes per image", "settings"],

@@ -325,7 +325,9 @@ def train_localizer(
                 optimizer.step()
                 loss_sum += float(loss.item()) * len(index)
                 if bar_view is not None and bar is not None:
-                    bar_view.update(bar, advance=1, status=f"loss {loss_sum / (step * config.batch_size + len(index)):.4f}")
+                    bar_view.update(
+                        bar, advance=1, status=f"loss {loss_sum / (step * config.batch_size + len(index)):.4f}"
+                    )
             scheduler.step()
             row: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / len(train_index)}
             if len(val_index):
@@ -450,7 +452,9 @@ def save_localizer(path: str | os.PathLike[str], model: Localizer, meta: Mapping
         TypeError: ``model`` is not a :class:`Localizer`.
     """
     if not isinstance(model, Localizer):
-        raise TypeError(f"save_localizer needs a Localizer (from build_localizer or train_localizer), not {type(model)}")
+        raise TypeError(
+            f"save_localizer needs a Localizer (from build_localizer or train_localizer), not {type(model)}"
+        )
     record = model.record or {}
     payload = {
         "format": LOCALIZER_FORMAT,

@@ -377,6 +377,9 @@ def default_layer(model: torch.nn.Module) -> str:
         ValueError: not a MONAI DenseNet or ResNet.
     """
     model = unwrap_model(model)
+    layer = getattr(model, "gradcam_layer", None)  # e.g. saliency.attention.AttentionClassifier
+    if isinstance(layer, str):
+        return layer
     if isinstance(model, DenseNet):
         return gradcam_layer("compact")
     if isinstance(model, ResNet):

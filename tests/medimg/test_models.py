@@ -212,3 +212,46 @@ def test_segmentation_networks_are_dense_and_have_no_gradcam_layer(architecture:
     assert out.shape == (1, 3, 32, 32, 32)
     with pytest.raises(ValueError, match="segmentation network"):
         gradcam_layer(architecture)
+
+
+def test_wrapper_registry_builds_and_loads_wrapped_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medimg.models as models
+
+    monkeypatch.setattr(models, "_WRAPPERS", {})  # isolated from wrappers other modules registered
+    received: list[dict] = []
+
+    def builder(network: dict) -> torch.nn.Module:
+        received.append(network)
+        kwargs = {k: v for k, v in network.items() if k not in ("architecture", "wrapper")}
+        return torch.nn.Sequential(build_network(network["architecture"], **kwargs))
+
+    wrapper = {"name": "demo", "scale": 2}
+    info = meta(wrapper=wrapper)
+    with pytest.raises(ValueError, match=r"unknown network wrapper 'demo'.*import"):
+        build_network("compact", **info["network"])
+    path = save_checkpoint(tmp_path / "w.pt", torch.nn.Sequential(build_network("compact", out_channels=4)), info)
+    with pytest.raises(CheckpointError, match="import"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"'attention'.*import saliency\.attention"):
+        build_network("compact", out_channels=2, wrapper={"name": "attention"})
+
+    models.register_wrapper("demo", builder)
+    assert models.registered_wrappers() == ("demo",)
+    model = build_network("compact", **info["network"])
+    assert isinstance(model, torch.nn.Sequential)
+    assert received[-1] == {
+        "architecture": "compact",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": 4,
+        "wrapper": wrapper,
+    }
+    loaded, loaded_meta = load_checkpoint(path, architecture="compact")
+    assert isinstance(loaded, torch.nn.Sequential) and loaded_meta["network"]["wrapper"] == wrapper
+    assert not isinstance(build_network("compact", out_channels=2, wrapper=None), torch.nn.Sequential)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_network("nope", out_channels=2, wrapper=wrapper)
+    with pytest.raises(ValueError, match="'name'"):
+        build_network("compact", out_channels=2, wrapper={"heads": 1})
+    with pytest.raises(TypeError, match="callable"):
+        models.register_wrapper("bad", None)
