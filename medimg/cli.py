@@ -652,6 +652,16 @@ saliency_app = typer.Typer(
 app.add_typer(saliency_app, name="saliency")
 
 
+def _variants(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        label, sep, path = value.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            raise typer.BadParameter(f"--variant {value!r}: expected LABEL=WEIGHTS with an existing file")
+        out[label] = path
+    return out
+
+
 def _csv_list(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
 
@@ -697,9 +707,23 @@ def saliency_audit(
     max_images: Annotated[int, typer.Option(min=1, help="At most this many images (positives first).")] = 100,
     seed: Annotated[int, typer.Option(help="Seeds noise, randomisation, baseline pairs, replicas.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images x samples per forward/backward chunk.")] = 32,
+    localizer: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(exists=True, dir_okay=False, help="Saved supervised localiser (twice: the repeatability pair)."),
+    ] = None,
+    train_localizer: Annotated[
+        bool, typer.Option("--train-localizer", help="Train two supervised localisers (seeds) on the training boxes.")
+    ] = False,
+    localizer_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --train-localizer.")] = 30,
+    variant: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="LABEL=WEIGHTS: another model whose maps are scored for localisation (repeatable)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Audit a model's saliency maps: localisation, randomisation, repeatability, reproducibility."""
+    """Audit a model's saliency maps: localisation, randomisation, repeatability, reproducibility.
+
+    A model with the trainable attention gate adds "attention" as a ninth method."""
     from rich.table import Table
 
     from medimg.models import CheckpointError
@@ -725,6 +749,10 @@ def saliency_audit(
             max_images=max_images,
             seed=seed,
             batch_size=batch_size,
+            localizers=localizer or [],
+            train_localizer=train_localizer,
+            localizer_epochs=localizer_epochs,
+            variants=_variants(variant or []),
             progress=not quiet,
         )
     except (DatasetError, CheckpointError, ValueError, KeyError) as exc:

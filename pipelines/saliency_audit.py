@@ -16,7 +16,7 @@ boxes make it (the paper used the training and validation masks).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,61 @@ def load_audit_data(
     )
 
 
+def _localizer_training_set(
+    pipeline: Pipeline, data_dir: str | os.PathLike[str], preprocessing: dict[str, Any], exclude: set[str]
+) -> tuple[Any, np.ndarray]:
+    """Images and box masks (empty for negatives) of a training folder, minus the audited patients."""
+    import torch
+
+    items = [i for i in pipeline.load_dataset(data_dir) if str(i.get("patient_id")) not in exclude]
+    if not any(i.get("boxes") for i in items):
+        raise DatasetError(f"{data_dir}: no boxes to train the supervised localiser on")
+    transform = pipeline.transforms(preprocessing, train=False)
+    images = torch.stack([torch.as_tensor(pipeline.load(item, transform)).float() for item in items])
+    return images, _masks(items, preprocessing["image_size"])
+
+
+def localizer_baseline(
+    pipeline: Pipeline,
+    data: Any,
+    preprocessing: dict[str, Any],
+    out: Path,
+    *,
+    localizers: Sequence[str | os.PathLike[str]] = (),
+    train_data: str | os.PathLike[str] | None = None,
+    epochs: int = 30,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Maps of the "fully supervised" localiser(s) on the audited images: ``(maps, replica maps, source)``.
+
+    ``localizers`` are saved localisers (:func:`saliency.localizer.save_localizer`); with
+    ``train_data`` the missing ones (up to two: seeds ``seed`` and ``seed + 1``) are trained on that
+    folder's boxes, never on the audited patients, and saved under ``OUT/localizers/`` (a rerun
+    reuses them).
+    """
+    from saliency.localizer import LocalizerConfig, load_localizer, localizer_maps, save_localizer, train_localizer
+
+    models = [load_localizer(path)[0] for path in localizers][:2]
+    sources = [str(path) for path in localizers][:2]
+    if train_data is not None and len(models) < 2:
+        training = None
+        for index in range(len(models), 2):
+            path = out / "localizers" / f"localizer_seed{seed + index}.pt"
+            if not path.is_file():
+                if training is None:
+                    training = _localizer_training_set(pipeline, train_data, preprocessing, set(data.ids))
+                config = LocalizerConfig(epochs=epochs, seed=seed + index)
+                model, _ = train_localizer(training[0], training[1], config, progress=progress)
+                save_localizer(path, model, {"pipeline": pipeline.name, "data": str(train_data)})
+            models.append(load_localizer(path)[0])
+            sources.append(str(path))
+    if not models:
+        return None, None, ""
+    maps = [localizer_maps(m, data.images) for m in models]
+    return maps[0], (maps[1] if len(maps) > 1 else None), ", ".join(sources)
+
+
 def _train_missing(
     pipeline: Pipeline,
     meta: dict[str, Any],
@@ -151,9 +206,18 @@ def audit_pipeline(
     max_images: int | None = 100,
     seed: int = 0,
     batch_size: int = 32,
+    localizers: Sequence[str | os.PathLike[str]] = (),
+    train_localizer: bool = False,
+    localizer_epochs: int = 30,
+    variants: Mapping[str, str | os.PathLike[str]] | None = None,
     progress: bool = True,
 ) -> Any:
     """Audit the saliency maps of a 2-D pipeline's model on ``data_dir``; returns the ``AuditResult``.
+
+    ``localizers`` / ``train_localizer`` add the supervised-localiser baseline (see
+    :func:`localizer_baseline`); ``variants`` maps a label to another checkpoint of the pipeline
+    (e.g. attention models trained with 0%, 10% and 100% box supervision) whose maps (attention
+    when gated, else Grad-CAM) are scored for localisation on the same images.
 
     Raises:
         DatasetError: bad data folder; ValueError: a 3-D pipeline, or models whose preprocessing differs.
@@ -207,6 +271,26 @@ def audit_pipeline(
         models.append(
             AuditModel(role, net.eval(), other_meta["architecture"], _layer(net, other_meta["architecture"]), str(path))
         )
+    for label, path in (variants or {}).items():
+        net, variant_meta = load_checkpoint(path, pipeline=pipeline.name)
+        if variant_meta["preprocessing"] != meta["preprocessing"]:
+            raise ValueError(f"{path}: its preprocessing differs from {weights}'s; maps must share the input grid")
+        models.append(
+            AuditModel(f"variant:{label}", net.eval(), variant_meta["architecture"], _layer(net, arch), str(path))
+        )
+    if localizers or train_localizer:
+        data.localizer, data.localizer_replica, located = localizer_baseline(
+            pipeline,
+            data,
+            meta["preprocessing"],
+            out,
+            localizers=localizers,
+            train_data=source if train_localizer else None,
+            epochs=localizer_epochs,
+            seed=seed,
+            progress=progress,
+        )
+        data.description += f"; supervised localiser: {located}"
     config = AuditConfig(
         methods=tuple(methods),
         criteria=tuple(criteria) or CRITERIA,

@@ -18,7 +18,9 @@ Settings (:class:`LocalizerConfig`, recorded in every saved localiser):
 
 * features ``(16, 16, 32, 64, 128, 16)``: a compact BasicUNet (MONAI's default is
   ``(32, 32, 64, 128, 256, 32)``) that trains in seconds on a CPU on 32-pixel images; four
-  poolings, so every spatial size must be at least 16;
+  poolings, so every spatial size must be at least 16 and, for its instance norm, the
+  bottleneck (every size halved four times) must hold at least two elements: 32 x 32, 16 x 32
+  or 16 x 16 x 32 are the smallest images;
 * 30 epochs of AdamW (lr 1e-3, weight decay 1e-4, cosine-annealed to 0), batch size 8;
 * loss ``"dicece"``: MONAI ``DiceCELoss(sigmoid=True, batch=True)`` (soft Dice over the whole
   batch plus binary cross-entropy); the batch-wise Dice keeps images without any lesion
@@ -32,7 +34,15 @@ Settings (:class:`LocalizerConfig`, recorded in every saved localiser):
 
 Determinism: everything random (the initial weights, the validation split, the order of the
 batches, the flips) comes from ``config.seed`` through private generators, and the global torch
-RNG is left as it was; the same seed on the same machine and device gives identical weights.
+RNG is left as it was; the same seed on the same machine gives identical weights on the CPU (on
+CUDA only with ``torch.use_deterministic_algorithms(True)``, which is the caller's choice).
+
+Maps are probabilities, not min-max normalised as paper A did with its RetinaNet output: AP and
+AUPRC depend only on the ranking, and SSIM between two localisers is computed with data range 1.
+
+Measured (one CPU thread, 64 toy images of 32 x 32, 51 trained on): the defaults take about 10 s
+and reach per-image AP 1.0 on held-out positives; with so few steps per epoch, ``lr=1e-2`` and 5
+epochs get there in under 2 s.
 """
 
 from __future__ import annotations
@@ -77,7 +87,7 @@ LOCALIZER_FORMAT = "medimg-localizer"
 LOCALIZER_VERSION = 1
 LOSSES: tuple[str, ...] = ("dicece", "bce")
 DEFAULT_FEATURES: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
-MIN_SIZE = 16  # BasicUNet pools four times
+MIN_SIZE = 16  # BasicUNet pools four times (and the bottleneck needs two elements)
 _META_KEYS = ("spatial_dims", "in_channels", "features")
 
 
@@ -175,26 +185,33 @@ def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         tensor = tensor.as_tensor()
     if tensor.ndim not in (4, 5):
         raise ValueError(f"images must be (N, C, H, W) or (N, C, D, H, W), not of shape {tuple(tensor.shape)}")
-    if min(tensor.shape[2:]) < MIN_SIZE:
+    if min(tensor.shape[2:]) < MIN_SIZE or math.prod(_bottleneck(tensor.shape[2:])) < 2:
         raise ValueError(
-            f"every spatial size must be at least {MIN_SIZE} (the BasicUNet pools four times): "
-            f"images have shape {tuple(tensor.shape)}"
+            f"images of shape {tuple(tensor.shape)} are too small for the localiser: every spatial size must be at "
+            f"least {MIN_SIZE} (the BasicUNet pools four times) and its instance norm needs more than one element "
+            "at the bottleneck (each size halved four times), e.g. 32 x 32, 16 x 32 or 16 x 16 x 32"
         )
     return tensor.float()
 
 
+def _bottleneck(shape: Sequence[int]) -> tuple[int, ...]:
+    """Spatial shape after the BasicUNet's four 2x max-poolings."""
+    return tuple(int(size) // 16 for size in shape)
+
+
 def _split(masks: torch.Tensor, val_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and validation indices; positives and negatives are split separately (stratified)."""
+    """Training and validation indices; positives and negatives are split separately (stratified).
+
+    Each group keeps at least one image for training, so a positive is always trained on.
+    """
     positive = masks.flatten(1).any(dim=1)
     train_parts, val_parts = [], []
     for group in (torch.nonzero(positive).flatten(), torch.nonzero(~positive).flatten()):
         order = group[torch.randperm(len(group), generator=generator)]
-        n_val = int(round(len(group) * val_fraction))
+        n_val = min(int(round(len(group) * val_fraction)), max(len(group) - 1, 0))  # keep one for training
         val_parts.append(order[:n_val])
         train_parts.append(order[n_val:])
     train_index, val_index = torch.cat(train_parts), torch.cat(val_parts)
-    if len(train_index) == 0:
-        raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {len(masks)}")
     return torch.sort(train_index).values, torch.sort(val_index).values
 
 
@@ -248,7 +265,8 @@ def train_localizer(
     """Train a localiser on images and their lesion masks (boxes rasterised as masks).
 
     Args:
-        images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float; every spatial size at least 16.
+        images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float; every spatial size at least 16 and
+            at least two elements at the bottleneck (e.g. 32 x 32).
         masks: ``(N, H, W)`` / ``(N, D, H, W)`` bool or 0/1 (a leading channel of 1 is accepted);
             all-empty masks (negatives) are allowed.
         config: settings; None for :class:`LocalizerConfig` defaults.
@@ -274,8 +292,8 @@ def train_localizer(
         raise ValueError(f"epochs, batch_size and lr must be positive: {config}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction!r}")
-    x = _as_images(images)
-    y = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
+    x = _as_images(images).cpu()  # batches are gathered on the CPU and moved to config.device
+    y = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).cpu()
     if y.ndim == x.ndim and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (x.shape[0], *x.shape[2:]):
@@ -354,7 +372,7 @@ def train_localizer(
         "epochs": config.epochs,
         "final": dict(history[-1]),
         "seconds": round(time.perf_counter() - started_all, 3),
-        "versions": {"medimg": medimg_version, "torch": torch.__version__, "monai": _monai_version()},
+        "versions": {"medimg": medimg_version, "torch": str(torch.__version__), "monai": _monai_version()},
     }
     return model, history
 
@@ -392,7 +410,8 @@ def localizer_maps(model: nn.Module, images: torch.Tensor | np.ndarray, *, batch
     Args:
         model: a localiser (``(B, C, *s)`` -> logits ``(B, 1, *s)``), on any device; its
             training/eval mode is restored afterwards.
-        images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float, every spatial size at least 16.
+        images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float; every spatial size at least 16 and
+            at least two elements at the bottleneck (e.g. 32 x 32).
         batch_size: images per forward pass.
 
     Returns:
@@ -466,7 +485,7 @@ def save_localizer(path: str | os.PathLike[str], model: Localizer, meta: Mapping
             "features": list(model.features),
             "config": record.get("config"),
             "training": model.record,
-            "versions": {"medimg": medimg_version, "torch": torch.__version__, "monai": _monai_version()},
+            "versions": {"medimg": medimg_version, "torch": str(torch.__version__), "monai": _monai_version()},
             "user": dict(meta or {}),
         },
     }

@@ -128,3 +128,37 @@ def test_density_audit_without_boxes_skips_localisation(tmp_path: Path) -> None:
     )  # fmt: skip
     assert set(result.matrix["gradient"]) == {"randomization"}
     assert any("Localisation skipped" in n for n in result.notes)
+
+
+def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -> None:
+    from medimg.synth import generate_sample_data
+
+    generate_sample_data(tmp_path / "train", seed=5, only=["cxr"], count=16)
+    pipeline = get_pipeline("pneumonia")
+    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
+    meta = {
+        "pipeline": "pneumonia",
+        "architecture": "compact",
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing("compact", (64, 64)),
+        "training": {"data": str(tmp_path / "train" / "cxr")},
+    }
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "w.pt", build_network("compact", **network), meta)
+    out = tmp_path / "audit"
+    audit_pipeline(
+        "pneumonia", CXR, weights, out, replica=weights, train_localizer=True, localizer_epochs=2,
+        variants={"same weights": weights}, methods=("gradcam",), criteria=("localization", "repeatability"),
+        progress=False,
+    )  # fmt: skip
+    assert sorted(p.name for p in (out / "localizers").iterdir()) == ["localizer_seed0.pt", "localizer_seed1.pt"]
+    loc = _rows(out / "localization.csv")
+    assert {"trained", "untrained", "prior", "localizer", "variant:same weights"} <= {r["source"] for r in loc}
+    # the variant is the trained model itself: identical average precision per image
+    by = {(r["source"], r["image_id"]): r["average_precision"] for r in loc}
+    assert all(by[("variant:same weights", i)] == by[("trained", i)] for s, i in by if s == "trained")
+    summary = _rows(out / "summary.csv")
+    assert any(r["baseline"].startswith("supervised localiser pair") for r in summary)
+    html = (out / "report.html").read_text()
+    assert "Comparison on the same images" in html and "same weights" in html
