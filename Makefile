@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-brats quality
+.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-brats quality saliency-quality
 
 venv: $(STAMP)
 
@@ -74,8 +74,27 @@ quality: $(STAMP)
 	$(MEDIMG) sample-data build/quality --seed 200 --only cxr --only mammo --count cxr=200,mammo=25
 	$(MEDIMG) evaluate pneumonia build/quality/cxr --weights sample_data/weights/pneumonia.pt -o build/quality/pneumonia
 	$(MEDIMG) evaluate density build/quality/mammo --weights sample_data/weights/density.pt -o build/quality/density
-	$(MEDIMG) sample-data build/quality --seed 200 --only brain --count 6
+	$(MEDIMG) sample-data build/quality --seed 200 --only brain --count 5
 	$(MEDIMG) evaluate brats build/quality/brain/nifti --weights sample_data/weights/brats.pt -o build/quality/brats
+
+# The saliency audit of the pneumonia demo model and the trainable-attention comparison on 50 fresh
+# positives (seed 200), as quoted in the README (about 30 minutes on 2 cores).
+ATT_RUNS := build/demo-runs/pneumonia-attention
+saliency-quality: $(STAMP)
+	test -d build/quality/cxr || $(MEDIMG) sample-data build/quality --seed 200 --only cxr --count 200
+	test -d build/demo-train/cxr || $(MEDIMG) sample-data build/demo-train --seed 100 --only cxr --count 400
+	$(MEDIMG) saliency audit pneumonia build/quality/cxr --weights sample_data/weights/pneumonia.pt \
+		--replica sample_data/weights/pneumonia_replica.pt --other-arch sample_data/weights/pneumonia_resnet.pt \
+		--max-images 50 -o build/audit-quality -q
+	for f in 0 0.1 1.0; do $(MEDIMG) train pneumonia build/demo-train/cxr -o $(ATT_RUNS)-$$f --architecture compact \
+		--epochs 20 --attention --box-fraction $$f --note "$(DEMO_NOTE)" -q; done
+	for f in 0 0.1 1.0; do $(MEDIMG) evaluate pneumonia build/quality/cxr --weights $(ATT_RUNS)-$$f/best.pt \
+		-o build/quality/pneumonia-attention-$$f; done
+	$(MEDIMG) saliency audit pneumonia build/quality/cxr --weights $(ATT_RUNS)-0/best.pt \
+		--criteria localization,randomization --max-images 50 --train-localizer --localizer-epochs 15 \
+		--train-data build/demo-train/cxr --variant "0% boxes=$(ATT_RUNS)-0/best.pt" \
+		--variant "10% boxes=$(ATT_RUNS)-0.1/best.pt" --variant "100% boxes=$(ATT_RUNS)-1.0/best.pt" \
+		-o build/audit-attention -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
