@@ -53,15 +53,19 @@ demo-weights: $(STAMP)
 	$(MAKE) demo-weights-saliency
 	$(MAKE) demo-weights-brats
 
-# The saliency audit's replicate (same net, seed 1) and second architecture for the pneumonia model.
+# The saliency audit's replicate (same net, seed 1) and second architecture for the pneumonia model,
+# and the attention-gated pneumonia model (10% of the positives' boxes supervise its map).
 demo-weights-saliency: $(STAMP)
 	test -d build/demo-train/cxr || $(MEDIMG) sample-data build/demo-train --seed 100 --only cxr --count cxr=400
 	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia-seed1 --architecture compact \
 		--epochs 20 --seed 1 --note "$(DEMO_NOTE)" -q
 	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia-resnet --architecture resnet-compact \
 		--epochs 20 --note "$(DEMO_NOTE)" -q
+	$(MEDIMG) train pneumonia build/demo-train/cxr -o build/demo-runs/pneumonia-attention-0.1 --architecture compact \
+		--epochs 20 --attention --box-fraction 0.1 --note "$(DEMO_NOTE)" -q
 	cp build/demo-runs/pneumonia-seed1/best.pt sample_data/weights/pneumonia_replica.pt
 	cp build/demo-runs/pneumonia-resnet/best.pt sample_data/weights/pneumonia_resnet.pt
+	cp build/demo-runs/pneumonia-attention-0.1/best.pt sample_data/weights/pneumonia_attention.pt
 
 demo-weights-brats: $(STAMP)
 	$(MEDIMG) sample-data build/demo-train-brain --seed 100 --only brain --count 24
