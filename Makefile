@@ -95,10 +95,14 @@ saliency-quality: $(STAMP)
 	for f in 0 0.1 1.0; do $(MEDIMG) evaluate pneumonia build/quality/cxr --weights $(ATT_RUNS)-$$f/best.pt \
 		-o build/quality/pneumonia-attention-$$f; done
 	$(MEDIMG) saliency audit pneumonia build/quality/cxr --weights $(ATT_RUNS)-0/best.pt \
-		--criteria localization,randomization --max-images 50 --train-localizer --localizer-epochs 15 \
+		--criteria localization --max-images 50 --train-localizer --localizer-epochs 15 \
 		--train-data build/demo-train/cxr --variant "0% boxes=$(ATT_RUNS)-0/best.pt" \
 		--variant "10% boxes=$(ATT_RUNS)-0.1/best.pt" --variant "100% boxes=$(ATT_RUNS)-1.0/best.pt" \
 		-o build/audit-attention -q
+	$(MEDIMG) saliency audit pneumonia build/quality/cxr --weights $(ATT_RUNS)-0/best.pt \
+		--criteria localization,randomization --methods attention,gradcam --max-images 50 \
+		--localizer build/audit-attention/localizers/localizer_seed0.pt \
+		--localizer build/audit-attention/localizers/localizer_seed1.pt -o build/audit-attention-rand -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
