@@ -95,3 +95,25 @@ def test_attention_is_refused_for_segmentation_and_bad_settings(tmp_path: Path) 
         train_pipeline(get_pipeline("brats"), CXR, tmp_path / "b", attention={})
     with pytest.raises(ValueError, match="unknown attention setting"):
         train_pipeline(get_pipeline("pneumonia"), CXR, tmp_path / "p", attention={"colour": "blue"})
+
+
+def test_density_trains_with_the_gate_and_writes_attention_overlays(tmp_path: Path) -> None:
+    mammo = SAMPLE / "mammo"
+    train = runner.invoke(
+        app,
+        [
+            "train", "density", str(mammo), "-o", str(tmp_path / "run"), "--architecture", "compact", "--epochs", "1",
+            "--batch-size", "8", "--image-size", "64x64", "--attention", "--attention-activation", "softmax",
+            "--attention-heads", "2", "-q",
+        ],
+    )  # fmt: skip
+    assert train.exit_code == 0, train.output
+    _, meta = load_checkpoint(tmp_path / "run" / "best.pt", pipeline="density")
+    assert meta["network"]["wrapper"] == {"name": "attention", "heads": 2, "activation": "softmax"}
+    run = runner.invoke(
+        app, ["run", "density", str(mammo), "--weights", str(tmp_path / "run" / "best.pt"), "-o", str(tmp_path / "o")]
+    )
+    assert run.exit_code == 0, run.output
+    rows = _rows(tmp_path / "o" / "results.csv")
+    assert rows and all(r["overlay"].endswith("_attention.png") for r in rows)
+    assert len(list((tmp_path / "o").rglob("*_attention.png"))) == len(rows)
