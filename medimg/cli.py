@@ -400,7 +400,9 @@ def train(
         bool, typer.Option("--attention", help="2-D pipelines: add the trainable attention gate (saliency.attention).")
     ] = False,
     attention_heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 1,
-    attention_activation: Annotated[str, typer.Option(help="sigmoid or softmax (spatial).")] = "sigmoid",
+    attention_activation: Annotated[
+        str, typer.Option(help="softmax (spatial; default) or sigmoid (see the README: measured choice).")
+    ] = "softmax",
     attention_regulariser: Annotated[str, typer.Option(help="none, sparsity or tv.")] = "none",
     attention_regulariser_weight: Annotated[float, typer.Option(min=0.0)] = 0.0,
     box_fraction: Annotated[
