@@ -1,0 +1,210 @@
+"""``medimg continual fisher|expand|compare``: a 2-D pipeline's sites handed to :mod:`continual`.
+
+Each site folder is split by patient (seeded) into train / validation / test (60/20/20): the
+Fisher is estimated on the old site's training split; fine-tuning uses the new site's training
+split and picks its best epoch on the new site's validation split (never on old data); every
+metric is measured on the test splits. Only the model and the Fisher cross from the old site to
+the new one, except for the ``joint`` upper-bound arm and the old-site evaluation of ``compare``,
+which need the old site's images by definition.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg.writers import write_csv, write_json
+from pipelines.base import DatasetError, Pipeline, patient_split
+
+__all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "site_splits"]
+
+#: EWC lambdas swept by ``compare`` (mean-normalised Fisher; spec §2.3: log-uniform).
+DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 100.0, 10000.0)
+SPLIT_SEED = 0
+
+
+def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: int = SPLIT_SEED) -> dict[str, list]:
+    """``{"train", "val", "test"}`` item lists of one site, split by patient (60/20/20, seeded)."""
+    items = pipeline.load_dataset(data_dir)
+    ids = [str(item["patient_id"]) for item in items]
+    is_test = patient_split(ids, seed=seed, val_fraction=0.2)
+    rest = [item for item, t in zip(items, is_test, strict=True) if not t]
+    is_val = patient_split([str(i["patient_id"]) for i in rest], seed=seed + 1, val_fraction=0.25)
+    splits = {
+        "train": [item for item, v in zip(rest, is_val, strict=True) if not v],
+        "val": [item for item, v in zip(rest, is_val, strict=True) if v],
+        "test": [item for item, t in zip(items, is_test, strict=True) if t],
+    }
+    empty = [name for name, part in splits.items() if not part]
+    if empty:
+        raise DatasetError(f"{data_dir}: {len(items)} image(s) leave the {', '.join(empty)} split(s) empty")
+    return splits
+
+
+def _dataset(pipeline: Pipeline, items: Sequence[Mapping[str, Any]], preprocessing: Mapping[str, Any], train: bool):  # type: ignore[no-untyped-def]
+    from monai.data import Dataset
+
+    rows = [{"image": item["image"], "label": int(item["label"])} for item in items]
+    return Dataset(rows, pipeline.transforms(preprocessing, train=train))
+
+
+def _site_metrics(pipeline: Pipeline, model: Any, items: Sequence[Mapping[str, Any]], meta: Mapping) -> dict:
+    from continual.metrics import site_metrics
+    from pipelines.training import predict_items
+
+    y, prob = predict_items(model, list(items), pipeline, meta["preprocessing"], batch_size=16)
+    return site_metrics(np.asarray(y), np.asarray(prob))
+
+
+def estimate_site_fisher(
+    pipeline_name: str,
+    data_a: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    mode: str = "empirical_logprob",
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """Estimate the Fisher diagonal of ``weights`` on the old site's training split; save it to ``out``."""
+    from continual.ewc import estimate_fisher
+    from medimg.models import file_sha256, load_checkpoint
+    from pipelines import get_pipeline
+
+    pipeline = get_pipeline(pipeline_name)
+    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    train = _dataset(pipeline, site_splits(pipeline, data_a)["train"], meta["preprocessing"], train=False)
+    fisher = estimate_fisher(model, train, mode=mode, max_samples=max_samples, seed=seed)
+    fisher.meta.update({"weights": str(weights), "weights_sha256": file_sha256(weights), "site": str(data_a)})
+    fisher.save(out)
+    return fisher
+
+
+def expand_site(
+    pipeline_name: str,
+    data_b: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    method: str = "ewc-gbn",
+    fisher: str | os.PathLike[str] | None = None,
+    lam: float = 100.0,
+    data_a: str | os.PathLike[str] | None = None,
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Adapt ``weights`` to the new site with one arm: ``OUT/best.pt`` (+ the loop's files) and
+    ``OUT/metrics.json`` (new-site test metrics before and after; old-site ones with ``data_a``)."""
+    from continual.ewc import Fisher
+    from continual.expand import ARMS, expand
+    from medimg.models import load_checkpoint
+    from medimg.training import TrainConfig
+    from pipelines import get_pipeline
+
+    pipeline = get_pipeline(pipeline_name)
+    if method not in ARMS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(ARMS)}")
+    out = Path(out)
+    model_a, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    splits_b = site_splits(pipeline, data_b)
+    splits_a = site_splits(pipeline, data_a) if data_a is not None else None
+    fisher_obj = Fisher.load(fisher) if fisher is not None else None
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, monitor=pipeline.monitor)
+    model, info = expand(
+        model_a,
+        _dataset(pipeline, splits_b["train"], meta["preprocessing"], train=True),
+        _dataset(pipeline, splits_b["val"], meta["preprocessing"], train=False),
+        arm=method,
+        out_dir=out,
+        config=config,
+        metric_fn=pipeline.metrics,
+        checkpoint_meta=meta,
+        fisher=fisher_obj,
+        lam=lam,
+        train_a=_dataset(pipeline, splits_a["train"], meta["preprocessing"], train=True) if splits_a else None,
+        quiet=quiet,
+    )
+    metrics: dict[str, Any] = {
+        **info,
+        "new_before": _site_metrics(pipeline, model_a, splits_b["test"], meta),
+        "new_after": _site_metrics(pipeline, model, splits_b["test"], meta),
+        "weights": str(weights),
+        "fisher": str(fisher) if fisher else None,
+        "new_site": str(data_b),
+    }
+    if splits_a is not None:
+        metrics["old_before"] = _site_metrics(pipeline, model_a, splits_a["test"], meta)
+        metrics["old_after"] = _site_metrics(pipeline, model, splits_a["test"], meta)
+        metrics["old_site"] = str(data_a)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def compare_arms(
+    pipeline_name: str,
+    data_a: str | os.PathLike[str],
+    data_b: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    arms: Sequence[str] = (),
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    seeds: Sequence[int] = (0,),
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    fisher_mode: str = "empirical_logprob",
+    quiet: bool = True,
+) -> list[dict[str, Any]]:
+    """Every arm (EWC arms at every lambda) and seed: ``OUT/arms.csv``, ``OUT/summary.csv``,
+    ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``)."""
+    from continual.expand import ARMS
+    from continual.metrics import arm_row, summarise_arms
+
+    out = Path(out)
+    fisher_path = out / "fisher.pt"
+    if not fisher_path.is_file():
+        estimate_site_fisher(pipeline_name, data_a, weights, fisher_path, mode=fisher_mode)
+    chosen = list(arms or ARMS)
+    rows: list[dict[str, Any]] = []
+    naive: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        for arm in chosen:
+            for lam in lambdas if ARMS[arm].ewc else (0.0,):
+                run = out / "runs" / f"{arm}-l{lam:g}-s{seed}"
+                result = expand_site(
+                    pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
+                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet,
+                )  # fmt: skip
+                row = arm_row(
+                    arm=arm,
+                    lam=lam,
+                    seed=seed,
+                    old_before=result["old_before"],
+                    old_after=result["old_after"],
+                    new_before=result["new_before"],
+                    new_after=result["new_after"],
+                    naive=naive.get(seed),
+                )
+                if arm == "finetune":
+                    naive[seed] = row
+                rows.append(row)
+    columns = list(rows[0]) if rows else []
+    write_csv(out / "arms.csv", rows, columns)
+    summary = summarise_arms(rows)
+    write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
+    from continual.report import write_compare_report
+
+    write_compare_report(out, rows, summary, settings={
+        "pipeline": pipeline_name, "old": str(data_a), "new": str(data_b), "weights": str(weights),
+        "lambdas": list(lambdas), "seeds": list(seeds), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "fisher_mode": fisher_mode,
+    })  # fmt: skip
+    return rows
