@@ -21,8 +21,8 @@ def _tradeoff_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
         points = tradeoff_curve(list(rows), arm)
         if not points:
             continue
-        xs = [p[0] for p in points]
-        ys = [p[1] for p in points]
+        xs = [p["new_after"] for p in points]
+        ys = [p["old_after"] for p in points]
         ax.plot(xs, ys, marker="o", label=arm, linestyle="-" if len(points) > 1 else "none")
     ax.set_xlabel("new-site kappa after (plasticity)")
     ax.set_ylabel("old-site kappa after (retention)")

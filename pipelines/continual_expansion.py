@@ -174,7 +174,7 @@ def compare_arms(
         estimate_site_fisher(pipeline_name, data_a, weights, fisher_path, mode=fisher_mode)
     chosen = list(arms or ARMS)
     rows: list[dict[str, Any]] = []
-    naive: dict[int, dict[str, Any]] = {}
+    naive: dict[int, dict[str, Any]] = {}  # per seed: the naive fine-tuning result (reference of the gaps)
     for seed in seeds:
         for arm in chosen:
             for lam in lambdas if ARMS[arm].ewc else (0.0,):
@@ -183,18 +183,20 @@ def compare_arms(
                     pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet,
                 )  # fmt: skip
+                reference = naive.get(seed, {})
                 row = arm_row(
-                    arm=arm,
-                    lam=lam,
-                    seed=seed,
+                    arm,
+                    lam if ARMS[arm].ewc else None,
+                    seed,
                     old_before=result["old_before"],
                     old_after=result["old_after"],
                     new_before=result["new_before"],
                     new_after=result["new_after"],
-                    naive=naive.get(seed),
+                    naive_old_after=reference.get("old_after"),
+                    naive_new_after=reference.get("new_after"),
                 )
                 if arm == "finetune":
-                    naive[seed] = row
+                    naive[seed] = result
                 rows.append(row)
     columns = list(rows[0]) if rows else []
     write_csv(out / "arms.csv", rows, columns)

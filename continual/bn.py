@@ -1,0 +1,406 @@
+"""Batch-norm statistics: find, snapshot, freeze, recompute and check them (spec continual.md 2.2).
+
+The "global BN statistics" of Gupta et al. are the old site's population (running) statistics,
+kept exactly while the network is fine-tuned on a new site. This module provides the pieces:
+
+* :func:`bn_modules`: every batch-norm layer (``torch.nn.modules.batchnorm._BatchNorm``:
+  ``BatchNorm1d/2d/3d``, their lazy variants and ``SyncBatchNorm``; instance norm is not a
+  ``_BatchNorm`` and is excluded).
+* :func:`snapshot_bn_stats` / :func:`snapshot_params`: copies of the BN buffers and of the
+  parameters (the anchors ``mu_A``, ``sigma2_A``, ``theta_A``).
+* :func:`freeze_bn_stats`: puts only the BN layers in eval mode and keeps them there across any
+  later ``model.train()``; dropout and everything else follow ``train()``/``eval()`` as usual.
+* :func:`set_trainable`: ``"all"`` or ``"bn_affine"`` (only BN gamma/beta train; the classifier
+  head is frozen too, as in the paper code's ``ft_bn`` arms).
+* :func:`recompute_bn_stats`: exact population statistics over a dataset in one pass.
+* :func:`check_postconditions`: the bit-for-bit post-conditions of spec 2.2 step 6.
+
+Generic: works on any ``torch.nn.Module``; imports nothing from the other medimg packages.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "TRAINABLE_MODES",
+    "BNFreezeHandle",
+    "PostconditionError",
+    "bn_modules",
+    "check_postconditions",
+    "freeze_bn_stats",
+    "is_bn_frozen",
+    "recompute_bn_stats",
+    "set_trainable",
+    "snapshot_bn_stats",
+    "snapshot_params",
+]
+
+TRAINABLE_MODES: tuple[str, ...] = ("all", "bn_affine")
+TrainableMode = Literal["all", "bn_affine"]
+_BN_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# BN modules currently frozen by a live handle -> how many handles hold them (freezes may nest).
+_FROZEN: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+class PostconditionError(AssertionError):
+    """A fine-tuned model breaks a post-condition of spec 2.2 step 6 (frozen BN statistics or frozen weights moved)."""
+
+
+def bn_modules(model: torch.nn.Module) -> dict[str, _BatchNorm]:
+    """Every batch-norm layer of ``model``, by its name in ``model.named_modules()``.
+
+    Args:
+        model: any network.
+
+    Returns:
+        ``{name: module}`` in module order for every ``_BatchNorm`` (``BatchNorm1d``, ``BatchNorm2d``,
+        ``BatchNorm3d``, the lazy variants, ``SyncBatchNorm``). Instance and group norm are not batch
+        norm and are left out. The root module itself is named ``""``.
+    """
+    return {name: module for name, module in model.named_modules() if isinstance(module, _BatchNorm)}
+
+
+def _bn_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names (as in ``model.named_parameters()``) of the BN layers' affine weight and bias."""
+    bn_ids = {id(p) for module in bn_modules(model).values() for p in module.parameters(recurse=False)}
+    return {name for name, p in model.named_parameters() if id(p) in bn_ids}
+
+
+def snapshot_bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every BN layer's running statistics.
+
+    Args:
+        model: any network.
+
+    Returns:
+        ``{buffer name: tensor copy}`` with the names of ``model.named_buffers()`` (e.g.
+        ``"features.norm0.running_mean"``) for ``running_mean`` (float, (C,)), ``running_var``
+        (float, (C,), unbiased as PyTorch stores it) and ``num_batches_tracked`` (int64, ()), on the
+        buffers' device. Layers built with ``track_running_stats=False`` have none and are skipped.
+    """
+    stats: dict[str, torch.Tensor] = {}
+    for name, module in bn_modules(model).items():
+        for key in _BN_STAT_BUFFERS:
+            buffer = getattr(module, key, None)
+            if isinstance(buffer, torch.Tensor):
+                stats[f"{name}.{key}" if name else key] = buffer.detach().clone()
+    return stats
+
+
+def snapshot_params(model: torch.nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Copies of the parameters (the EWC anchor ``theta_A``).
+
+    Args:
+        model: any network.
+        trainable_only: keep only parameters with ``requires_grad``.
+
+    Returns:
+        ``{name: detached copy}`` with the names of ``model.named_parameters()``, on their device.
+    """
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
+def is_bn_frozen(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a BN layer held in eval mode by a live :func:`freeze_bn_stats` handle."""
+    return _FROZEN.get(module, 0) > 0
+
+
+def _frozen_train(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """Replacement ``train`` of a frozen BN layer: whatever is asked, the layer stays in eval mode.
+
+    A deep copy of a frozen model carries this method but is not frozen itself (the freeze belongs
+    to the handle): there it behaves as the ordinary ``train``.
+    """
+    return torch.nn.Module.train(self, mode and not is_bn_frozen(self))
+
+
+def _frozen_pre_hook(module: torch.nn.Module, args: Any) -> None:
+    """Forward pre-hook of a frozen BN layer: undo any direct ``module.training = True`` before it runs."""
+    if is_bn_frozen(module):
+        module.training = False
+
+
+@dataclass
+class BNFreezeHandle:
+    """What :func:`freeze_bn_stats` did, so that :meth:`remove` can undo it.
+
+    Use it as a context manager, or call :meth:`remove` when the frozen phase ends.
+    """
+
+    model: torch.nn.Module
+    modules: dict[str, _BatchNorm]
+    _hooks: list[Any] = field(default_factory=list, repr=False)
+    _previous_train: dict[str, Any] = field(default_factory=dict, repr=False)
+    removed: bool = False
+
+    def remove(self) -> None:
+        """Unfreeze: restore each BN layer's ``train`` method and set its mode to the model's (``model.training``).
+
+        Calling it twice does nothing the second time.
+        """
+        if self.removed:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        for name, module in self.modules.items():
+            previous = self._previous_train.get(name)
+            if previous is None:
+                module.__dict__.pop("train", None)
+            else:  # an outer (nested) freeze is still active: give it its method back
+                module.__dict__["train"] = previous
+            count = _FROZEN.get(module, 0) - 1
+            if count > 0:
+                _FROZEN[module] = count
+            else:
+                _FROZEN.pop(module, None)
+                module.training = self.model.training
+        self.removed = True
+
+    def __enter__(self) -> BNFreezeHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
+    """Put only the BN layers in eval mode and keep them there after any later ``model.train()``.
+
+    In eval mode a BN layer normalises with its running statistics (the old site's global
+    statistics) and never updates them; its affine gamma/beta still receive gradients. Other
+    modules are not touched: dropout keeps following ``model.train()``/``model.eval()``, unlike the
+    paper code's whole-model ``model.eval()`` (spec 2.2 step 4).
+
+    Mechanism (two guards, per module instance, nothing global): each BN layer gets an
+    instance-level ``train`` method that always switches it to eval mode, so ``model.train()``
+    (which calls ``child.train(True)`` recursively) leaves ``bn.training == False``, visible to
+    anyone inspecting the model; and a forward pre-hook on each BN layer resets ``training`` to
+    False before every forward, which also catches code that assigns ``module.training = True``
+    directly. The freeze belongs to the handle: a ``copy.deepcopy`` of a frozen model is not frozen
+    (the copied method and hook do nothing there); freeze the copy with its own handle.
+
+    Args:
+        model: any network; models without BN layers are accepted (nothing is frozen).
+
+    Returns:
+        A :class:`BNFreezeHandle`; ``handle.remove()`` (or leaving its ``with`` block) unfreezes and
+        sets the BN layers to the model's current mode. Freezes may nest.
+    """
+    modules = bn_modules(model)
+    handle = BNFreezeHandle(model=model, modules=modules)
+    for name, module in modules.items():
+        handle._previous_train[name] = module.__dict__.get("train")
+        module.__dict__["train"] = types.MethodType(_frozen_train, module)
+        handle._hooks.append(module.register_forward_pre_hook(_frozen_pre_hook))
+        module.training = False
+        _FROZEN[module] = _FROZEN.get(module, 0) + 1
+    return handle
+
+
+def set_trainable(model: torch.nn.Module, mode: str) -> list[str]:
+    """Choose which parameters fine-tuning updates (spec 2.2 step 4).
+
+    Args:
+        model: any network.
+        mode: ``"all"``: every parameter gets ``requires_grad=True``; ``"bn_affine"``: only the BN
+            layers' weight (gamma) and bias (beta) keep ``requires_grad=True``; every other
+            parameter, the classifier head included, gets ``requires_grad=False``.
+
+    Returns:
+        The names of the trainable parameters after the change.
+
+    Raises:
+        ValueError: unknown mode, or ``"bn_affine"`` on a model without affine BN layers.
+    """
+    if mode not in TRAINABLE_MODES:
+        raise ValueError(f"trainable mode must be one of {', '.join(TRAINABLE_MODES)}; got {mode!r}")
+    bn_names = _bn_parameter_names(model)
+    if mode == "bn_affine" and not bn_names:
+        raise ValueError("trainable='bn_affine' needs a model with affine batch-norm layers; this one has none")
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(mode == "all" or name in bn_names)
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def _batch_images(batch: Any) -> torch.Tensor:
+    """The images of a batch: a tensor, an ``(images, labels, ...)`` tuple or an ``{"image": ...}`` dict."""
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise ValueError(f"batch dicts must hold 'image'; this one has keys {sorted(batch)}")
+        images = batch["image"]
+    elif isinstance(batch, (list, tuple)):
+        images = batch[0]
+    else:
+        images = batch
+    if hasattr(images, "as_tensor"):  # a MONAI MetaTensor
+        images = images.as_tensor()
+    images = torch.as_tensor(images)
+    return images if torch.is_floating_point(images) else images.float()
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
+    """Replace every BN layer's running statistics by the exact statistics of its input over ``batches``.
+
+    One forward pass over the data (spec 2.2 step 1). The BN layers run in train mode, normalising
+    with each batch's statistics as in training (as ``torch.optim.swa_utils.update_bn`` does); every
+    other module runs in eval mode (dropout off: the statistics are those of the inference network).
+    A forward pre-hook on each BN layer accumulates the per-channel count, mean and sum of squared
+    deviations of its input (float64, Chan et al.'s pairwise merge of the batch moments). At the end
+    ``running_mean`` is the population mean, ``running_var`` the unbiased population variance
+    (``M2 / (N - 1)``, the convention PyTorch stores) and ``num_batches_tracked`` the number of
+    batches; module modes are restored (momentum is not used and left as it is).
+
+    Why not PyTorch's cumulative average (``momentum=None``): it averages the per-batch means and
+    the per-batch unbiased variances with equal weight per batch, so its variance misses the spread
+    between batch means and batches of unequal size are mis-weighted; it is exact only for a single
+    batch. The accumulation here is exact for any batching.
+
+    Args:
+        model: the network; its BN buffers are replaced in place, nothing else changes.
+        batches: an iterable of batches: image tensors ``(B, C, *spatial)``, ``(images, labels)``
+            tuples or ``{"image": ..., ...}`` dicts (e.g. a ``DataLoader``). Images are moved to the
+            device of the model's first parameter (or buffer).
+
+    Returns:
+        The number of samples seen.
+
+    Raises:
+        RuntimeError: a BN layer is frozen by :func:`freeze_bn_stats` (remove the handle first).
+        ValueError: ``batches`` is empty.
+    """
+    modules = {name: m for name, m in bn_modules(model).items() if m.track_running_stats}
+    frozen = [name or "<root>" for name, m in modules.items() if is_bn_frozen(m)]
+    if frozen:
+        raise RuntimeError(
+            f"cannot recompute BN statistics: layer(s) {', '.join(frozen[:5])} are frozen by freeze_bn_stats; "
+            "remove its handle first"
+        )
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    modes = {m: m.training for m in model.modules()}
+    moments: dict[str, list[Any]] = {name: [0, None, None] for name in modules}  # count, mean, M2
+
+    def make_hook(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().double()
+            dims = [d for d in range(x.ndim) if d != 1]
+            n = x.numel() // x.shape[1]
+            mean = x.mean(dim=dims)
+            m2 = ((x - mean.view(1, -1, *([1] * (x.ndim - 2)))) ** 2).sum(dim=dims)
+            count, mean_a, m2_a = moments[name]
+            if count == 0:
+                moments[name] = [n, mean, m2]
+            else:
+                total = count + n
+                delta = mean - mean_a
+                moments[name] = [total, mean_a + delta * n / total, m2_a + m2 + delta**2 * count * n / total]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
+    samples = n_batches = 0
+    try:
+        for m in model.modules():
+            m.training = isinstance(m, _BatchNorm)
+        for batch in batches:
+            images = _batch_images(batch).to(device)
+            model(images)
+            samples += images.shape[0]
+            n_batches += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    if n_batches == 0:
+        raise ValueError("recompute_bn_stats got no batches")
+    for name, m in modules.items():
+        count, mean, m2 = moments[name]
+        if count == 0:  # the layer was not reached by the forward pass: leave it as it was
+            continue
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_((m2 / max(count - 1, 1)).to(m.running_var.dtype))
+        m.num_batches_tracked.fill_(n_batches)
+    return samples
+
+
+def _diff_summary(name: str, actual: torch.Tensor, expected: torch.Tensor) -> str:
+    if actual.shape != expected.shape:
+        return f"{name} (shape {tuple(actual.shape)}, anchor {tuple(expected.shape)})"
+    diff = (actual.double() - expected.to(actual.device).double()).abs()
+    return f"{name} (max |diff| {diff.max().item():.3g}, {int((diff > 0).sum())} of {diff.numel()} values differ)"
+
+
+def check_postconditions(
+    model: torch.nn.Module,
+    anchor_params: Mapping[str, torch.Tensor],
+    anchor_bn: Mapping[str, torch.Tensor],
+    *,
+    freeze_bn_stats: bool,
+    trainable: str,
+) -> None:
+    """Assert the post-conditions of spec 2.2 step 6 after fine-tuning, bit for bit (``torch.equal``).
+
+    Args:
+        model: the fine-tuned network.
+        anchor_params: :func:`snapshot_params` of the model before fine-tuning (``theta_A``).
+        anchor_bn: :func:`snapshot_bn_stats` of the model before fine-tuning (``mu_A``, ``sigma2_A``,
+            ``num_batches_tracked``).
+        freeze_bn_stats: the BN statistics were frozen: every buffer of ``anchor_bn`` must equal the
+            model's.
+        trainable: ``"all"`` (no parameter condition) or ``"bn_affine"``: every anchored parameter
+            that is not a BN weight/bias must equal the model's.
+
+    Raises:
+        PostconditionError: (an ``AssertionError``) naming every offending tensor with its largest
+            difference, or an anchored tensor the model lacks.
+        ValueError: unknown ``trainable``.
+    """
+    if trainable not in TRAINABLE_MODES:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_MODES)}; got {trainable!r}")
+    problems: list[str] = []
+    if freeze_bn_stats:
+        if not anchor_bn and bn_modules(model):
+            problems.append("freeze_bn_stats=True but anchor_bn is empty")
+        buffers = dict(model.named_buffers())
+        moved = []
+        for name, expected in anchor_bn.items():
+            actual = buffers.get(name)
+            if actual is None:
+                moved.append(f"{name} (missing from the model)")
+            elif actual.shape != expected.shape or not torch.equal(actual, expected.to(actual.device)):
+                moved.append(_diff_summary(name, actual, expected))
+        if moved:
+            more = " ..." if len(moved) > 10 else ""
+            problems.append(f"frozen BN statistics changed: {'; '.join(moved[:10])}{more}")
+    if trainable == "bn_affine":
+        params = dict(model.named_parameters())
+        bn_names = _bn_parameter_names(model)
+        moved = []
+        for name, expected in anchor_params.items():
+            if name in bn_names:
+                continue
+            actual = params.get(name)
+            if actual is None:
+                moved.append(f"{name} (missing from the model)")
+            elif actual.shape != expected.shape or not torch.equal(actual.detach(), expected.to(actual.device)):
+                moved.append(_diff_summary(name, actual.detach(), expected))
+        if moved:
+            more = " ..." if len(moved) > 10 else ""
+            problems.append(f"trainable='bn_affine' but non-BN parameters changed: {'; '.join(moved[:10])}{more}")
+    if problems:
+        raise PostconditionError("post-condition failed: " + " | ".join(problems))
