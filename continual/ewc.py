@@ -49,8 +49,10 @@ File layout (``torch.save``, read with ``weights_only=True``)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -245,6 +247,44 @@ def _selected_outputs(
     return out.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
+def _affine_bn_forward(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode batch norm written as its per-channel affine map (same values to float rounding)."""
+    scale = torch.rsqrt(self.running_var + self.eps)
+    if self.affine:
+        scale = scale * self.weight
+    shift = -self.running_mean * scale
+    if self.affine:
+        shift = shift + self.bias
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return x * scale.view(shape) + shift.view(shape)
+
+
+@contextlib.contextmanager
+def _bn_as_affine(model: torch.nn.Module) -> Iterator[None]:
+    """While vmapping, run each eval-mode BN layer with running statistics as its affine map.
+
+    Under ``vmap`` the batching rule of ``native_batch_norm`` (and its backward) is markedly slower
+    than the equivalent elementwise ``x * scale + shift`` (measured on the compact DenseNet: the whole
+    batched Fisher 98 ms instead of 116 ms for 64 images of 64x64, 1 thread; 63 instead of 82 ms,
+    2 threads). Each such layer gets an instance-level ``forward`` for the duration of the block,
+    removed afterwards; layers in train mode or without running statistics are left alone.
+    """
+    patched = []
+    for module in bn_modules(model).values():
+        if module.training or module.running_mean is None or module.running_var is None:
+            continue
+        patched.append((module, module.__dict__.get("forward")))
+        module.__dict__["forward"] = types.MethodType(_affine_bn_forward, module)
+    try:
+        yield
+    finally:
+        for module, previous in patched:
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous
+
+
 class _Estimator:
     """Per-batch sums of squared per-sample gradients for one model and Fisher mode."""
 
@@ -267,7 +307,9 @@ class _Estimator:
             model, others = self.model, {**self.frozen, **self.buffers}
             logprob, sampled = self.logprob, self.sampled
 
-            def selected(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
+            def selected(
+                params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, u: torch.Tensor
+            ) -> torch.Tensor:
                 logits = functional_call(model, (params, others), (x.unsqueeze(0),))[0]
                 target = _sampled_target(logits, u) if sampled else y
                 out = torch.log_softmax(logits, dim=-1) if logprob else logits
@@ -281,11 +323,12 @@ class _Estimator:
             return self._shared_forward(images, labels, u)
         sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in self.params.items()}
         per_sample = self._per_sample_grads()
-        for start in range(0, images.shape[0], self.chunk):
-            stop = start + self.chunk
-            grads = per_sample(self.params, images[start:stop], labels[start:stop], u[start:stop])
-            for name in self.names:
-                sums[name] += grads[name].double().square().sum(0)
+        with _bn_as_affine(self.model):
+            for start in range(0, images.shape[0], self.chunk):
+                stop = start + self.chunk
+                grads = per_sample(self.params, images[start:stop], labels[start:stop], u[start:stop])
+                for name in self.names:
+                    sums[name] += grads[name].double().square().sum(0)
         return sums
 
     def _shared_forward(self, images: torch.Tensor, labels: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -314,13 +357,14 @@ class _Estimator:
         sampled_u = u if self.sampled else None
         if not self.bn_eval:  # the paper code: one forward of the batch, one backward per sample
             saved = {name: b.clone() for name, b in self.buffers.items()}
-            try:
+            try:  # restored after the backward passes: BN saves its running-stat tensors for backward
                 logits = self.model(images)
+                selected = _selected_outputs(logits, labels, sampled_u, logprob=self.logprob)
+                return self._backward_each(selected, inputs)
             finally:
                 with torch.no_grad():
                     for name, b in self.buffers.items():
                         b.copy_(saved[name])
-            return self._backward_each(_selected_outputs(logits, labels, sampled_u, logprob=self.logprob), inputs)
         sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in self.params.items()}
         for n in range(images.shape[0]):
             logits = self.model(images[n : n + 1])
@@ -426,7 +470,7 @@ def _estimate(
         "parameters": list(estimator.names),
         "shapes": {name: list(named[name].shape) for name in estimator.names},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "medimg_version": __version__,
     }
     return Fisher(values=values, meta=meta, anchor=anchor)

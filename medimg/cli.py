@@ -848,7 +848,7 @@ def continual_expand(
     for key in ("new_before", "new_after", "old_before", "old_after"):
         if key in metrics:
             console.print(f"{key}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[key].items()))
-    console.print(f"wrote {out / 'best.pt'}, {out / 'metrics.json'}")
+    console.print(f"wrote {metrics['checkpoint']}, {out / 'metrics.json'}")
 
 
 @continual_app.command("compare")

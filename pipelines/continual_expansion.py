@@ -10,6 +10,7 @@ which need the old site's images by definition.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medimg.writers import write_csv, write_json
-from pipelines.base import DatasetError, Pipeline, patient_split
+from pipelines.base import DatasetError, Pipeline
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "site_splits"]
 
@@ -28,20 +29,27 @@ SPLIT_SEED = 0
 
 
 def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: int = SPLIT_SEED) -> dict[str, list]:
-    """``{"train", "val", "test"}`` item lists of one site, split by patient (60/20/20, seeded)."""
+    """``{"train", "val", "test"}`` item lists of one site, split by patient (60/20/20, seeded).
+
+    Patients are ordered by a hash of seed and patient ID; the first 20% (at least one) are the
+    test split, the next 20% (at least one) the validation split, the rest training.
+
+    Raises:
+        DatasetError: fewer than 3 patients.
+    """
     items = pipeline.load_dataset(data_dir)
-    ids = [str(item["patient_id"]) for item in items]
-    is_test = patient_split(ids, seed=seed, val_fraction=0.2)
-    rest = [item for item, t in zip(items, is_test, strict=True) if not t]
-    is_val = patient_split([str(i["patient_id"]) for i in rest], seed=seed + 1, val_fraction=0.25)
-    splits = {
-        "train": [item for item, v in zip(rest, is_val, strict=True) if not v],
-        "val": [item for item, v in zip(rest, is_val, strict=True) if v],
-        "test": [item for item, t in zip(items, is_test, strict=True) if t],
-    }
-    empty = [name for name, part in splits.items() if not part]
-    if empty:
-        raise DatasetError(f"{data_dir}: {len(items)} image(s) leave the {', '.join(empty)} split(s) empty")
+    patients = sorted(
+        {str(item["patient_id"]) for item in items},
+        key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(),
+    )
+    if len(patients) < 3:
+        raise DatasetError(f"{data_dir}: {len(patients)} patient(s); a train/val/test split needs at least 3")
+    n_held = max(1, round(0.2 * len(patients)))
+    test, val = set(patients[:n_held]), set(patients[n_held : 2 * n_held])
+    part = {pid: "test" if pid in test else "val" if pid in val else "train" for pid in patients}
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
+    for item in items:
+        splits[part[str(item["patient_id"])]].append(item)
     return splits
 
 
@@ -136,6 +144,7 @@ def expand_site(
         "new_before": _site_metrics(pipeline, model_a, splits_b["test"], meta),
         "new_after": _site_metrics(pipeline, model, splits_b["test"], meta),
         "weights": str(weights),
+        "checkpoint": str(out / "best.pt") if (out / "best.pt").is_file() else str(out / "last.pt"),
         "fisher": str(fisher) if fisher else None,
         "new_site": str(data_b),
     }

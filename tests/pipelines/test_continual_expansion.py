@@ -1,0 +1,130 @@
+"""``medimg continual fisher|expand|compare`` on generated institutions: splits, files, post-conditions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from continual.ewc import Fisher
+from medimg.cli import app
+from medimg.models import build_network, load_checkpoint, save_checkpoint
+from medimg.synth import generate_sample_data
+from pipelines import DatasetError, get_pipeline
+from pipelines.continual_expansion import site_splits
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("continual")
+    generate_sample_data(root / "data", seed=3, only=["mammo"], count=6)
+    pipeline = get_pipeline("density")
+    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 4}
+    meta = {
+        "pipeline": "density",
+        "architecture": "compact",
+        "network": network,
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing("compact", (64, 64)),
+        "training": {"note": "untrained, for tests"},
+    }
+    torch.manual_seed(0)
+    weights = save_checkpoint(root / "a.pt", build_network("compact", **network), meta)
+    mammo = root / "data" / "mammo"
+    return {"root": root, "a": mammo / "site_a", "c": mammo / "site_c", "weights": weights}
+
+
+def test_site_splits_are_by_patient_seeded_and_never_empty(sites: dict[str, Path]) -> None:
+    pipeline = get_pipeline("density")
+    splits = site_splits(pipeline, sites["a"])
+    assert all(splits[name] for name in ("train", "val", "test"))
+    patients = {name: {i["patient_id"] for i in part} for name, part in splits.items()}
+    assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"])
+    assert site_splits(pipeline, sites["a"]) == splits
+    assert sum(len(p) for p in splits.values()) == len(pipeline.load_dataset(sites["a"]))
+
+
+def test_fisher_then_expand_keeps_the_old_bn_statistics(sites: dict[str, Path]) -> None:
+    root = sites["root"]
+    fisher = root / "fisher.pt"
+    result = runner.invoke(
+        app, ["continual", "fisher", "density", str(sites["a"]), "--weights", str(sites["weights"]), "-o", str(fisher)]
+    )
+    assert result.exit_code == 0, result.output
+    loaded = Fisher.load(fisher)
+    assert loaded.meta["mode"] == "empirical_logprob" and loaded.values
+    out = root / "expand"
+    result = runner.invoke(
+        app,
+        [
+            "continual", "expand", "density", str(sites["c"]), "--weights", str(sites["weights"]), "--fisher",
+            str(fisher), "--method", "ewc-gbn", "--lambda", "10", "--epochs", "1", "--batch-size", "8", "--old",
+            str(sites["a"]), "-o", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["arm"] == "ewc-gbn" and metrics["postconditions"] == "checked"
+    assert {"new_before", "new_after", "old_before", "old_after"} <= set(metrics)
+    adapted, meta = load_checkpoint(metrics["checkpoint"], pipeline="density")
+    original, _ = load_checkpoint(sites["weights"], pipeline="density")
+    frozen = [k for k in original.state_dict() if "running_" in k]
+    assert frozen and all(torch.equal(adapted.state_dict()[k], original.state_dict()[k]) for k in frozen)
+    assert meta["training"]["continual"]["freeze_bn_stats"] is True
+
+
+def test_compare_writes_one_row_per_arm_lambda_and_seed(sites: dict[str, Path]) -> None:
+    out = sites["root"] / "compare"
+    result = runner.invoke(
+        app,
+        [
+            "continual", "compare", "density", "--old", str(sites["a"]), "--new", str(sites["c"]), "--weights",
+            str(sites["weights"]), "--arms", "old-only,finetune,ewc-gbn,bn-ewc-gbn,lwf,joint", "--lambdas", "1,100",
+            "--epochs", "1", "--batch-size", "8", "-o", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with open(out / "arms.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["arm"], r["lambda"]) for r in rows] == [
+        ("old-only", ""), ("finetune", ""), ("ewc-gbn", "1.0"), ("ewc-gbn", "100.0"), ("bn-ewc-gbn", "1.0"),
+        ("bn-ewc-gbn", "100.0"), ("lwf", ""), ("joint", ""),
+    ]  # fmt: skip
+    for column in ("old_kappa_before", "old_kappa_after", "new_kappa_after", "forgetting"):
+        assert column in rows[0]
+    assert (out / "report.html").is_file() and (out / "summary.csv").is_file()
+    # old-only does not train: before == after on both sites
+    old_only = rows[0]
+    assert old_only["old_accuracy_before"] == old_only["old_accuracy_after"]
+
+
+def test_bad_inputs_are_clear(sites: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="patient"):
+        site_splits(get_pipeline("density"), _tiny_site(tmp_path))
+    result = runner.invoke(
+        app,
+        [
+            "continual", "expand", "density", str(sites["c"]), "--weights", str(sites["weights"]), "--method",
+            "ewc-gbn", "-o", str(tmp_path / "x"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Fisher" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "continual", "expand", "density", str(sites["c"]), "--weights", str(sites["weights"]), "--method",
+            "magic", "-o", str(tmp_path / "y"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "unknown method" in result.output
+
+
+def _tiny_site(tmp_path: Path) -> Path:
+    generate_sample_data(tmp_path / "tiny", seed=4, only=["mammo"], count=2)
+    return tmp_path / "tiny" / "mammo" / "site_a"
