@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_pipelines.py
 	$(PY) tests/benchmarks/bench_brats.py
 	$(PY) tests/benchmarks/bench_saliency.py
+	$(PY) tests/benchmarks/bench_fisher.py
 
 # Demo weights: compact models trained on generated data (seed 100). Valid for the synthetic
 # phantoms only; `make quality` measures them on fresh data (seed 200) they never saw.
