@@ -64,8 +64,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from continual.bn import bn_modules, is_bn_frozen
 from medimg import __version__
-from medimg.models import CheckpointError, _load_error_detail
-from medimg.training import _classification_batch
+from medimg.models import CheckpointError, load_error_detail
+from medimg.training import classification_batch
 from medimg.writers import atomic_path
 
 __all__ = [
@@ -146,7 +146,7 @@ class Fisher:
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-            detail = _load_error_detail(exc)
+            detail = load_error_detail(exc)
             if "Unsupported global" in detail:
                 raise FisherFileError(
                     f"Fisher file {path} holds pickled Python objects, which loading with weights_only=True "
@@ -211,12 +211,12 @@ def _iter_batches(
             info["subset"] = "all"
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size)
         for batch in loader:
-            yield _classification_batch(batch, device)
+            yield classification_batch(batch, device)
         return
     info["subset"] = "all"
     seen = 0
     for batch in data:
-        images, labels = _classification_batch(batch, device)
+        images, labels = classification_batch(batch, device)
         if max_samples is not None and seen + images.shape[0] >= max_samples:
             info["subset"] = "first"  # the first max_samples samples (all of them if there were no more)
             yield images[: max_samples - seen], labels[: max_samples - seen]

@@ -334,7 +334,7 @@ def save_checkpoint(
     return path
 
 
-def _load_error_detail(exc: BaseException) -> str:
+def load_error_detail(exc: BaseException) -> str:
     """The informative part of a ``torch.load`` error, on one line without terminal escapes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     if "WeightsUnpickler error:" in text:
@@ -359,7 +359,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        detail = _load_error_detail(exc)
+        detail = load_error_detail(exc)
         if "Unsupported global" in detail:
             raise CheckpointError(
                 f"checkpoint {path} could not be read: it holds pickled Python objects, which loading with "

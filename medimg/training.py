@@ -290,7 +290,7 @@ def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(labels)
 
 
-def _classification_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def classification_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images (B, C, *spatial) float, labels (B,) int64)`` on ``device`` from a collated batch."""
     images, labels = _unpack_batch(batch)
     if labels.numel() != images.shape[0]:
@@ -393,7 +393,7 @@ def _classification_task(metric_fn: MetricFn) -> _Task:
     ) -> tuple[float, Mapping[str, Any]]:
         all_logits, all_labels = [], []
         for batch in loader:
-            images, labels = _classification_batch(batch, device)
+            images, labels = classification_batch(batch, device)
             all_logits.append(model(images).float().cpu())
             all_labels.append(labels.cpu())
         logits, y_true = torch.cat(all_logits), torch.cat(all_labels)
@@ -413,7 +413,7 @@ def _classification_task(metric_fn: MetricFn) -> _Task:
         kind="classification",
         losses=LOSSES,
         make_criterion=_classification_loss,
-        split_batch=_classification_batch,
+        split_batch=classification_batch,
         validate=validate,
         check=check,
     )
