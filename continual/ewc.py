@@ -64,7 +64,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from continual.bn import bn_modules, is_bn_frozen
 from medimg import __version__
-from medimg.models import CheckpointError, load_error_detail
+from medimg.models import CheckpointError, load_medimg_file
 from medimg.training import classification_batch
 from medimg.writers import atomic_path
 
@@ -141,28 +141,14 @@ class Fisher:
                 non-finite entries, an anchor whose names or shapes do not match).
         """
         path = Path(path)
-        if not path.is_file():
-            raise FisherFileError(f"Fisher file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-            detail = load_error_detail(exc)
-            if "Unsupported global" in detail:
-                raise FisherFileError(
-                    f"Fisher file {path} holds pickled Python objects, which loading with weights_only=True "
-                    f"refuses ({detail})"
-                ) from exc
-            raise FisherFileError(
-                f"Fisher file {path} could not be read as a torch file (corrupt or truncated?): {detail}"
-            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != FISHER_FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise FisherFileError(f"{path} is not a medimg Fisher file (format {found!r}, expected {FISHER_FORMAT!r})")
-        version = payload.get("version")
-        if not isinstance(version, int) or version > FISHER_VERSION:
-            raise FisherFileError(
-                f"Fisher file {path} has version {version!r}; this medimg ({__version__}) reads up to {FISHER_VERSION}"
-            )
+        payload = load_medimg_file(
+            path,
+            kind="Fisher file",
+            file_format=FISHER_FORMAT,
+            max_version=FISHER_VERSION,
+            map_location=map_location,
+            error=FisherFileError,
+        )
         values, meta, anchor = payload.get("values"), payload.get("meta"), payload.get("anchor")
         if not _is_tensor_dict(values) or not values:
             raise FisherFileError(f"Fisher file {path}: 'values' must be a non-empty dict of parameter name -> tensor")

@@ -344,6 +344,60 @@ def load_error_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+def load_medimg_file(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    file_format: str,
+    max_version: int,
+    map_location: Any = "cpu",
+    error: type[Exception] = CheckpointError,
+) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a medimg file (checkpoint, Fisher, localiser, ...).
+
+    Args:
+        path: the file.
+        kind: what it is, for messages (``"checkpoint"``, ``"Fisher file"``, ``"localizer"``).
+        file_format: the ``format`` value the payload dict must carry.
+        max_version: the newest ``version`` this medimg reads.
+        map_location: device for the tensors.
+        error: the exception class raised (a :class:`CheckpointError` subclass, say).
+
+    Returns:
+        The payload dict (its other keys are the caller's to check).
+
+    Raises:
+        error: the file is missing, unreadable (corrupt, truncated, or pickled Python objects, which
+            ``weights_only=True`` refuses), of another format, or of a newer version; the message
+            names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        detail = load_error_detail(exc)
+        if "Unsupported global" in detail:
+            raise error(
+                f"{kind} {path} could not be read: it holds pickled Python objects, which loading with "
+                f"weights_only=True refuses ({detail}); medimg files hold only tensors and plain metadata"
+            ) from exc
+        raise error(f"{kind} {path} could not be read as a torch file (corrupt or truncated?): {detail}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        if isinstance(payload, dict):
+            found = "a bare state dict" if "format" not in payload else f"format {payload.get('format')!r}"
+        else:
+            found = type(payload).__name__
+        raise error(f"{kind} {path} is not a medimg {kind} (found {found}, expected format {file_format!r})")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > max_version:
+        raise error(
+            f"{kind} {path} has format version {version!r}; this medimg ({__version__}) reads up to {max_version}"
+        )
+    return payload
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a medimg checkpoint file without building the network.
 
@@ -354,31 +408,13 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
         CheckpointError: the file is missing, unreadable or not a medimg checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        detail = load_error_detail(exc)
-        if "Unsupported global" in detail:
-            raise CheckpointError(
-                f"checkpoint {path} could not be read: it holds pickled Python objects, which loading with "
-                f"weights_only=True refuses ({detail}); medimg checkpoints hold only tensors and plain metadata"
-            ) from exc
-        raise CheckpointError(
-            f"checkpoint {path} could not be read as a torch file (corrupt or truncated?): {detail}"
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        what = "a bare state dict" if isinstance(payload, dict) and "format" not in payload else type(payload).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is not a medimg checkpoint (found {what}, no format {CHECKPOINT_FORMAT!r})"
-        )
-    version = payload.get("version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {version!r}; this medimg ({__version__}) reads up to "
-            f"{CHECKPOINT_VERSION}"
-        )
+    payload = load_medimg_file(
+        path,
+        kind="checkpoint",
+        file_format=CHECKPOINT_FORMAT,
+        max_version=CHECKPOINT_VERSION,
+        map_location=map_location,
+    )
     if not isinstance(payload.get("state_dict"), dict) or not isinstance(payload.get("meta"), dict):
         raise CheckpointError(f"checkpoint {path} lacks its state_dict or meta")
     meta = payload["meta"]

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -66,7 +65,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from medimg import __version__ as medimg_version
-from medimg.models import CheckpointError
+from medimg.models import CheckpointError, load_error_detail, load_medimg_file
 from medimg.writers import atomic_path
 
 __all__ = [
@@ -495,13 +494,6 @@ def save_localizer(path: str | os.PathLike[str], model: Localizer, meta: Mapping
     return path
 
 
-def _load_error(exc: BaseException) -> str:
-    """The informative part of a ``torch.load`` error, on one line without terminal escapes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    text = " ".join(text.split())[:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def load_localizer(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> tuple[Localizer, dict[str, Any]]:
@@ -521,24 +513,9 @@ def load_localizer(
             the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"localizer {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        raise CheckpointError(
-            f"localizer {path} could not be read as a torch file (corrupt, truncated or holding pickled objects?): "
-            f"{_load_error(exc)}"
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != LOCALIZER_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a medimg localizer (format {found!r}, expected {LOCALIZER_FORMAT!r})")
-    version = payload.get("version")
-    if not isinstance(version, int) or version > LOCALIZER_VERSION:
-        raise CheckpointError(
-            f"localizer {path} has format version {version!r}; this medimg ({medimg_version}) reads up to "
-            f"{LOCALIZER_VERSION}"
-        )
+    payload = load_medimg_file(
+        path, kind="localizer", file_format=LOCALIZER_FORMAT, max_version=LOCALIZER_VERSION, map_location=map_location
+    )
     meta, state = payload.get("meta"), payload.get("state_dict")
     if not isinstance(meta, dict) or not isinstance(state, dict) or any(key not in meta for key in _META_KEYS):
         raise CheckpointError(f"localizer {path} lacks its state_dict or the meta keys {', '.join(_META_KEYS)}")
@@ -546,6 +523,6 @@ def load_localizer(
         model = Localizer(int(meta["spatial_dims"]), int(meta["in_channels"]), meta["features"])
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"localizer {path} weights do not fit its metadata: {_load_error(exc)}") from exc
+        raise CheckpointError(f"localizer {path} weights do not fit its metadata: {load_error_detail(exc)}") from exc
     model.record = meta.get("training")
     return model.to(map_location).eval(), meta
