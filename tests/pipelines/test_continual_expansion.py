@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import untrained_checkpoint
 from typer.testing import CliRunner
 
 from continual.ewc import Fisher
 from medimg.cli import app
-from medimg.models import build_network, load_checkpoint, save_checkpoint
+from medimg.models import load_checkpoint
 from medimg.synth import generate_sample_data
 from pipelines import DatasetError, get_pipeline
 from pipelines.continual_expansion import site_splits
@@ -24,18 +25,7 @@ runner = CliRunner()
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("continual")
     generate_sample_data(root / "data", seed=3, only=["mammo"], count=6)
-    pipeline = get_pipeline("density")
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 4}
-    meta = {
-        "pipeline": "density",
-        "architecture": "compact",
-        "network": network,
-        "labels": list(pipeline.labels),
-        "preprocessing": pipeline.preprocessing("compact", (64, 64)),
-        "training": {"note": "untrained, for tests"},
-    }
-    torch.manual_seed(0)
-    weights = save_checkpoint(root / "a.pt", build_network("compact", **network), meta)
+    weights = untrained_checkpoint(root / "a.pt", "density")
     mammo = root / "data" / "mammo"
     return {"root": root, "a": mammo / "site_a", "c": mammo / "site_c", "weights": weights}
 

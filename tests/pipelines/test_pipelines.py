@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoints import untrained_checkpoint
 from dicom_factory import PYDICOM_TEST_FILES, write_series
 from typer.testing import CliRunner
 
 from medimg.cli import app
-from medimg.models import build_network, save_checkpoint
 from medimg.synth import generate_sample_data
 from pipelines import DatasetError, get_pipeline
 from pipelines.base import patient_split
@@ -24,17 +24,7 @@ runner = CliRunner()
 
 
 def _untrained_checkpoint(path: Path, pipeline: str, size=(64, 64)) -> Path:
-    task = get_pipeline(pipeline)
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": len(task.labels)}
-    meta = {
-        "pipeline": pipeline,
-        "architecture": "compact",
-        "network": network,
-        "labels": list(task.labels),
-        "preprocessing": task.preprocessing("compact", size),
-        "training": {"note": "untrained, for tests"},
-    }
-    return save_checkpoint(path, build_network("compact", **network), meta)
+    return untrained_checkpoint(path, pipeline, size=size)
 
 
 def _rows(path: Path) -> list[dict]:

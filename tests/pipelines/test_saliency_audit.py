@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from checkpoints import untrained_checkpoint
 from typer.testing import CliRunner
 
 from medimg.cli import app
-from medimg.models import build_network, load_checkpoint, save_checkpoint
+from medimg.models import load_checkpoint
 from pipelines import get_pipeline
 from pipelines.saliency_audit import audit_pipeline, load_audit_data
 
@@ -73,18 +73,7 @@ def test_cli_audit_on_the_sample_data_with_the_same_weights_as_replica(tmp_path:
 
 
 def test_models_with_another_input_grid_or_task_are_refused(tmp_path: Path) -> None:
-    pipeline = get_pipeline("pneumonia")
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
-    meta = {
-        "pipeline": "pneumonia",
-        "architecture": "resnet-compact",
-        "network": network,
-        "labels": list(pipeline.labels),
-        "preprocessing": pipeline.preprocessing("resnet-compact", (64, 64)),
-        "training": {"note": "untrained, for tests"},
-    }
-    torch.manual_seed(0)
-    other = save_checkpoint(tmp_path / "other.pt", build_network("resnet-compact", **network), meta)
+    other = untrained_checkpoint(tmp_path / "other.pt", "pneumonia", architecture="resnet-compact")
     with pytest.raises(ValueError, match="same input grid"):
         audit_pipeline("pneumonia", CXR, WEIGHTS, tmp_path / "o", other_arch=other, methods=("gradient",))
     with pytest.raises(ValueError, match="segmentation"):
@@ -98,17 +87,9 @@ def test_models_with_another_input_grid_or_task_are_refused(tmp_path: Path) -> N
 
 def test_train_replicas_trains_the_missing_models_with_the_pipeline(tmp_path: Path) -> None:
     pipeline = get_pipeline("pneumonia")
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
-    meta = {
-        "pipeline": "pneumonia",
-        "architecture": "compact",
-        "network": network,
-        "labels": list(pipeline.labels),
-        "preprocessing": pipeline.preprocessing("compact", (48, 48)),
-        "training": {"data": str(CXR), "epochs": 1, "batch_size": 4, "lr": 1e-3},
-    }
-    torch.manual_seed(0)
-    weights = save_checkpoint(tmp_path / "w.pt", build_network("compact", **network), meta)
+    training = {"data": str(CXR), "epochs": 1, "batch_size": 4, "lr": 1e-3}
+    weights = untrained_checkpoint(tmp_path / "w.pt", "pneumonia", size=(48, 48), training=training)
+    meta = {"preprocessing": pipeline.preprocessing("compact", (48, 48))}
     out = tmp_path / "audit"
     result = audit_pipeline(
         "pneumonia", CXR, weights, out, train_replicas=True, methods=("gradcam",),
@@ -134,18 +115,7 @@ def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -
     from medimg.synth import generate_sample_data
 
     generate_sample_data(tmp_path / "train", seed=5, only=["cxr"], count=16)
-    pipeline = get_pipeline("pneumonia")
-    network = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
-    meta = {
-        "pipeline": "pneumonia",
-        "architecture": "compact",
-        "network": network,
-        "labels": list(pipeline.labels),
-        "preprocessing": pipeline.preprocessing("compact", (64, 64)),
-        "training": {"data": str(tmp_path / "train" / "cxr")},
-    }
-    torch.manual_seed(0)
-    weights = save_checkpoint(tmp_path / "w.pt", build_network("compact", **network), meta)
+    weights = untrained_checkpoint(tmp_path / "w.pt", "pneumonia", training={"data": str(tmp_path / "train" / "cxr")})
     out = tmp_path / "audit"
     audit_pipeline(
         "pneumonia", CXR, weights, out, replica=weights, train_localizer=True, localizer_epochs=2,
