@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-brats quality saliency-quality
+.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality
 
 venv: $(STAMP)
 
@@ -52,7 +52,15 @@ demo-weights: $(STAMP)
 	cp build/demo-runs/pneumonia/best.pt sample_data/weights/pneumonia.pt
 	cp build/demo-runs/density/best.pt sample_data/weights/density.pt
 	$(MAKE) demo-weights-saliency
+	$(MAKE) demo-weights-continual
 	$(MAKE) demo-weights-brats
+
+# A density model trained at one institution only (site_a), for the continual-learning demo.
+demo-weights-continual: $(STAMP)
+	test -d build/demo-train/mammo || $(MEDIMG) sample-data build/demo-train --seed 100 --only mammo --count mammo=50
+	$(MEDIMG) train density build/demo-train/mammo/site_a -o build/demo-runs/density-site_a --architecture compact \
+		--epochs 30 --note "$(DEMO_NOTE)" -q
+	cp build/demo-runs/density-site_a/best.pt sample_data/weights/density_site_a.pt
 
 # The saliency audit's replicate (same net, seed 1) and second architecture for the pneumonia model,
 # and the attention-gated pneumonia model (10% of the positives' boxes supervise its map).
