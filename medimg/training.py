@@ -75,6 +75,7 @@ __all__ = [
     "TrainResult",
     "init_distributed",
     "is_distributed",
+    "progress_bar",
     "rank",
     "train_classifier",
     "train_segmenter",
@@ -574,7 +575,8 @@ def _check_config(config: TrainConfig, loss: str, losses: tuple[str, ...]) -> No
         raise ValueError(f"seed must be non-negative, not {config.seed}")
 
 
-def _progress(enabled: bool) -> Progress | None:
+def progress_bar(enabled: bool) -> Progress | None:
+    """The training progress bar (rich, on stderr, transient; a ``status`` field), or None."""
     if not enabled:
         return None
     return Progress(
@@ -889,7 +891,7 @@ def _train(
         return {**meta, "training": training}
 
     epochs_run = 0
-    progress = _progress(is_main and not quiet and start_epoch < config.epochs)
+    progress = progress_bar(is_main and not quiet and start_epoch < config.epochs)
     if progress is not None:
         progress.start()
         if start_epoch:

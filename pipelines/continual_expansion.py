@@ -106,10 +106,12 @@ def expand_site(
     batch_size: int = 16,
     lr: float = 1e-4,
     seed: int = 0,
+    before: Mapping[str, Any] | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Adapt ``weights`` to the new site with one arm: ``OUT/best.pt`` (+ the loop's files) and
-    ``OUT/metrics.json`` (new-site test metrics before and after; old-site ones with ``data_a``)."""
+    ``OUT/metrics.json`` (new-site test metrics before and after; old-site ones with ``data_a``).
+    ``before``: the old model's ``new_before``/``old_before`` metrics when already measured."""
     from continual.ewc import Fisher
     from continual.expand import ARMS, expand
     from medimg.models import load_checkpoint
@@ -141,7 +143,7 @@ def expand_site(
     )
     metrics: dict[str, Any] = {
         **info,
-        "new_before": _site_metrics(pipeline, model_a, splits_b["test"], meta),
+        "new_before": before["new_before"] if before else _site_metrics(pipeline, model_a, splits_b["test"], meta),
         "new_after": _site_metrics(pipeline, model, splits_b["test"], meta),
         "weights": str(weights),
         "checkpoint": str(out / "best.pt") if (out / "best.pt").is_file() else str(out / "last.pt"),
@@ -149,7 +151,9 @@ def expand_site(
         "new_site": str(data_b),
     }
     if splits_a is not None:
-        metrics["old_before"] = _site_metrics(pipeline, model_a, splits_a["test"], meta)
+        metrics["old_before"] = (
+            before["old_before"] if before else _site_metrics(pipeline, model_a, splits_a["test"], meta)
+        )
         metrics["old_after"] = _site_metrics(pipeline, model, splits_a["test"], meta)
         metrics["old_site"] = str(data_a)
     write_json(out / "metrics.json", metrics)
@@ -183,6 +187,7 @@ def compare_arms(
         estimate_site_fisher(pipeline_name, data_a, weights, fisher_path, mode=fisher_mode)
     chosen = list(arms or ARMS)
     rows: list[dict[str, Any]] = []
+    before: dict[str, Any] | None = None
     naive: dict[int, dict[str, Any]] = {}  # per seed: the naive fine-tuning result (reference of the gaps)
     for seed in seeds:
         for arm in chosen:
@@ -190,8 +195,9 @@ def compare_arms(
                 run = out / "runs" / f"{arm}-l{lam:g}-s{seed}"
                 result = expand_site(
                     pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
-                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quiet=quiet,
+                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, before=before, quiet=quiet,
                 )  # fmt: skip
+                before = {k: result[k] for k in ("new_before", "old_before")}  # the old model, measured once
                 reference = naive.get(seed, {})
                 row = arm_row(
                     arm,

@@ -60,12 +60,11 @@ import torch
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.nets import BasicUNet
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from medimg import __version__ as medimg_version
 from medimg.models import CheckpointError, load_error_detail, load_medimg_file
+from medimg.training import progress_bar
 from medimg.writers import atomic_path
 
 __all__ = [
@@ -238,21 +237,6 @@ def _criterion(loss: str) -> nn.Module:
     return nn.BCEWithLogitsLoss()
 
 
-def _progress(enabled: bool) -> Progress | None:
-    if not enabled:
-        return None
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
 def train_localizer(
     images: torch.Tensor | np.ndarray,
     masks: torch.Tensor | np.ndarray,
@@ -318,7 +302,7 @@ def train_localizer(
 
     history: list[dict[str, float]] = []
     started_all = time.perf_counter()
-    bar_view = _progress(progress)
+    bar_view = progress_bar(progress)
     if bar_view is not None:
         bar_view.start()
     try:
