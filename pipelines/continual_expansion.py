@@ -20,6 +20,7 @@ import numpy as np
 
 from medimg.writers import write_csv, write_json
 from pipelines.base import DatasetError, Pipeline
+from pipelines.training import site_dataset
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "site_splits"]
 
@@ -53,13 +54,6 @@ def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: i
     return splits
 
 
-def _dataset(pipeline: Pipeline, items: Sequence[Mapping[str, Any]], preprocessing: Mapping[str, Any], train: bool):  # type: ignore[no-untyped-def]
-    from monai.data import Dataset
-
-    rows = [{"image": item["image"], "label": int(item["label"])} for item in items]
-    return Dataset(rows, pipeline.transforms(preprocessing, train=train))
-
-
 def _site_metrics(pipeline: Pipeline, model: Any, items: Sequence[Mapping[str, Any]], meta: Mapping) -> dict:
     from continual.metrics import site_metrics
     from pipelines.training import predict_items
@@ -85,7 +79,7 @@ def estimate_site_fisher(
 
     pipeline = get_pipeline(pipeline_name)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
-    train = _dataset(pipeline, site_splits(pipeline, data_a)["train"], meta["preprocessing"], train=False)
+    train = site_dataset(pipeline, site_splits(pipeline, data_a)["train"], meta["preprocessing"], train=False)
     fisher = estimate_fisher(model, train, mode=mode, max_samples=max_samples, seed=seed)
     fisher.meta.update({"weights": str(weights), "weights_sha256": file_sha256(weights), "site": str(data_a)})
     fisher.save(out)
@@ -129,8 +123,8 @@ def expand_site(
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, monitor=pipeline.monitor)
     model, info = expand(
         model_a,
-        _dataset(pipeline, splits_b["train"], meta["preprocessing"], train=True),
-        _dataset(pipeline, splits_b["val"], meta["preprocessing"], train=False),
+        site_dataset(pipeline, splits_b["train"], meta["preprocessing"], train=True),
+        site_dataset(pipeline, splits_b["val"], meta["preprocessing"], train=False),
         arm=method,
         out_dir=out,
         config=config,
@@ -138,7 +132,7 @@ def expand_site(
         checkpoint_meta=meta,
         fisher=fisher_obj,
         lam=lam,
-        train_a=_dataset(pipeline, splits_a["train"], meta["preprocessing"], train=True) if splits_a else None,
+        train_a=site_dataset(pipeline, splits_a["train"], meta["preprocessing"], train=True) if splits_a else None,
         quiet=quiet,
     )
     metrics: dict[str, Any] = {
@@ -185,6 +179,12 @@ def compare_arms(
     fisher_path = out / "fisher.pt"
     if not fisher_path.is_file():
         estimate_site_fisher(pipeline_name, data_a, weights, fisher_path, mode=fisher_mode)
+    else:
+        from continual.ewc import Fisher
+
+        found = Fisher.load(fisher_path).meta.get("mode")
+        if found != fisher_mode:
+            raise ValueError(f"{fisher_path} holds a {found!r} Fisher, not {fisher_mode!r}: use another output folder")
     chosen = list(arms or ARMS)
     rows: list[dict[str, Any]] = []
     before: dict[str, Any] | None = None

@@ -54,6 +54,23 @@ def _training_items(items: list[dict], supervised: set[str] | None = None) -> li
     ]
 
 
+def site_dataset(
+    pipeline: Pipeline,
+    items: Sequence[Mapping[str, Any]],
+    preprocessing: Mapping[str, Any],
+    *,
+    train: bool,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """A dataset of ``{"image", "label"}`` items through the pipeline's (training or inference)
+    transforms; with ``cache_dir`` the deterministic transforms are cached on disk."""
+    return _dataset(
+        _training_items(list(items)),
+        pipeline.transforms(dict(preprocessing), train=train),
+        Path(cache_dir) if cache_dir is not None else None,
+    )
+
+
 #: Attention-gate training settings (``medimg train ... --attention``).
 ATTENTION_DEFAULTS: dict[str, Any] = {
     "heads": 1,
