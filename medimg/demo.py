@@ -110,7 +110,43 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]9. Expand the density model to a new institution (EWC + the old site's BN statistics)")
     ok &= _continual(out, console)
+
+    console.rule("[bold]10. Train across three institutions without moving images (federated, Flower)")
+    ok &= _federated(out, console)
     return ok
+
+
+def _federated(out: Path, console: Console) -> bool:
+    """A short ``medimg federated simulate`` over three small generated institutions."""
+    import importlib.util
+
+    from medimg.synth import generate_sample_data
+    from pipelines.federated import simulate_federation
+
+    sites = out / "continual" / "data" / "mammo"
+    if not (sites / "site_c").is_dir():
+        generate_sample_data(out / "continual" / "data", seed=7, only=["mammo"], count=8)
+    engine = "flower" if importlib.util.find_spec("flwr") and importlib.util.find_spec("ray") else "inprocess"
+    if engine == "inprocess":
+        console.print("  [yellow]Flower is not installed[/yellow] (pip install 'medimg[federated]'): engine-free run")
+    summary = simulate_federation(
+        "density", [sites / "site_a", sites / "site_b", sites / "site_c"], out / "federated", rounds=2,
+        batch_size=8, engine=engine,
+    )  # fmt: skip
+    names = summary["sites"]
+    table = Table(title=f"medimg federated simulate density ({engine}, 3 sites x 8 exams, 2 rounds; linear kappa)")
+    table.add_column("model \\ test site")
+    for name in names:
+        table.add_column(name)
+    for model, row in summary["matrix"].items():
+        table.add_row(model, *(f"{row[n]:.3f}" for n in names))
+    console.print(table)
+    console.print(
+        f"  local gain {summary['local_gain']:+.3f}, generalizability gain {summary['generalizability_gain']:+.1%} "
+        f"(paper: +6.3%, +45.8%). Outputs: {out / 'federated'} (federated.pt, cross_site.csv, summary.json, "
+        "report.html). Tiny sites and 2 rounds: this shows the mechanics; the README has the measured table."
+    )
+    return (out / "federated" / "report.html").is_file() and len(summary["matrix"]) == len(names) + 2
 
 
 def _continual(out: Path, console: Console) -> bool:
