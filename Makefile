@@ -97,12 +97,12 @@ CQ := build/continual-quality
 continual-quality: $(STAMP)
 	test -d $(CQ)/data/mammo || $(MEDIMG) sample-data $(CQ)/data --seed 300 --only mammo --count mammo=50
 	$(MEDIMG) train density $(CQ)/data/mammo/site_a -o $(CQ)/site_a-model --architecture compact --epochs 30 -q
-	$(MEDIMG) continual compare density --old $(CQ)/data/mammo/site_a --new $(CQ)/data/mammo/site_b \
-		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
-		--lambdas 1000,3000,10000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
 	$(MEDIMG) continual compare density --old $(CQ)/data/mammo/site_a --new $(CQ)/data/mammo/site_c \
-		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,ewc-gbn \
-		--lambdas 1000,3000,10000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_c
+		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
+		--lambdas 1000,3000,10000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_c
+	$(MEDIMG) continual compare density --old $(CQ)/data/mammo/site_a --new $(CQ)/data/mammo/site_b \
+		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
+		--lambdas 1000,3000,10000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
 	$(MEDIMG) federated simulate density --site $(CQ)/data/mammo/site_a --site $(CQ)/data/mammo/site_b \
 		--site $(CQ)/data/mammo/site_c --rounds 20 -o $(CQ)/federated
 

@@ -36,7 +36,6 @@ __all__ = [
     "Federation",
     "evaluate_dataset",
     "load_federation",
-    "run_config",
     "simulate_federation",
 ]
 
@@ -92,15 +91,11 @@ def site_names(site_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
 
 
-def run_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Flower run config (flat scalars) carrying the federation's settings."""
-    return {k: json.dumps(v) if isinstance(v, (list, dict)) or v is None else v for k, v in settings.items()}
-
-
 def _from_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings from a Flower run config (flat scalars; lists and null may come JSON-encoded)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, str) and value[:1] in "[{n":
+        if isinstance(value, str) and (value[:1] in "[{" or value == "null"):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:

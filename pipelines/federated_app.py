@@ -1,9 +1,10 @@
 """The medimg Flower apps: ``pipelines.federated_app:server_app`` and ``pipelines.federated_app:client_app``.
 
 Deployment (SuperLink + SuperNodes, see the README): the settings come from the run config
-(``pipeline``, ``rounds``, ``local-epochs``, ... as written by :func:`deployment_run_config`), each
-SuperNode names its own data with ``--node-config "data-dir='/data/site' partition-id=0"``; the
-server writes ``federated.pt`` and ``rounds.csv`` to the run config's ``out``.
+(``pipeline``, ``num_sites``, ``rounds``, ``local_epochs``, ...; defaults in
+``deploy/flower/pyproject.toml``), each SuperNode names its own data with ``--node-config
+"data-dir='/data/site' partition-id=0"``; the server writes ``federated.pt`` and ``rounds.csv``
+to the run config's ``out``.
 
 Simulation (``medimg federated simulate``): :func:`server_app_for` / :func:`client_app_for` build
 the same apps around the settings, and each virtual SuperNode's ``partition-id`` picks its site.
@@ -19,7 +20,7 @@ from typing import Any
 
 from continual.flower import ClientTask, ServerTask, make_client_app, make_server_app
 
-__all__ = ["client_app", "client_app_for", "deployment_run_config", "server_app", "server_app_for"]
+__all__ = ["client_app", "client_app_for", "client_task", "server_app", "server_app_for", "server_task"]
 
 # One loaded site per process (Ray actors and SuperNodes reuse it across rounds).
 _TASKS: dict[str, ClientTask] = {}
@@ -81,13 +82,6 @@ def server_app_for(settings: Mapping[str, Any]) -> Any:
     """A ServerApp bound to ``settings``."""
     frozen = dict(settings)
     return make_server_app(lambda context: server_task(frozen))
-
-
-def deployment_run_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Flower run config for a deployment (``flwr run --run-config``): flat keys, lists as JSON."""
-    from pipelines.federated import run_config
-
-    return run_config(settings)
 
 
 #: Deployment apps: settings from the run config, the site from the node config.

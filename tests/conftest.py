@@ -27,3 +27,20 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def flower_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Flower writes its home (an id file, CLI config) even with telemetry off: keep it out of $HOME."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK")}
+    os.environ["FLWR_HOME"] = str(tmp_path_factory.mktemp("flwr-home"))
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
