@@ -104,7 +104,9 @@ continual-quality: $(STAMP)
 		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
 		--lambdas 1000,3000,10000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
 	$(MEDIMG) federated simulate density --site $(CQ)/data/mammo/site_a --site $(CQ)/data/mammo/site_b \
-		--site $(CQ)/data/mammo/site_c --rounds 20 -o $(CQ)/federated
+		--site $(CQ)/data/mammo/site_c --rounds 40 -o $(CQ)/federated
+	$(MEDIMG) federated simulate density --site $(CQ)/data/mammo/site_a --site $(CQ)/data/mammo/site_b \
+		--site $(CQ)/data/mammo/site_c --rounds 40 --bn-policy local -o $(CQ)/fedbn
 
 # The saliency audit of the pneumonia demo model and the trainable-attention comparison on 50 fresh
 # positives (seed 200), as quoted in the README (about 30 minutes on 2 cores).

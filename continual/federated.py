@@ -345,9 +345,20 @@ class ServerState:
         self.best_round: int | None = None
         self.best_value: float | None = None
         self.history: list[dict[str, Any]] = []
+        #: ``local`` policy: each site's own BN entries (from its latest reply) and at the best round.
+        self.site_bn: dict[str, dict[str, torch.Tensor]] = {}
+        self.best_site_bn: dict[str, dict[str, torch.Tensor]] = {}
 
-    def aggregate(self, results: Sequence[ClientResult]) -> dict[str, torch.Tensor]:
-        """Replace the global state by the weighted mean of the clients' states; return it."""
+    def aggregate(self, results: Sequence[ClientResult], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Replace the global state by the weighted mean of the clients' states; return it.
+
+        Under the ``local`` policy, ``names`` (one per result) records each site's own BN entries,
+        so that the server can write each site's personalised model (global weights + its BN).
+        """
+        if self.config.bn_policy == "local" and names is not None:
+            keys = self.bn_keys["affine"] | self.bn_keys["stats"]
+            for name, result in zip(names, results, strict=True):
+                self.site_bn[name] = {k: result.state[k].detach().clone() for k in keys}
         self.state = aggregate_states(
             [r.state for r in results],
             [r.num_examples for r in results],
@@ -385,7 +396,14 @@ class ServerState:
         if math.isfinite(mean) and (self.best_value is None or mean > self.best_value):
             self.best_value, self.best_round = mean, server_round
             self.best_state = copy.deepcopy(self.state)
+            self.best_site_bn = copy.deepcopy(self.site_bn)
         return mean
+
+    def site_models(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``local`` policy: each site's personalised best state (best global weights + the site's BN)."""
+        base = self.best_state if self.best_state is not None else self.state
+        bn = self.best_site_bn or self.site_bn
+        return {name: apply_local_bn(base, own) for name, own in bn.items()}
 
 
 def simulate_inprocess(
@@ -435,7 +453,7 @@ def simulate_inprocess(
             if config.bn_policy == "local":
                 local_bn[site.name] = {k: result.state[k] for k in keys}
             results.append(result)
-        server.aggregate(results)
+        server.aggregate(results, [site.name for site in sites])
         validation = []
         for site in sites:
             state = (

@@ -180,14 +180,16 @@ def _strategy_class() -> type:
             if errors:
                 reasons = "; ".join(str(m.error.reason) for m in errors)
                 raise RuntimeError(f"round {server_round}: {len(errors)} client(s) failed: {reasons}")
+            ordered = sorted(valid, key=lambda m: int(m.content.metric_records["metrics"]["site-index"]))
             results = [
                 ClientResult(
                     state=m.content.array_records["arrays"].to_torch_state_dict(),
                     num_examples=int(m.content.metric_records["metrics"]["num-examples"]),
                 )
-                for m in sorted(valid, key=lambda m: int(m.content.metric_records["metrics"]["site-index"]))
+                for m in ordered
             ]
-            state = self.server.aggregate(results)
+            names = [self._site_name(int(m.content.metric_records["metrics"]["site-index"])) for m in ordered]
+            state = self.server.aggregate(results, names)
             metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
             return ArrayRecord(state), metrics
 
@@ -203,11 +205,12 @@ def _strategy_class() -> type:
                 n = int(record.pop("num-examples"))
                 rows.append((index, n, record))
             rows.sort(key=lambda r: r[0])
-            names = list(self.task.site_names)
-            self.server.record_validation(
-                server_round, [(names[i] if i < len(names) else str(i), n, rec) for i, n, rec in rows]
-            )
+            self.server.record_validation(server_round, [(self._site_name(i), n, rec) for i, n, rec in rows])
             return metrics
+
+        def _site_name(self, index: int) -> str:
+            names = list(self.task.site_names)
+            return names[index] if 0 <= index < len(names) else f"site{index}"
 
     return MedimgFedAvg
 
@@ -248,8 +251,8 @@ def simulate(server_app: Any, client_app: Any, *, num_sites: int, quiet: bool = 
 
     from flwr.simulation import run_simulation
 
-    if quiet:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    if quiet:  # Flower's own handler prints warnings (e.g. run_simulation's deprecation) to the terminal
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(

@@ -207,12 +207,17 @@ def _checkpoint_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> di
     return meta
 
 
-def _save_server(fed: Federation, server: Any, path: Path, role: str) -> None:
+def _save_server(fed: Federation, server: Any, path: Path, role: str, *, personalised: bool = True) -> None:
+    """The best global model to ``path``; under the ``local`` BN policy also each site's personalised
+    model (best global weights + that site's own BN) to ``<stem>_<site>.pt`` beside it."""
     from medimg.models import save_checkpoint
 
     model = fed.make_model()
-    model.load_state_dict(server.best_state if server.best_state is not None else server.state)
     extra = {"best_round": server.best_round, "best_val_" + fed.config.monitor: server.best_value}
+    for name, state in server.site_models().items() if personalised and fed.config.bn_policy == "local" else ():
+        model.load_state_dict(state)
+        save_checkpoint(path.with_name(f"{path.stem}_{name}.pt"), model, _checkpoint_meta(fed, f"{role}:{name}", extra))
+    model.load_state_dict(server.best_state if server.best_state is not None else server.state)
     save_checkpoint(path, model, _checkpoint_meta(fed, role, extra))
 
 
@@ -305,16 +310,20 @@ def simulate_federation(
             server = _run_inprocess(fed, fed.sites, fed.config)
             write_rounds(out, server.history)
             _save_server(fed, server, fl_path, "federated")
-    models = {"federated": fl_path}
+    models: dict[str, Any] = {"federated": fl_path}
+    if fed.config.bn_policy == "local":  # FedBN: each site uses the global weights with its own BN
+        models["federated"] = {name: out / f"federated_{name}.pt" for name in names}
     if baselines:
         for site in fed.sites:
             path = out / f"local_{site.name}.pt"
             if not path.is_file():
-                _save_server(fed, _run_inprocess(fed, [site], fed.config), path, f"local:{site.name}")
+                server = _run_inprocess(fed, [site], fed.config)
+                _save_server(fed, server, path, f"local:{site.name}", personalised=False)
             models[f"local_{site.name}"] = path
         path = out / "pooled.pt"
         if not path.is_file():
-            _save_server(fed, _run_inprocess(fed, [_pooled_site(fed)], fed.config), path, "pooled")
+            server = _run_inprocess(fed, [_pooled_site(fed)], fed.config)
+            _save_server(fed, server, path, "pooled", personalised=False)
         models["pooled"] = path
     return write_cross_site(fed, models, out)
 
@@ -327,8 +336,12 @@ def write_rounds(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
     write_csv(out / "rounds.csv", list(history), columns)
 
 
-def write_cross_site(fed: Federation, models: Mapping[str, Path], out: Path) -> dict[str, Any]:
-    """Score every model on every site's test split: ``cross_site.csv``, ``summary.json``, ``report.html``."""
+def write_cross_site(fed: Federation, models: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Score every model on every site's test split: ``cross_site.csv``, ``summary.json``, ``report.html``.
+
+    ``models[label]`` is a checkpoint, or ``{site: checkpoint}`` for a model that each site holds in
+    its own variant (FedBN's personalised models).
+    """
     from continual.federated import cross_site_summary
     from medimg.models import load_checkpoint
 
@@ -336,8 +349,9 @@ def write_cross_site(fed: Federation, models: Mapping[str, Path], out: Path) -> 
     rows: list[dict[str, Any]] = []
     matrix: dict[str, dict[str, float]] = {}
     for label, path in models.items():
-        model, _ = load_checkpoint(path, pipeline=fed.pipeline.name)
+        shared = None if isinstance(path, Mapping) else load_checkpoint(path, pipeline=fed.pipeline.name)[0]
         for site in fed.sites:
+            model = shared if shared is not None else load_checkpoint(path[site.name], pipeline=fed.pipeline.name)[0]
             metrics = fed.evaluate(model, site.test)
             rows.append({"model": label, "site": site.name, "n_test": len(site.test), **metrics})
             matrix.setdefault(label, {})[site.name] = float(metrics[monitor])

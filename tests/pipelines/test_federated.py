@@ -77,6 +77,21 @@ def test_inprocess_simulation_writes_the_cross_site_matrix_and_resumes(sites: di
     assert (out / "federated.pt").stat().st_mtime_ns == stamp
 
 
+def test_fedbn_writes_one_personalised_model_per_site(sites: dict[str, Path]) -> None:
+    out = sites["root"] / "fedbn"
+    result = runner.invoke(app, _args(sites, out, "--engine", "inprocess", "--bn-policy", "local", "--no-baselines"))
+    assert result.exit_code == 0, result.output
+    models = {n: load_checkpoint(out / f"federated_{n}.pt", pipeline="density")[0] for n in ("site_a", "site_b")}
+    shared = load_checkpoint(out / "federated.pt", pipeline="density")[0].state_dict()
+    a, b = (m.state_dict() for m in models.values())
+    stats = [k for k in a if "running_mean" in k]
+    assert stats and any(not torch.equal(a[k], b[k]) for k in stats)  # each site keeps its own BN
+    conv = [k for k in a if k.endswith("conv0.weight") or (k.endswith(".weight") and a[k].dim() == 4)]
+    assert conv and all(torch.equal(a[k], b[k]) and torch.equal(a[k], shared[k]) for k in conv)  # shared weights
+    rows = list(csv.DictReader((out / "cross_site.csv").open()))
+    assert {r["model"] for r in rows} == {"federated"} and len(rows) == 3
+
+
 def test_bad_inputs_exit_2_with_the_problem_named(sites: dict[str, Path], tmp_path: Path) -> None:
     empty = tmp_path / "empty_site"
     empty.mkdir()
