@@ -34,8 +34,8 @@ the samples of a chunk (``batch_size``) yields every per-sample gradient of ever
 in eval mode the samples are independent, so this equals the per-sample loop
 (:func:`fisher_loop_reference`, kept for tests and the benchmark) to float rounding. Memory: one
 chunk's per-sample gradients are held at once, ``batch_size x n_params x 4`` bytes (compact
-DenseNet 25 k parameters: 13 MB at the default 128; ResNet-18 11.2 M parameters: 2.9 GB at 64,
-use 8-16).
+DenseNet 25 k parameters: 25 MB at 256; ResNet-18 11.2 M parameters: 2.9 GB at 64); the default
+chunk (:func:`default_chunk`) keeps it near 256 MB.
 
 Module modes while estimating: the BN layers are in eval mode (``bn_eval=True``, the Fisher is
 measured under the normalisation that BN-frozen fine-tuning uses) or train mode
@@ -70,6 +70,7 @@ from medimg.training import classification_batch
 from medimg.writers import atomic_path
 
 __all__ = [
+    "default_chunk",
     "FISHER_FORMAT",
     "FISHER_MODES",
     "FISHER_VERSION",
@@ -480,6 +481,18 @@ def _probe_classes(model: torch.nn.Module, image: torch.Tensor) -> int:
     return int(logits.shape[1])
 
 
+#: Memory for one chunk's per-sample gradients chosen by :func:`default_chunk` (bytes).
+CHUNK_MEMORY = 256 * 2**20
+
+
+def default_chunk(model: torch.nn.Module, *, memory: int = CHUNK_MEMORY, largest: int = 256) -> int:
+    """Per-sample gradients per vmapped chunk: as many as fit ``memory`` bytes of float32 gradients
+    of the trainable parameters, between 8 and ``largest`` (compact DenseNet, 25 k parameters: 256;
+    ResNet-18, 11.2 M: 8)."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(min(largest, max(8, memory // max(1, 4 * n))))
+
+
 def estimate_fisher(
     model: torch.nn.Module,
     data: Any,
@@ -506,9 +519,9 @@ def estimate_fisher(
         seed: seeds the subset and the labels drawn by ``"true_fisher"``.
         batch_size: samples per batch when ``data`` is a Dataset, and per vmapped chunk (memory:
             ``batch_size x n_params x 4`` bytes). With BN in train mode the batch is the
-            normalisation group; batches of an iterable are then used as given. None: 128 (a
-            vmap call costs ~25 ms whatever its size, so larger chunks amortise it), 64 for
-            ``"qtim_logit_sum"`` (the paper code's batch).
+            normalisation group; batches of an iterable are then used as given. None:
+            :func:`default_chunk` (a vmap call costs ~25 ms whatever its size, so large chunks
+            amortise it), 64 for ``"qtim_logit_sum"`` (the paper code's batch).
         bn_eval: BN layers in eval mode (running statistics) while estimating. None: True, except
             for ``"qtim_logit_sum"`` (False: BN in train mode, as the paper code).
 
@@ -522,7 +535,7 @@ def estimate_fisher(
             layers are frozen by :func:`continual.bn.freeze_bn_stats`.
     """
     if batch_size is None:
-        batch_size = 64 if mode == "qtim_logit_sum" else 128
+        batch_size = 64 if mode == "qtim_logit_sum" else default_chunk(model)
     return _estimate(
         model, data, mode=mode, max_samples=max_samples, seed=seed, batch_size=batch_size, bn_eval=bn_eval, batched=True
     )

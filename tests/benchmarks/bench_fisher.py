@@ -2,8 +2,8 @@
 
 For one model, the compact MONAI DenseNet (``build_network("compact", spatial_dims=2,
 in_channels=1, out_channels=4)``, BN running statistics set by a few train-mode forwards), and
-256 random 1x64x64 images with random labels (the spec asks for a Fisher over >= 1,000 samples, so
-a few hundred is the smallest realistic workload), in one run:
+1024 random 1x64x64 images with random labels (the spec's Fisher subset is M >= 1,000 samples), in
+one run:
 
 - :func:`continual.ewc.estimate_fisher` (per-sample gradients by ``vmap(grad(functional_call))``
   over chunks of ``--batch-size`` samples, BN in eval mode);
@@ -13,22 +13,20 @@ each timed as the median of ``--repeats`` runs after one warm-up, then their agr
 largest relative difference over all Fisher entries, ``|batched - loop| / max(|loop|)`` per
 parameter tensor. Prints both times and the speed-up.
 
-Target: speed-up >= 5x at the defaults (256 images of 64x64, chunks of 128, the default chunk of
-:func:`continual.ewc.estimate_fisher`), with a maximum relative difference below 1e-4 (float32
-rounding). The in-place ReLUs of MONAI's DenseNet work under
+Target: speed-up >= 5x at the defaults (1024 images of 64x64, chunks of
+:func:`continual.ewc.default_chunk`: 256 for this model), with a maximum relative difference below
+1e-4 (float32 rounding). The in-place ReLUs of MONAI's DenseNet work under
 ``vmap``/``grad`` as they are (torch 2.13); no out-of-place copy is needed.
 
-Measured on the shared 2-core x86-64 CPU (torch 2.13.0+cpu), 64 images of 64x64, batch 64: 2
-threads 0.080-0.087 s against 0.32-0.35 s, **4.0x**; 1 thread 0.12 s against 0.33 s, 2.8x. With
-256 images and batch 128: 5.9x (2 threads), 3.4x (1 thread). Max relative difference 6e-7 (64
-images), 2e-5 (256). The target is missed at the defaults: a vmap call has a fixed cost of about
-25 ms (Python dispatch through the ~700 module calls of functional_call under grad and vmap),
-amortised only over larger chunks, and the per-sample work is about twice an ordinary batched
-backward pass. The script also prints the bound "loop / plain batched forward+backward" (no
-per-sample gradients at all): 8x with 2 threads, 4.9x with 1, so no per-sample method reaches 5x on
-1 thread here.
+Measured on the shared 2-core x86-64 CPU (torch 2.13.0+cpu), 2 threads, defaults (1024 images,
+chunks of 256): 0.61-0.64 s against 3.52-3.55 s, **5.5-5.8x**, max relative difference 2.3e-5.
+Smaller workloads miss the target: 256 images in chunks of 128 4.7-4.9x, 64 images in one chunk of
+64 4.0x (1 thread: 2.8x). A vmap call has a fixed cost of about 25 ms (Python dispatch through the
+~700 module calls of functional_call under grad and vmap), amortised only over large chunks, and
+the per-sample work is about twice an ordinary batched backward pass: the script also prints the
+bound "loop / plain batched forward+backward" (no per-sample gradients at all), 8.7x here.
 
-Usage: python tests/benchmarks/bench_fisher.py [--images 256] [--size 64] [--batch-size 128]
+Usage: python tests/benchmarks/bench_fisher.py [--images 1024] [--size 64] [--batch-size 0]
     [--repeats 3] [--threads N] [--mode empirical_logprob]
 """
 
@@ -43,9 +41,9 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=0, help="chunk (0: continual.ewc.default_chunk)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--mode", default="empirical_logprob", help="empirical_logprob or true_fisher")
@@ -53,7 +51,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from continual.ewc import estimate_fisher, fisher_loop_reference
+    from continual.ewc import default_chunk, estimate_fisher, fisher_loop_reference
     from medimg.models import build_network
 
     torch.manual_seed(0)
@@ -61,6 +59,8 @@ def main() -> None:
     with torch.no_grad():  # non-default BN running statistics
         for _ in range(3):
             model(torch.randn(16, 1, args.size, args.size) * 0.5 + 0.2)
+    if not args.batch_size:
+        args.batch_size = default_chunk(model)
     images = torch.rand(args.images, 1, args.size, args.size)
     labels = torch.randint(0, 4, (args.images,))
     data = [

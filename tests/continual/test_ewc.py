@@ -352,3 +352,12 @@ def test_penalty_errors() -> None:
         EWCPenalty(model, values, 1.0, anchor={})
     with pytest.raises(ValueError, match="lambda"):
         EWCPenalty(model, values, -1.0, anchor=anchor)
+
+
+def test_default_chunk_fits_the_memory_budget() -> None:
+    from continual.ewc import default_chunk
+
+    assert default_chunk(trained_cnn()) == 256  # a few hundred parameters: the cap
+    big = nn.Linear(4096, 4096)  # 16.8 M parameters: 64 MB per sample -> the floor
+    assert default_chunk(big) == 8
+    assert default_chunk(nn.Linear(1000, 1000), memory=40 * 2**20) == 10  # 4 MB per sample
