@@ -92,7 +92,7 @@ quality: $(STAMP)
 
 # Domain expansion (issue 8) and federated training (issue 9) on fresh generated institutions
 # (seed 300; the learning rate and lambdas were chosen on the demo-training institutions, seed 100),
-# as quoted in the README (about 50 minutes on 2 cores).
+# as quoted in the README (about 40 minutes on 2 cores).
 CQ := build/continual-quality
 continual-quality: $(STAMP)
 	test -d $(CQ)/data/mammo || $(MEDIMG) sample-data $(CQ)/data --seed 300 --only mammo --count mammo=50
