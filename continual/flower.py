@@ -84,7 +84,12 @@ def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def make_client_app(load_task: Callable[[Any], ClientTask]) -> Any:
-    """A Flower ``ClientApp``; ``load_task(context)`` gives the node's :class:`ClientTask` (cached per node)."""
+    """A Flower ``ClientApp``; ``load_task(context)`` gives the node's :class:`ClientTask`.
+
+    It is called for every message (a deployed SuperNode starts a fresh ClientApp process per
+    message, a simulation ships the app to a Ray worker with each message), so it should cache
+    what it loads at module level where the process lives on (as ``pipelines.federated_app`` does).
+    """
     _flwr()
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -92,14 +97,6 @@ def make_client_app(load_task: Callable[[Any], ClientTask]) -> Any:
     from continual.federated import apply_local_bn, client_update
 
     app = ClientApp()
-    cache: dict[Any, ClientTask] = {}
-
-    def task_for(context: Any) -> ClientTask:
-        key = (context.run_id, context.node_id)
-        if key not in cache:
-            cache.clear()
-            cache[key] = load_task(context)
-        return cache[key]
 
     def local_bn(task: ClientTask, context: Any) -> dict[str, Any] | None:
         if task.config.bn_policy == "local" and "local-bn" in context.state.array_records:
@@ -110,7 +107,7 @@ def make_client_app(load_task: Callable[[Any], ClientTask]) -> Any:
     def train(msg: Any, context: Any) -> Any:
         import dataclasses
 
-        task = task_for(context)
+        task = load_task(context)
         received = msg.content.array_records["arrays"].to_torch_state_dict()
         settings = msg.content.config_records.get("config", {})
         config = task.config
@@ -133,7 +130,7 @@ def make_client_app(load_task: Callable[[Any], ClientTask]) -> Any:
 
     @app.evaluate()
     def evaluate(msg: Any, context: Any) -> Any:
-        task = task_for(context)
+        task = load_task(context)
         state = msg.content.array_records["arrays"].to_torch_state_dict()
         if task.config.bn_policy == "local":
             state = apply_local_bn(state, local_bn(task, context))
@@ -245,7 +242,7 @@ def simulate(server_app: Any, client_app: Any, *, num_sites: int, quiet: bool = 
     Raises:
         ImportError: Flower (with its ``simulation`` extra, Ray) is not installed.
     """
-    flwr = _flwr()
+    _flwr()
     import logging
     import warnings
 
@@ -264,4 +261,3 @@ def simulate(server_app: Any, client_app: Any, *, num_sites: int, quiet: bool = 
                 "init_args": {"logging_level": "ERROR" if quiet else "INFO", "log_to_driver": not quiet},
             },
         )
-    del flwr

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from medimg.writers import write_csv, write_json
-from pipelines.base import DatasetError, Pipeline
+from pipelines.base import Pipeline
 
 __all__ = [
     "PAPER_GAINS",
@@ -371,10 +371,3 @@ def write_cross_site(fed: Federation, models: Mapping[str, Any], out: Path) -> d
     rounds = out / "rounds.csv"
     write_federated_report(out, summary, rows, rounds_csv=rounds if rounds.is_file() else None)
     return summary
-
-
-def check_site_dirs(site_dirs: Sequence[str | os.PathLike[str]]) -> None:
-    """Raise :class:`DatasetError` naming every site folder that does not exist."""
-    missing = [str(d) for d in site_dirs if not Path(d).is_dir()]
-    if missing:
-        raise DatasetError("site folder(s) not found: " + ", ".join(missing))
