@@ -923,10 +923,13 @@ def federated_simulate(
             engine=engine, baselines=baselines,
         )  # fmt: skip
     if "local_gain" in summary:
+        from medimg.demo import percent
+
+        gain, general = percent(summary["local_gain_relative"]), percent(summary["generalizability_gain"])
         console.print(
-            f"{summary['metric']}: local gain {summary['local_gain']:+.3f} ({summary['local_gain_relative']:+.1%}; "
-            f"paper +6.3%), generalizability {summary['generalizability_local']:.3f} -> "
-            f"{summary['generalizability_federated']:.3f} ({summary['generalizability_gain']:+.1%}; paper +45.8%)"
+            f"{summary['metric']}: local gain {summary['local_gain']:+.3f} ({gain}; paper +6.3%), generalizability "
+            f"{summary['generalizability_local']:.3f} -> {summary['generalizability_federated']:.3f} ({general}; "
+            "paper +45.8%)"
         )
     console.print(f"wrote {out / 'cross_site.csv'}, {out / 'summary.json'}, {out / 'report.html'}")
 
