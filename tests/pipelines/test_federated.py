@@ -110,17 +110,21 @@ def test_bad_inputs_exit_2_with_the_problem_named(sites: dict[str, Path], tmp_pa
 
 @pytest.mark.slow
 def test_flower_simulation_matches_the_inprocess_reference(sites: dict[str, Path]) -> None:
+    """FedBN + FedProx through Flower (node state, mu in the train config) = the engine-free loop.
+    (FedAvg with averaged BN runs through Flower in the loopback deployment test.)"""
     pytest.importorskip("flwr")
     pytest.importorskip("ray")
+    settings = ["--bn-policy", "local", "--proximal-mu", "0.01"]
     out = sites["root"] / "flower"
-    result = runner.invoke(app, _args(sites, out, "--engine", "flower", "--proximal-mu", "0.01"))
+    result = runner.invoke(app, _args(sites, out, "--engine", "flower", *settings))
     assert result.exit_code == 0, result.output
     _check_outputs(out, sites)
     ref = sites["root"] / "reference"
-    result = runner.invoke(app, _args(sites, ref, "--engine", "inprocess", "--proximal-mu", "0.01", "--no-baselines"))
+    result = runner.invoke(app, _args(sites, ref, "--engine", "inprocess", "--no-baselines", *settings))
     assert result.exit_code == 0, result.output
-    a, _ = load_checkpoint(out / "federated.pt", pipeline="density")
-    b, _ = load_checkpoint(ref / "federated.pt", pipeline="density")
-    for key, value in a.state_dict().items():
-        # same functions, same seeds; only thread counts differ (Ray gives each client one CPU)
-        torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-3, atol=1e-4, msg=key)
+    for name in ("federated", "federated_site_a", "federated_site_b", "federated_site_c"):
+        a, _ = load_checkpoint(out / f"{name}.pt", pipeline="density")
+        b, _ = load_checkpoint(ref / f"{name}.pt", pipeline="density")
+        for key, value in a.state_dict().items():
+            # same functions, same seeds; only thread counts differ (Ray gives each client one CPU)
+            torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-3, atol=1e-4, msg=f"{name}: {key}")
