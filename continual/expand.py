@@ -39,7 +39,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARMS", "ArmSpec", "expand"]
+__all__ = ["ARMS", "SELECTIONS", "ArmSpec", "expand"]
+
+#: How :func:`expand` picks the epoch it keeps (never with old-site data).
+SELECTIONS: tuple[str, ...] = ("metric", "ce_penalty")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def expand(
     train_a: Any = None,
     lwf_temperature: float = 2.0,
     lwf_alpha: float = 1.0,
+    select: str = "metric",
     quiet: bool = True,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Adapt a copy of ``model_a`` to site B with one arm; returns ``(model, info)``.
@@ -101,6 +105,9 @@ def expand(
         lam: EWC lambda (EWC arms).
         train_a: site A's training data (``joint`` only).
         lwf_temperature, lwf_alpha: Learning-without-Forgetting distillation settings (``lwf``).
+        select: which epoch is kept: ``"metric"`` (highest ``config.monitor`` on B's validation
+            split) or ``"ce_penalty"`` (lowest validation cross-entropy on B plus the EWC penalty,
+            the paper code's rule, spec §2.2 step 5; recorded as ``neg_ce_penalty``).
         quiet: no progress output.
 
     Returns:
@@ -118,6 +125,8 @@ def expand(
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}; choose from {list(SELECTIONS)}")
     spec = ARMS[arm]
     if spec.ewc and fisher is None:
         raise ValueError(f"arm {arm!r} needs the Fisher estimated at the old site")
@@ -134,11 +143,17 @@ def expand(
     handle = freeze_bn_stats(model) if spec.freeze_bn_stats else None
     terms: list[Callable[[Any], torch.Tensor]] = []
     hooks: list[Any] = []
+    penalty = None
     if spec.ewc:
         from continual.ewc import EWCPenalty
 
         penalty = EWCPenalty(model, fisher, lam)
         terms.append(lambda batch: penalty())
+    if select == "ce_penalty":
+        import dataclasses
+
+        metric_fn = _ce_penalty_metric(metric_fn, penalty)
+        config = dataclasses.replace(config, monitor="neg_ce_penalty")
     if spec.lwf:
         from continual.lwf import LwFLoss
 
@@ -158,6 +173,7 @@ def expand(
         "freeze_bn_stats": spec.freeze_bn_stats,
         "fisher": dict(getattr(fisher, "meta", {}) or {}) if spec.ewc else None,
         "lwf": {"temperature": lwf_temperature, "alpha": lwf_alpha} if spec.lwf else None,
+        "select": select,
     }
     data = ConcatDataset([train_a, train_b]) if spec.joint else train_b
     try:
@@ -195,3 +211,20 @@ def expand(
         "best_value": result.best_value,
         "postconditions": "checked",
     }
+
+
+def _ce_penalty_metric(metric_fn: Callable[..., Mapping[str, float]], penalty: Any) -> Callable[..., dict[str, float]]:
+    """``metric_fn`` plus ``neg_ce_penalty`` = -(mean validation cross-entropy + EWC penalty at the
+    current weights): the training loop keeps its highest value, i.e. the lowest CE + penalty."""
+    import numpy as np
+
+    def metrics(y_true: Any, y_prob: Any) -> dict[str, float]:
+        out = dict(metric_fn(y_true, y_prob))
+        y = np.asarray(y_true, dtype=np.int64)
+        prob = np.asarray(y_prob, dtype=np.float64)
+        ce = float(-np.mean(np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, 1.0))))
+        extra = float(penalty().detach()) if penalty is not None else 0.0
+        out["neg_ce_penalty"] = -(ce + extra)
+        return out
+
+    return metrics

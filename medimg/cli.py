@@ -836,6 +836,9 @@ def continual_expand(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option()] = 1e-4,
     seed: Annotated[int, typer.Option()] = 0,
+    select: Annotated[
+        str, typer.Option(help="Epoch kept: metric (best new-site validation metric) or ce_penalty (the paper code).")
+    ] = "metric",
 ) -> None:
     """Adapt the old site's model to the new site with one method; new weights and metrics.json."""
     from pipelines.continual_expansion import expand_site
@@ -843,7 +846,7 @@ def continual_expand(
     with _input_errors():
         metrics = expand_site(
             pipeline, data_b, weights, out, method=method, fisher=fisher, lam=lam, data_a=old, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed,
+            batch_size=batch_size, lr=lr, seed=seed, select=select,
         )  # fmt: skip
     for key in ("new_before", "new_after", "old_before", "old_after"):
         if key in metrics:
@@ -867,6 +870,9 @@ def continual_compare(
     fisher_mode: Annotated[
         str, typer.Option(help="Fisher of the EWC arms: empirical_logprob (default), true_fisher, qtim_logit_sum.")
     ] = "empirical_logprob",
+    select: Annotated[
+        str, typer.Option(help="Epoch kept: metric (best new-site validation metric) or ce_penalty (the paper code).")
+    ] = "metric",
 ) -> None:
     """Run every arm (EWC arms at every lambda, every seed) and compare forgetting and plasticity."""
     from pipelines.continual_expansion import compare_arms
@@ -875,7 +881,7 @@ def continual_compare(
         rows = compare_arms(
             pipeline, old, new, weights, out, arms=_csv_list(arms), lambdas=[float(v) for v in _csv_list(lambdas)],
             seeds=[int(v) for v in _csv_list(seeds)], epochs=epochs, batch_size=batch_size, lr=lr,
-            fisher_mode=fisher_mode,
+            fisher_mode=fisher_mode, select=select,
         )  # fmt: skip
     console.print(f"{len(rows)} run(s); wrote {out / 'arms.csv'}, {out / 'summary.csv'}, {out / 'report.html'}")
 

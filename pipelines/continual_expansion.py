@@ -100,6 +100,7 @@ def expand_site(
     batch_size: int = 16,
     lr: float = 1e-4,
     seed: int = 0,
+    select: str = "metric",
     before: Mapping[str, Any] | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
@@ -133,6 +134,7 @@ def expand_site(
         fisher=fisher_obj,
         lam=lam,
         train_a=site_dataset(pipeline, splits_a["train"], meta["preprocessing"], train=True) if splits_a else None,
+        select=select,
         quiet=quiet,
     )
     metrics: dict[str, Any] = {
@@ -168,6 +170,7 @@ def compare_arms(
     batch_size: int = 16,
     lr: float = 1e-4,
     fisher_mode: str = "empirical_logprob",
+    select: str = "metric",
     quiet: bool = True,
 ) -> list[dict[str, Any]]:
     """Every arm (EWC arms at every lambda) and seed: ``OUT/arms.csv``, ``OUT/summary.csv``,
@@ -195,7 +198,8 @@ def compare_arms(
                 run = out / "runs" / f"{arm}-l{lam:g}-s{seed}"
                 result = expand_site(
                     pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
-                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, before=before, quiet=quiet,
+                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, select=select, before=before,
+                    quiet=quiet,
                 )  # fmt: skip
                 before = {k: result[k] for k in ("new_before", "old_before")}  # the old model, measured once
                 reference = naive.get(seed, {})
@@ -222,6 +226,6 @@ def compare_arms(
     write_compare_report(out, rows, summary, settings={
         "pipeline": pipeline_name, "old": str(data_a), "new": str(data_b), "weights": str(weights),
         "lambdas": list(lambdas), "seeds": list(seeds), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "fisher_mode": fisher_mode,
+        "fisher_mode": fisher_mode, "select": select,
     })  # fmt: skip
     return rows
