@@ -298,6 +298,7 @@ def simulate_federation(
     fed = load_federation(settings)
     names = [s.name for s in fed.sites]
     fl_path = out / "federated.pt"
+    _check_reuse(fed, [fl_path, *(out / f"local_{n}.pt" for n in names), out / "pooled.pt"])
     if not fl_path.is_file():
         if engine == "flower":
             from continual.flower import simulate as flower_simulate
@@ -326,6 +327,25 @@ def simulate_federation(
             _save_server(fed, server, path, "pooled", personalised=False)
         models["pooled"] = path
     return write_cross_site(fed, models, out)
+
+
+_REUSE_KEYS = ("sites", "rounds", "local_epochs", "batch_size", "lr", "proximal_mu", "bn_policy", "seed")
+
+
+def _check_reuse(fed: Federation, paths: Sequence[Path]) -> None:
+    """A rerun reuses the checkpoints in OUT only if they were trained with the same settings."""
+    from medimg.models import read_checkpoint
+
+    for path in paths:
+        if not path.is_file():
+            continue
+        recorded = read_checkpoint(path)["meta"].get("training", {}).get("federated", {})
+        current = _checkpoint_meta(fed, "", {})["training"]["federated"]
+        changed = [k for k in _REUSE_KEYS if recorded.get(k) != current.get(k)]
+        if changed:
+            raise ValueError(
+                f"{path} was trained with other settings ({', '.join(changed)}); use another output folder"
+            )
 
 
 def write_rounds(out: Path, history: Sequence[Mapping[str, Any]]) -> None:

@@ -73,8 +73,12 @@ def test_inprocess_simulation_writes_the_cross_site_matrix_and_resumes(sites: di
     assert stats and all(torch.equal(fl.state_dict()[k], init.state_dict()[k]) for k in stats)
     # a rerun reuses every checkpoint
     stamp = (out / "federated.pt").stat().st_mtime_ns
-    assert runner.invoke(app, _args(sites, out, "--engine", "inprocess")).exit_code == 0
+    same = ["--engine", "inprocess", "--bn-policy", "global_frozen", "--weights", str(sites["weights"])]
+    assert runner.invoke(app, _args(sites, out, *same)).exit_code == 0
     assert (out / "federated.pt").stat().st_mtime_ns == stamp
+    # ... and refuses checkpoints trained with other settings
+    other = runner.invoke(app, _args(sites, out, "--engine", "inprocess", "--lr", "0.01"))
+    assert other.exit_code == 2 and "other settings (lr, bn_policy)" in " ".join(other.output.split())
 
 
 def test_fedbn_writes_one_personalised_model_per_site(sites: dict[str, Path]) -> None:
