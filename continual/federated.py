@@ -441,25 +441,18 @@ def simulate_inprocess(
         raise ValueError("a federation needs at least one site")
     model = make_model()
     server = ServerState(initial_state, config, bn_state_keys(model))
-    local_bn: dict[str, dict[str, torch.Tensor]] = {}
-    keys = server.bn_keys["affine"] | server.bn_keys["stats"]
     for server_round in range(1, config.rounds + 1):
         results = []
         for index, site in enumerate(sites):
             result = client_update(
                 model, server.state, site, config=config, server_round=server_round, site_index=index,
-                metric_fn=metric_fn, checkpoint_meta=checkpoint_meta, local_bn=local_bn.get(site.name),
+                metric_fn=metric_fn, checkpoint_meta=checkpoint_meta, local_bn=server.site_bn.get(site.name),
             )  # fmt: skip
-            if config.bn_policy == "local":
-                local_bn[site.name] = {k: result.state[k] for k in keys}
             results.append(result)
         server.aggregate(results, [site.name for site in sites])
         validation = []
         for site in sites:
-            state = (
-                apply_local_bn(server.state, local_bn.get(site.name)) if config.bn_policy == "local" else server.state
-            )
-            model.load_state_dict(state)
+            model.load_state_dict(apply_local_bn(server.state, server.site_bn.get(site.name)))  # own BN under FedBN
             validation.append((site.name, len(site.val), evaluate(model.eval(), site.val)))
         mean = server.record_validation(server_round, validation)
         if on_round is not None:

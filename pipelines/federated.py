@@ -67,18 +67,10 @@ class Federation:
 
 def evaluate_dataset(pipeline: Pipeline, model: Any, dataset: Any, *, batch_size: int = 16) -> dict[str, float]:
     """The pipeline's metrics (e.g. accuracy, linear kappa) of ``model`` on a dataset of labelled items."""
-    import torch
-    from monai.data import DataLoader
+    from pipelines.training import predict_dataset
 
-    labels, probs = [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            image = batch["image"]
-            image = image.as_tensor() if hasattr(image, "as_tensor") else image
-            probs.append(torch.softmax(model(image), dim=1).numpy())
-            labels.append(np.asarray(batch["label"]))
-    return pipeline.metrics(np.concatenate(labels), np.concatenate(probs).astype(np.float64))
+    labels, probs = predict_dataset(model, dataset, batch_size=batch_size)
+    return pipeline.metrics(labels, probs.astype(np.float64))
 
 
 def site_names(site_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:

@@ -254,17 +254,21 @@ def predict_items(
     model: Any, items: list[dict], pipeline: Pipeline, preprocessing: dict, *, batch_size: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (N,) and softmax probabilities (N, K) of ``model`` on dataset items."""
-    import torch
-    from monai.data import DataLoader, Dataset
+    return predict_dataset(model, site_dataset(pipeline, items, preprocessing, train=False), batch_size=batch_size)
 
-    loader = DataLoader(
-        Dataset(_training_items(items), pipeline.transforms(preprocessing, train=False)), batch_size=batch_size
-    )
+
+def predict_dataset(model: Any, dataset: Any, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and softmax probabilities (N, K) of ``model`` on a dataset of ``{"image", "label"}`` items."""
+    import torch
+    from monai.data import DataLoader
+
     labels, probs = [], []
     model.eval()
     with torch.no_grad():
-        for batch in loader:
-            probs.append(torch.softmax(model(batch["image"].as_tensor()), dim=1).numpy())
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            image = batch["image"]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+            probs.append(torch.softmax(model(image), dim=1).numpy())
             labels.append(np.asarray(batch["label"]))
     return np.concatenate(labels), np.concatenate(probs)
 
