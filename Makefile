@@ -94,19 +94,28 @@ quality: $(STAMP)
 # (seed 300; the learning rate and lambdas were chosen on the demo-training institutions, seed 100),
 # as quoted in the README (about 40 minutes on 2 cores).
 CQ := build/continual-quality
+CQM := $(CQ)/data/mammo
 continual-quality: $(STAMP)
-	test -d $(CQ)/data/mammo || $(MEDIMG) sample-data $(CQ)/data --seed 300 --only mammo --count mammo=50
-	$(MEDIMG) train density $(CQ)/data/mammo/site_a -o $(CQ)/site_a-model --architecture compact --epochs 30 -q
-	$(MEDIMG) continual compare density --old $(CQ)/data/mammo/site_a --new $(CQ)/data/mammo/site_c \
+	test -d $(CQM) || $(MEDIMG) sample-data $(CQ)/data --seed 300 --only mammo --count mammo=50
+	# Scenario 1: one institution (site A) to another (site C).
+	$(MEDIMG) train density $(CQM)/site_a -o $(CQ)/site_a-model --architecture compact --epochs 30 -q
+	$(MEDIMG) continual compare density --old $(CQM)/site_a --new $(CQM)/site_c \
 		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
-		--lambdas 1000,3000,10000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_c
-	$(MEDIMG) continual compare density --old $(CQ)/data/mammo/site_a --new $(CQ)/data/mammo/site_b \
+		--lambdas 1000,10000,100000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_c
+	$(MEDIMG) continual compare density --old $(CQM)/site_a --new $(CQM)/site_b \
 		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
-		--lambdas 1000,3000,10000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
-	$(MEDIMG) federated simulate density --site $(CQ)/data/mammo/site_a --site $(CQ)/data/mammo/site_b \
-		--site $(CQ)/data/mammo/site_c --rounds 40 -o $(CQ)/federated
-	$(MEDIMG) federated simulate density --site $(CQ)/data/mammo/site_a --site $(CQ)/data/mammo/site_b \
-		--site $(CQ)/data/mammo/site_c --rounds 40 --bn-policy local -o $(CQ)/fedbn
+		--lambdas 1000,10000,100000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
+	# Scenario 2: a two-institution model (sites B + C, their pooled BN statistics) to site A.
+	mkdir -p $(CQ)/data/sites_bc && ln -sfn ../mammo/site_b $(CQ)/data/sites_bc/site_b && \
+		ln -sfn ../mammo/site_c $(CQ)/data/sites_bc/site_c
+	$(MEDIMG) train density $(CQ)/data/sites_bc -o $(CQ)/sites_bc-model --architecture compact --epochs 30 -q
+	$(MEDIMG) continual compare density --old $(CQ)/data/sites_bc --new $(CQM)/site_a \
+		--weights $(CQ)/sites_bc-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
+		--lambdas 1000,10000,100000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/bc_to_a
+	$(MEDIMG) federated simulate density --site $(CQM)/site_a --site $(CQM)/site_b \
+		--site $(CQM)/site_c --rounds 40 -o $(CQ)/federated
+	$(MEDIMG) federated simulate density --site $(CQM)/site_a --site $(CQM)/site_b \
+		--site $(CQM)/site_c --rounds 40 --bn-policy local -o $(CQ)/fedbn
 
 # The saliency audit of the pneumonia demo model and the trainable-attention comparison on 50 fresh
 # positives (seed 200), as quoted in the README (about 30 minutes on 2 cores).

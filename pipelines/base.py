@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["DatasetError", "ImageResult", "Pipeline", "patient_split", "slug"]
+__all__ = ["DatasetError", "ImageResult", "Pipeline", "is_held_out_test", "patient_split", "slug"]
 
 
 class DatasetError(ValueError):
@@ -46,6 +46,12 @@ def slug(text: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text))[:96] or "x"
+
+
+def is_held_out_test(item: Mapping[str, Any]) -> bool:
+    """Whether a dataset item belongs to the dataset's own test split (VinDr-Mammo's ``split``
+    column reads ``training`` or ``test``): training never uses it, evaluation splits keep it as test."""
+    return str(item.get("split") or "").strip().lower() == "test"
 
 
 def patient_split(patient_ids: Sequence[str], *, seed: int, val_fraction: float = 0.2) -> np.ndarray:

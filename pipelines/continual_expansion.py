@@ -1,6 +1,7 @@
 """``medimg continual fisher|expand|compare``: a 2-D pipeline's sites handed to :mod:`continual`.
 
-Each site folder is split by patient (seeded) into train / validation / test (60/20/20): the
+Each site folder is split by patient (seeded) into train / validation / test (the dataset's own
+test split where it has one, else 60/20/20; :func:`site_splits`): the
 Fisher is estimated on the old site's training split; fine-tuning uses the new site's training
 split and picks its best epoch on the new site's validation split (never on old data); every
 metric is measured on the test splits. Only the model and the Fisher cross from the old site to
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medimg.writers import write_csv, write_json
-from pipelines.base import DatasetError, Pipeline
+from pipelines.base import DatasetError, Pipeline, is_held_out_test
 from pipelines.training import site_dataset
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "site_splits"]
@@ -30,23 +31,40 @@ SPLIT_SEED = 0
 
 
 def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: int = SPLIT_SEED) -> dict[str, list]:
-    """``{"train", "val", "test"}`` item lists of one site, split by patient (60/20/20, seeded).
+    """``{"train", "val", "test"}`` item lists of one site, split by patient (seeded).
 
-    Patients are ordered by a hash of seed and patient ID; the first 20% (at least one) are the
-    test split, the next 20% (at least one) the validation split, the rest training.
+    When the dataset has its own test split (VinDr-Mammo's ``split`` column; see
+    :func:`pipelines.base.is_held_out_test`), that is the test split: ``medimg train`` never trains
+    on it, so a model trained with medimg at the old site is measured on images it never saw. The
+    other patients are ordered by a hash of seed and patient ID; the first quarter (at least one) is
+    the validation split, the rest training. Without a test column the patients are split
+    60/20/20: the first 20% (at least one) test, the next 20% validation, the rest training.
 
     Raises:
-        DatasetError: fewer than 3 patients.
+        DatasetError: fewer than 3 patients, or no patient outside a given test split for training
+            and validation.
     """
     items = pipeline.load_dataset(data_dir)
-    patients = sorted(
-        {str(item["patient_id"]) for item in items},
-        key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(),
-    )
+
+    def ordered(subset: Sequence[Mapping[str, Any]]) -> list[str]:
+        return sorted(
+            {str(item["patient_id"]) for item in subset},
+            key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(),
+        )
+
+    patients = ordered(items)
     if len(patients) < 3:
         raise DatasetError(f"{data_dir}: {len(patients)} patient(s); a train/val/test split needs at least 3")
-    n_held = max(1, round(0.2 * len(patients)))
-    test, val = set(patients[:n_held]), set(patients[n_held : 2 * n_held])
+    given = {str(item["patient_id"]) for item in items if is_held_out_test(item)}
+    if given:
+        rest = ordered([item for item in items if str(item["patient_id"]) not in given])
+        if len(rest) < 2:
+            raise DatasetError(f"{data_dir}: {len(rest)} patient(s) outside the test split; training and validation need 2")
+        n_val = max(1, round(0.25 * len(rest)))
+        test, val = given, set(rest[:n_val])
+    else:
+        n_held = max(1, round(0.2 * len(patients)))
+        test, val = set(patients[:n_held]), set(patients[n_held : 2 * n_held])
     part = {pid: "test" if pid in test else "val" if pid in val else "train" for pid in patients}
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for item in items:

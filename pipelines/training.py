@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from medimg.writers import write_csv, write_json
-from pipelines.base import Pipeline, patient_split
+from pipelines.base import Pipeline, is_held_out_test, patient_split
 
 __all__ = ["evaluate_pipeline", "predict_items", "train_pipeline"]
 
@@ -155,11 +155,18 @@ def train_pipeline(
         )
     run_dir = Path(run_dir)
     items = pipeline.load_dataset(data_dir)
+    # The dataset's own test split (e.g. VinDr-Mammo's) stays unseen: continual and federated
+    # evaluation measure on it.
+    held_out = sum(is_held_out_test(item) for item in items)
+    items = [item for item in items if not is_held_out_test(item)]
     is_val = patient_split([item["patient_id"] for item in items], seed=seed, val_fraction=val_fraction)
     train_items = [item for item, v in zip(items, is_val, strict=True) if not v]
     val_items = [item for item, v in zip(items, is_val, strict=True) if v]
     if not train_items or not val_items:
-        raise DatasetError(f"{data_dir}: {len(items)} image(s) are too few for a training and a validation split")
+        raise DatasetError(
+            f"{data_dir}: {len(items)} image(s) outside the dataset's test split are too few for a training and a "
+            "validation split"
+        )
     counts = Counter(int(item["label"]) for item in train_items)
     n_classes = len(pipeline.labels)
     # Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
@@ -193,7 +200,7 @@ def train_pipeline(
             "n_val": len(val_items),
             "train_class_counts": {pipeline.labels[c]: counts[c] for c in range(n_classes)},
             "class_weights": class_weights,
-            "split": {"seed": seed, "val_fraction": val_fraction, "unit": "patient"},
+            "split": {"seed": seed, "val_fraction": val_fraction, "unit": "patient", "held_out_test": held_out},
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": lr,

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from continual.ewc import Fisher
 from medimg.cli import app
-from medimg.models import load_checkpoint
+from medimg.models import load_checkpoint, read_checkpoint
 from medimg.synth import generate_sample_data
 from pipelines import DatasetError, get_pipeline
 from pipelines.continual_expansion import site_splits
@@ -38,6 +38,42 @@ def test_site_splits_are_by_patient_seeded_and_never_empty(sites: dict[str, Path
     assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"])
     assert site_splits(pipeline, sites["a"]) == splits
     assert sum(len(p) for p in splits.values()) == len(pipeline.load_dataset(sites["a"]))
+    # The generated site has VinDr-Mammo's split column: its test rows are exactly the test split.
+    assert {i["image"] for i in splits["test"]} == {
+        i["image"] for i in pipeline.load_dataset(sites["a"]) if i["split"] == "test"
+    }
+
+
+def test_site_splits_without_a_test_column_are_60_20_20(tmp_path: Path, sites: dict[str, Path]) -> None:
+    pipeline = get_pipeline("density")
+    src = sites["a"] / "breast-level_annotations.csv"
+    with open(src, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    site = tmp_path / "site_a"
+    site.mkdir()
+    (site / "images").symlink_to(sites["a"] / "images")
+    columns = [c for c in rows[0] if c != "split"]
+    with open(site / "breast-level_annotations.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    splits = site_splits(pipeline, site)
+    n = {name: len({i["patient_id"] for i in part}) for name, part in splits.items()}
+    assert n["test"] == n["val"] == round(0.2 * sum(n.values())) and n["train"] == sum(n.values()) - 2 * n["test"]
+
+
+def test_site_splits_need_patients_outside_the_given_test_split(tmp_path: Path, sites: dict[str, Path]) -> None:
+    with open(sites["a"] / "breast-level_annotations.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    site = tmp_path / "site_a"
+    site.mkdir()
+    (site / "images").symlink_to(sites["a"] / "images")
+    with open(site / "breast-level_annotations.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "split": "test"} for row in rows)
+    with pytest.raises(DatasetError, match="outside the test split"):
+        site_splits(get_pipeline("density"), site)
 
 
 def test_fisher_then_expand_keeps_the_old_bn_statistics(sites: dict[str, Path]) -> None:
@@ -118,3 +154,21 @@ def test_bad_inputs_are_clear(sites: dict[str, Path], tmp_path: Path) -> None:
 def _tiny_site(tmp_path: Path) -> Path:
     generate_sample_data(tmp_path / "tiny", seed=4, only=["mammo"], count=2)
     return tmp_path / "tiny" / "mammo" / "site_a"
+
+
+def test_train_never_uses_the_dataset_test_split(sites: dict[str, Path]) -> None:
+    # What makes the old site's test metrics honest for a model trained with ``medimg train``.
+    run = sites["root"] / "train-a"
+    result = runner.invoke(
+        app,
+        [
+            "train", "density", str(sites["a"].parent), "-o", str(run), "--architecture", "compact", "--epochs", "1",
+            "--image-size", "32x40", "--batch-size", "8", "-q",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    training = read_checkpoint(run / "last.pt")["meta"]["training"]
+    items = get_pipeline("density").load_dataset(sites["a"].parent)
+    n_test = sum(i["split"] == "test" for i in items)
+    assert n_test > 0 and training["split"]["held_out_test"] == n_test
+    assert training["n_train"] + training["n_val"] == len(items) - n_test

@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("federated")
-    generate_sample_data(root / "data", seed=4, only=["mammo"], count=5)
+    generate_sample_data(root / "data", seed=4, only=["mammo"], count=6)
     mammo = root / "data" / "mammo"
     return {
         "root": root,
