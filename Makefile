@@ -97,14 +97,14 @@ CQ := build/continual-quality
 CQM := $(CQ)/data/mammo
 continual-quality: $(STAMP)
 	test -d $(CQM) || $(MEDIMG) sample-data $(CQ)/data --seed 300 --only mammo --count mammo=50
-	# Scenario 1: one institution (site A) to another (site C).
+	# Scenario 1: one institution (site A) to another (site C, then site B).
 	$(MEDIMG) train density $(CQM)/site_a -o $(CQ)/site_a-model --architecture compact --epochs 30 -q
 	$(MEDIMG) continual compare density --old $(CQM)/site_a --new $(CQM)/site_c \
 		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
 		--lambdas 1000,10000,100000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_c
 	$(MEDIMG) continual compare density --old $(CQM)/site_a --new $(CQM)/site_b \
-		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
-		--lambdas 1000,10000,100000 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
+		--weights $(CQ)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc,ewc-gbn,lwf,joint \
+		--lambdas 1000,10000,100000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQ)/a_to_b
 	# Scenario 2: a two-institution model (sites B + C, their pooled BN statistics) to site A.
 	mkdir -p $(CQ)/data/sites_bc && ln -sfn ../mammo/site_b $(CQ)/data/sites_bc/site_b && \
 		ln -sfn ../mammo/site_c $(CQ)/data/sites_bc/site_c

@@ -33,9 +33,15 @@ def _tradeoff_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def write_compare_report(
-    out: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], *, settings: Mapping[str, Any]
+    out: Path,
+    rows: Sequence[Mapping[str, Any]],
+    summary: Sequence[Mapping[str, Any]],
+    *,
+    settings: Mapping[str, Any],
+    reset: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
-    """``OUT/report.html`` for :func:`pipelines.continual_expansion.compare_arms` (generic over the rows)."""
+    """``OUT/report.html`` for :func:`pipelines.continual_expansion.compare_arms` (generic over the
+    rows); ``reset``: rows of :func:`continual.layer_reset.reset_attribution` per run."""
     report = Report("Domain expansion: forgetting and plasticity per arm", subtitle=str(settings.get("new", "")))
     report.heading("Summary (mean over seeds)")
     if summary:
@@ -46,6 +52,15 @@ def write_compare_report(
             _tradeoff_figure(rows),
             "Each point: an arm (EWC arms: one point per lambda, joined). Up = less forgetting, right = better "
             "on the new site.",
+        )
+    if reset:
+        report.heading("Where the forgetting is: layer reset")
+        report.table(
+            list(reset),
+            list(reset[0]),
+            caption="Each adapted model (first seed) with one depth group of layers put back to the old model "
+            "(Ramasesh et al. 2021): a reset that restores the old site locates the forgetting; if it also undoes "
+            "the new site, the two sites compete for those layers. 'none' = the adapted model, 'all' = the old one.",
         )
     report.heading("Accuracy matrices (R[stage][site], linear kappa)")
     for row in rows:

@@ -23,7 +23,7 @@ from medimg.writers import write_csv, write_json
 from pipelines.base import DatasetError, Pipeline, is_held_out_test
 from pipelines.training import site_dataset
 
-__all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "site_splits"]
+__all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "layer_reset_rows", "site_splits"]
 
 #: EWC lambdas swept by ``compare`` (mean-normalised Fisher; spec §2.3: log-uniform).
 DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 100.0, 10000.0)
@@ -59,7 +59,9 @@ def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: i
     if given:
         rest = ordered([item for item in items if str(item["patient_id"]) not in given])
         if len(rest) < 2:
-            raise DatasetError(f"{data_dir}: {len(rest)} patient(s) outside the test split; training and validation need 2")
+            raise DatasetError(
+                f"{data_dir}: {len(rest)} patient(s) outside the test split; training and validation need 2"
+            )
         n_val = max(1, round(0.25 * len(rest)))
         test, val = given, set(rest[:n_val])
     else:
@@ -174,6 +176,46 @@ def expand_site(
     return metrics
 
 
+def layer_reset_rows(
+    pipeline_name: str,
+    data_a: str | os.PathLike[str],
+    data_b: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    n_groups: int = 4,
+) -> list[dict[str, Any]]:
+    """Where each adapted model forgot: :func:`continual.layer_reset.reset_attribution` of every
+    run (``{"arm", "lambda", "seed", "checkpoint"}``) against ``weights``, scored by linear kappa on
+    both sites' test splits. One row per run and group."""
+    from continual.layer_reset import reset_attribution
+    from continual.metrics import site_metrics
+    from medimg.models import load_checkpoint
+    from pipelines import get_pipeline
+    from pipelines.training import predict_dataset
+
+    if not runs:
+        return []
+    pipeline = get_pipeline(pipeline_name)
+    model_a, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    tests = {}
+    for site, folder in (("old", data_a), ("new", data_b)):
+        dataset = site_dataset(pipeline, site_splits(pipeline, folder)["test"], meta["preprocessing"], train=False)
+        tests[site] = [dataset[i] for i in range(len(dataset))]  # decoded once, scored many times
+
+    def evaluate(model: Any) -> dict[str, float]:
+        return {
+            f"{site}_kappa": site_metrics(*predict_dataset(model, data))["kappa_linear"] for site, data in tests.items()
+        }
+
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        model_b, _ = load_checkpoint(run["checkpoint"], pipeline=pipeline.name)
+        for row in reset_attribution(model_a, model_b, evaluate, n_groups=n_groups):
+            rows.append({"arm": run["arm"], "lambda": run["lambda"], "seed": run["seed"], **row})
+    return rows
+
+
 def compare_arms(
     pipeline_name: str,
     data_a: str | os.PathLike[str],
@@ -192,6 +234,7 @@ def compare_arms(
     quiet: bool = True,
 ) -> list[dict[str, Any]]:
     """Every arm (EWC arms at every lambda) and seed: ``OUT/arms.csv``, ``OUT/summary.csv``,
+    ``OUT/reset.csv`` (layer-reset attribution of the first seed's models, :func:`layer_reset_rows`),
     ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``)."""
     from continual.expand import ARMS
     from continual.metrics import arm_row, summarise_arms
@@ -210,6 +253,7 @@ def compare_arms(
     rows: list[dict[str, Any]] = []
     before: dict[str, Any] | None = None
     naive: dict[int, dict[str, Any]] = {}  # per seed: the naive fine-tuning result (reference of the gaps)
+    trained: list[dict[str, Any]] = []  # the first seed's adapted models, for the layer-reset attribution
     for seed in seeds:
         for arm in chosen:
             for lam in lambdas if ARMS[arm].ewc else (0.0,):
@@ -234,14 +278,21 @@ def compare_arms(
                 )
                 if arm == "finetune":
                     naive[seed] = result
+                if seed == seeds[0] and ARMS[arm].train:
+                    trained.append(
+                        {"arm": arm, "lambda": row["lambda"], "seed": seed, "checkpoint": result["checkpoint"]}
+                    )
                 rows.append(row)
     columns = list(rows[0]) if rows else []
     write_csv(out / "arms.csv", rows, columns)
     summary = summarise_arms(rows)
     write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
+    reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained)
+    if reset:
+        write_csv(out / "reset.csv", reset, list(reset[0]))
     from continual.report import write_compare_report
 
-    write_compare_report(out, rows, summary, settings={
+    write_compare_report(out, rows, summary, reset=reset, settings={
         "pipeline": pipeline_name, "old": str(data_a), "new": str(data_b), "weights": str(weights),
         "lambdas": list(lambdas), "seeds": list(seeds), "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "fisher_mode": fisher_mode, "select": select,

@@ -128,6 +128,18 @@ def test_compare_writes_one_row_per_arm_lambda_and_seed(sites: dict[str, Path]) 
     # old-only does not train: before == after on both sites
     old_only = rows[0]
     assert old_only["old_accuracy_before"] == old_only["old_accuracy_after"]
+    # Layer-reset attribution of every trained run: the adapted model, 4 depth groups, the old model.
+    with open(out / "reset.csv", newline="") as fh:
+        reset = list(csv.DictReader(fh))
+    groups = ["none", "depth 1/4", "depth 2/4", "depth 3/4", "depth 4/4", "all"]
+    assert [r["group"] for r in reset] == groups * 7
+    for after in rows[1:]:
+        run = [r for r in reset if (r["arm"], r["lambda"]) == (after["arm"], after["lambda"])]
+        assert [r["group"] for r in run] == groups
+        assert float(run[0]["old_kappa"]) == pytest.approx(float(after["old_kappa_after"]), nan_ok=True)
+        assert float(run[-1]["old_kappa"]) == pytest.approx(float(after["old_kappa_before"]), nan_ok=True)
+        assert float(run[-1]["new_kappa"]) == pytest.approx(float(after["new_kappa_before"]), nan_ok=True)
+    assert "Where the forgetting is" in (out / "report.html").read_text()
 
 
 def test_bad_inputs_are_clear(sites: dict[str, Path], tmp_path: Path) -> None:
