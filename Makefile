@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality continual-quality
+.PHONY: venv demo test browser bench lint clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality continual-quality continual-quality-large
 
 venv: $(STAMP)
 
@@ -116,6 +116,19 @@ continual-quality: $(STAMP)
 		--site $(CQM)/site_c --rounds 40 -o $(CQ)/federated
 	$(MEDIMG) federated simulate density --site $(CQM)/site_a --site $(CQM)/site_b \
 		--site $(CQM)/site_c --rounds 40 --bn-policy local -o $(CQ)/fedbn
+
+# Domain expansion on five times larger generated sites (1,000 images each), as quoted in the
+# README (about 60 minutes on 2 cores).
+CQL := build/continual-quality-big
+continual-quality-large: $(STAMP)
+	test -d $(CQL)/data/mammo || $(MEDIMG) sample-data $(CQL)/data --seed 300 --only mammo --count mammo=250
+	$(MEDIMG) train density $(CQL)/data/mammo/site_a -o $(CQL)/site_a-model --architecture compact --epochs 20 -q
+	$(MEDIMG) continual compare density --old $(CQL)/data/mammo/site_a --new $(CQL)/data/mammo/site_b \
+		--weights $(CQL)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
+		--lambdas 1000,10000,100000 --seeds 0,1,2 --epochs 10 --lr 3e-4 -o $(CQL)/a_to_b
+	$(MEDIMG) continual compare density --old $(CQL)/data/mammo/site_a --new $(CQL)/data/mammo/site_c \
+		--weights $(CQL)/site_a-model/best.pt --arms old-only,finetune,finetune-gbn,ewc-gbn \
+		--lambdas 1000,10000,100000 --epochs 10 --lr 3e-4 -o $(CQL)/a_to_c
 
 # The saliency audit of the pneumonia demo model and the trainable-attention comparison on 50 fresh
 # positives (seed 200), as quoted in the README (about 30 minutes on 2 cores).
