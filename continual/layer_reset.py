@@ -28,7 +28,7 @@ def _stateful_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     return [
         (name, module)
         for name, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+        if list(module.parameters(recurse=False)) or list(module.buffers(recurse=False))
     ]
 
 
@@ -97,31 +97,20 @@ def reset_attribution(
     if list(state_a) != list(state_b) or any(state_a[k].shape != state_b[k].shape for k in state_a):
         raise ValueError("model_a and model_b must have the same architecture (state_dict keys and shapes)")
     groups = depth_groups(model_b, n_groups)
+    every = {
+        "group": "all",
+        "first": groups[0]["first"],
+        "last": groups[-1]["last"],
+        "n_modules": sum(g["n_modules"] for g in groups),
+        "n_params": sum(p.numel() for p in model_b.parameters()),
+        "keys": list(state_b),
+    }
+    nothing = {"group": "none", "first": "", "last": "", "n_modules": 0, "n_params": 0, "keys": []}
     probe = copy.deepcopy(model_b)
-
-    def scored(label: str, keys: list[str], **extra: Any) -> dict[str, Any]:
-        reset = set(keys)
+    rows = []
+    for entry in (nothing, *groups, every):
+        reset = set(entry["keys"])
         probe.load_state_dict({k: (state_a if k in reset else state_b)[k].clone() for k in state_b})
         probe.eval()
-        return {"group": label, **extra, **dict(evaluate(probe))}
-
-    total = sum(p.numel() for p in model_b.parameters())
-    n_modules = sum(g["n_modules"] for g in groups)
-    rows = [scored("none", [], first="", last="", n_modules=0, n_params=0)]
-    for g in groups:
-        rows.append(
-            scored(
-                g["group"],
-                g["keys"],
-                first=g["first"],
-                last=g["last"],
-                n_modules=g["n_modules"],
-                n_params=g["n_params"],
-            )
-        )
-    rows.append(
-        scored(
-            "all", list(state_b), first=groups[0]["first"], last=groups[-1]["last"], n_modules=n_modules, n_params=total
-        )
-    )
+        rows.append({k: v for k, v in entry.items() if k != "keys"} | dict(evaluate(probe)))
     return rows
