@@ -116,12 +116,26 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
     return ok
 
 
+#: Seed of the demo's three small institutions (8 exams each): with it every site's training,
+#: validation and test split holds at least two density classes, so the kappas are defined.
+SMALL_SITES_SEED = 11
+
+
+def _small_sites(out: Path) -> Path:
+    """The demo's three small generated institutions (``OUT/continual/data/mammo/site_*``), made once."""
+    from medimg.synth import generate_sample_data
+
+    sites = out / "continual" / "data" / "mammo"
+    if not (sites / "site_c").is_dir():
+        generate_sample_data(out / "continual" / "data", seed=SMALL_SITES_SEED, only=["mammo"], count=8)
+    return sites
+
+
 def _federated(out: Path, console: Console) -> bool:
     """A short ``medimg federated simulate`` over three small generated institutions, refining the
     site-A density model (FedBN) with the two other sites."""
     import importlib.util
 
-    from medimg.synth import generate_sample_data
     from pipelines.federated import simulate_federation
     from pipelines.runner import default_weights
 
@@ -131,9 +145,7 @@ def _federated(out: Path, console: Console) -> bool:
         console.print("[red]no site-A density weights[/red] (make demo-weights-continual writes them)")
         return False
 
-    sites = out / "continual" / "data" / "mammo"
-    if not (sites / "site_c").is_dir():
-        generate_sample_data(out / "continual" / "data", seed=7, only=["mammo"], count=8)
+    sites = _small_sites(out)
     engine = "flower" if importlib.util.find_spec("flwr") and importlib.util.find_spec("ray") else "inprocess"
     if engine == "inprocess":
         console.print("  [yellow]Flower is not installed[/yellow] (pip install 'medimg[federated]'): engine-free run")
@@ -164,7 +176,6 @@ def _continual(out: Path, console: Console) -> bool:
     """A short ``medimg continual compare`` between two small generated institutions."""
     import csv
 
-    from medimg.synth import generate_sample_data
     from pipelines.continual_expansion import compare_arms
     from pipelines.runner import default_weights
 
@@ -173,11 +184,9 @@ def _continual(out: Path, console: Console) -> bool:
     if weights is None or not weights.is_file():
         console.print("[red]no site-A density weights[/red] (make demo-weights-continual writes them)")
         return False
-    sites = out / "continual" / "data"
-    if not (sites / "mammo" / "site_c").is_dir():
-        generate_sample_data(sites, seed=7, only=["mammo"], count=8)
+    sites = _small_sites(out)
     rows = compare_arms(
-        "density", sites / "mammo" / "site_a", sites / "mammo" / "site_c", weights, out / "continual",
+        "density", sites / "site_a", sites / "site_c", weights, out / "continual",
         arms=("old-only", "finetune", "ewc-gbn"), lambdas=(3000.0,), epochs=2, batch_size=8,
     )  # fmt: skip
     table = Table(title="medimg continual compare density (site_a -> site_c, 8 exams per site, 2 epochs)")

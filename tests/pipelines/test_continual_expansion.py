@@ -184,3 +184,14 @@ def test_train_never_uses_the_dataset_test_split(sites: dict[str, Path]) -> None
     n_test = sum(i["split"] == "test" for i in items)
     assert n_test > 0 and training["split"]["held_out_test"] == n_test
     assert training["n_train"] + training["n_val"] == len(items) - n_test
+
+
+def test_the_demo_sites_have_two_classes_in_every_split(tmp_path: Path) -> None:
+    # Otherwise the demo's continual and federated tables show undefined kappas.
+    from medimg.demo import _small_sites
+
+    sites = _small_sites(tmp_path)
+    pipeline = get_pipeline("density")
+    for site in ("site_a", "site_b", "site_c"):
+        splits = site_splits(pipeline, sites / site)
+        assert all(len({i["label"] for i in part}) >= 2 for part in splits.values()), site
