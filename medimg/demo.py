@@ -131,20 +131,28 @@ def _small_sites(out: Path) -> Path:
     return sites
 
 
-def _federated(out: Path, console: Console) -> bool:
-    """A short ``medimg federated simulate`` over three small generated institutions, refining the
-    site-A density model (FedBN) with the two other sites."""
-    import importlib.util
-
-    from pipelines.federated import simulate_federation
+def _site_a_weights(console: Console) -> Path | None:
+    """The shipped site-A density model (``density_site_a.pt``), or None (and a message) without it."""
     from pipelines.runner import default_weights
 
     plain = default_weights("density")
     weights = plain.with_name("density_site_a.pt") if plain is not None else None
     if weights is None or not weights.is_file():
         console.print("[red]no site-A density weights[/red] (make demo-weights-continual writes them)")
-        return False
+        return None
+    return weights
 
+
+def _federated(out: Path, console: Console) -> bool:
+    """A short ``medimg federated simulate`` over three small generated institutions, refining the
+    site-A density model (FedBN) with the two other sites."""
+    import importlib.util
+
+    from pipelines.federated import simulate_federation
+
+    weights = _site_a_weights(console)
+    if weights is None:
+        return False
     sites = _small_sites(out)
     engine = "flower" if importlib.util.find_spec("flwr") and importlib.util.find_spec("ray") else "inprocess"
     if engine == "inprocess":
@@ -177,12 +185,9 @@ def _continual(out: Path, console: Console) -> bool:
     import csv
 
     from pipelines.continual_expansion import compare_arms
-    from pipelines.runner import default_weights
 
-    plain = default_weights("density")
-    weights = plain.with_name("density_site_a.pt") if plain is not None else None
-    if weights is None or not weights.is_file():
-        console.print("[red]no site-A density weights[/red] (make demo-weights-continual writes them)")
+    weights = _site_a_weights(console)
+    if weights is None:
         return False
     sites = _small_sites(out)
     rows = compare_arms(
