@@ -23,6 +23,9 @@ Architectures (all classifiers: input ``(B, in_channels, *spatial)`` float32, ou
 * ``"resnet-compact"``: a small MONAI ``ResNet`` (basic blocks, one per stage, widths 16, 32,
   64, 128, first convolution stride 2) for CPU training and the saliency audit's second
   architecture (reproducibility): 0.30 M parameters for 1 channel and 2 classes.
+* ``"inception_v3"``: InceptionV3 (:mod:`medimg.inception`, 2-D only, inputs >= 75 px), the
+  classifier of the saliency trust paper (Arun et al. 2020), beside ``"densenet121"`` its
+  reproducibility pair: 21.8 M parameters for 1 channel and 2 classes.
 
 Wrappers: a network may wrap one of these backbones (e.g. the trainable attention gate of
 ``saliency.attention``). Its kwargs then carry ``"wrapper": {"name": ..., ...}`` and
@@ -78,6 +81,7 @@ ARCHITECTURES: tuple[str, ...] = (
     "compact",
     "resnet18",
     "resnet-compact",
+    "inception_v3",
     "segresnet",
     "segresnet-compact",
 )
@@ -103,6 +107,7 @@ _GRADCAM_LAYERS = {
     "compact": "class_layers.relu",
     "resnet18": "layer4",
     "resnet-compact": "layer4",
+    "inception_v3": "mixed10",
 }
 _RESNET_COMPACT_DEFAULTS: dict[str, Any] = {
     "block": "basic",
@@ -216,6 +221,10 @@ def build_network(
 
         settings = {**_RESNET_COMPACT_DEFAULTS, **kwargs}
         return ResNet(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **settings)
+    if architecture == "inception_v3":
+        from medimg.inception import InceptionV3
+
+        return InceptionV3(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
     return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **kwargs)
 
 
@@ -223,7 +232,7 @@ def gradcam_layer(architecture: str) -> str:
     """Name (in ``model.named_modules()``) of the layer Grad-CAM should hook.
 
     It is the last convolutional feature map before global pooling: ``"class_layers.relu"`` for
-    the MONAI DenseNets, ``"layer4"`` for ResNet-18.
+    the MONAI DenseNets, ``"layer4"`` for the ResNets, ``"mixed10"`` for InceptionV3.
 
     Raises:
         ValueError: unknown architecture.
