@@ -584,54 +584,15 @@ def uncertainty_score(
         raise typer.Exit(1)
 
 
-@uncertainty_app.command("rank")
-def uncertainty_rank(
-    teams_dir: Annotated[Path, typer.Argument(help="One sub-folder per team, each a submission folder.")],
-    truth: Annotated[
-        Path, typer.Option("--truth", help="Truth folder: {ID}_seg.nii.gz (flat or one folder per case).")
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder: ranking.csv, scores.csv, errors.csv, report.html.")
-    ],
-    num_thresholds: Annotated[int, typer.Option(min=2, help="Threshold grid size (41: the challenge's).")] = 41,
-    permutations: Annotated[
-        int, typer.Option(min=0, help="Permutations per adjacent-team test (0: no tests).")
-    ] = 100_000,
-    seed: Annotated[int, typer.Option(help="Seed of the permutation tests.")] = 0,
-    no_brain_mask: Annotated[
-        bool, typer.Option("--no-brain-mask", help="Whole volume as brain when a case has no mask or T1.")
-    ] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-) -> None:
-    """Rank teams: per case and region, mean rank, normalised ranking score, permutation tests."""
+def _print_ranking(ranking) -> None:  # type: ignore[no-untyped-def]
+    """The ranking table and the team x team p-value matrix, on the console."""
     from rich.table import Table
 
-    from uncertainty.leaderboard import build_leaderboard
-
-    bar, update = _progress(quiet, "Scoring teams")
-    try:
-        with bar:
-            board = build_leaderboard(
-                teams_dir,
-                truth,
-                out,
-                num_thresholds=num_thresholds,
-                brain_mask="none" if no_brain_mask else "auto",
-                permutations=permutations,
-                seed=seed,
-                workers=workers,
-                progress=update,
-            )
-    except (NotADirectoryError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    assert board.ranking is not None
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     table = Table(title="QU-BraTS ranking")
     for column in ("#", "team", "mean rank", "NRS", "missing", "WT", "TC", "ET", "p vs next"):
         table.add_column(column)
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    for row in board.ranking.table:
+    for row in ranking.table:
         table.add_row(
             str(row["position"]),
             row["team"],
@@ -644,9 +605,107 @@ def uncertainty_rank(
             fmt(row["p_value_vs_next"]),
         )
     console.print(table)
-    console.print(f"wrote {out / 'ranking.csv'}, {out / 'scores.csv'}, {out / 'errors.csv'}, {out / 'report.html'}")
-    _print_errors([{"team": team, **e.to_row()} for team, e in board.errors])  # type: ignore[attr-defined]
-    if board.errors:
+    if ranking.permutations == 0 or len(ranking.teams) < 2:
+        return
+    from uncertainty.ranking import pairwise_rows
+
+    matrix = Table(title=f"Pairwise p-values (permutation test over cases, unadjusted; * p < {ranking.alpha:g})")
+    matrix.add_column("team")
+    for team in ranking.teams:
+        matrix.add_column(team)
+    for row in pairwise_rows(ranking):
+        cells = [row[t] for t in ranking.teams]
+        matrix.add_row(
+            row["team"], *("-" if p is None else f"{p:.4f}" + ("*" if p < ranking.alpha else "") for p in cells)
+        )
+    console.print(matrix)
+
+
+def _rank_sources(teams_dir: Path | None, truth: Path | None, from_scores: Path | None) -> None:
+    """Exit 2 unless exactly one of (TEAMS_DIR with --truth) and --from-scores is given."""
+    folder = teams_dir is not None or truth is not None
+    problem = ""
+    if from_scores is not None and folder:
+        problem = "give either TEAMS_DIR with --truth, or --from-scores, not both"
+    elif from_scores is None and not folder:
+        problem = "give TEAMS_DIR with --truth (score and rank submissions) or --from-scores SCORES_CSV"
+    elif from_scores is None and (teams_dir is None or truth is None):
+        problem = "TEAMS_DIR needs --truth" if truth is None else "--truth needs TEAMS_DIR"
+    if problem:
+        err_console.print(f"[red]error:[/red] {problem}")
+        raise typer.Exit(2)
+
+
+@uncertainty_app.command("rank")
+def uncertainty_rank(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: ranking.csv, pairwise_p_values.csv, scores.csv, errors.csv, report.html.",
+        ),
+    ],
+    teams_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="One sub-folder per team, each a submission folder (with --truth)."),
+    ] = None,
+    truth: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--truth", help="Truth folder: {ID}_seg.nii.gz (flat or one folder per case)."),
+    ] = None,
+    from_scores: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--from-scores",
+            help="Rank teams already scored, instead of TEAMS_DIR and --truth: a CSV with team,case_id,region,SCORE "
+            "(other columns ignored, e.g. the scores.csv this command writes).",
+        ),
+    ] = None,
+    num_thresholds: Annotated[int, typer.Option(min=2, help="Threshold grid size (41: the challenge's).")] = 41,
+    permutations: Annotated[int, typer.Option(min=0, help="Permutations per pairwise test (0: no tests).")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation tests.")] = 0,
+    no_brain_mask: Annotated[
+        bool, typer.Option("--no-brain-mask", help="Whole volume as brain when a case has no mask or T1.")
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Rank teams: cumulative rank per case, mean rank, normalised ranking score, pairwise permutation tests."""
+    from uncertainty.leaderboard import build_leaderboard, missing_rows, rank_from_scores
+
+    _rank_sources(teams_dir, truth, from_scores)
+    try:
+        if from_scores is not None:
+            ranking = rank_from_scores(from_scores, out, permutations=permutations, seed=seed)
+            errors = missing_rows(ranking, from_scores)
+            written = ("ranking.csv", "pairwise_p_values.csv", "errors.csv", "report.html")
+        else:
+            assert teams_dir is not None and truth is not None
+            bar, update = _progress(quiet, "Scoring teams")
+            with bar:
+                board = build_leaderboard(
+                    teams_dir,
+                    truth,
+                    out,
+                    num_thresholds=num_thresholds,
+                    brain_mask="none" if no_brain_mask else "auto",
+                    permutations=permutations,
+                    seed=seed,
+                    workers=workers,
+                    progress=update,
+                )
+            assert board.ranking is not None
+            ranking = board.ranking
+            errors = [{"team": team, **e.to_row()} for team, e in board.errors]  # type: ignore[attr-defined]
+            written = ("ranking.csv", "pairwise_p_values.csv", "scores.csv", "errors.csv", "report.html")
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _print_ranking(ranking)
+    console.print("wrote " + ", ".join(str(out / name) for name in written))
+    _print_errors(errors)
+    if errors:
         raise typer.Exit(1)
 
 

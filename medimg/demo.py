@@ -375,19 +375,43 @@ def _pipelines(data: Path, out: Path, console: Console) -> bool:
     return ok
 
 
+#: Brain cases the QU-BraTS step ranks over: with fewer than 6, a sign-flip test over cases
+#: cannot reach p < 0.05 (its smallest p-value is about 2 / 2**cases).
+QUBRATS_CASES = 6
+
+
+def _qubrats_truth(truth: Path, out: Path) -> Path:
+    """``truth`` when it holds :data:`QUBRATS_CASES` cases, else that many generated once under ``out``."""
+    if sum(1 for p in truth.iterdir() if p.is_dir()) >= QUBRATS_CASES:
+        return truth
+    from medimg.synth import generate_sample_data
+
+    data = out / "data"
+    if sum(1 for p in (data / "brain" / "nifti").glob("*/*_seg.nii.gz")) < QUBRATS_CASES:
+        generate_sample_data(data, seed=0, only=["brain"], count=QUBRATS_CASES)
+    return data / "brain" / "nifti"
+
+
 def _qubrats(truth: Path, out: Path, console: Console) -> bool:
-    """Three synthetic teams (calibrated, overconfident, random maps) scored and ranked."""
+    """Three synthetic teams (calibrated, overconfident, random maps) scored and ranked, with the
+    pairwise permutation tests over cases."""
     from medimg.synth.submissions import TEAM_STYLES, generate_submission
     from uncertainty.leaderboard import build_leaderboard
+    from uncertainty.ranking import pairwise_rows
 
+    truth = _qubrats_truth(truth, out)
     for style in TEAM_STYLES:
         generate_submission(truth, out / "teams" / style, style=style, seed=0)
     board = build_leaderboard(out / "teams", truth, out / "ranking", permutations=2000)
-    assert board.ranking is not None
-    table = Table(title="QU-BraTS ranking of three synthetic teams (same segmentation, different maps)")
+    ranking = board.ranking
+    assert ranking is not None
+    table = Table(
+        title=f"QU-BraTS ranking of three synthetic teams over {len(ranking.case_ids)} cases "
+        "(same segmentation, different maps)"
+    )
     for column in ("#", "team", "mean rank", "WT score", "TC score", "ET score", "failed"):
         table.add_column(column)
-    for row in board.ranking.table:
+    for row in ranking.table:
         table.add_row(
             str(row["position"]),
             row["team"],
@@ -396,13 +420,20 @@ def _qubrats(truth: Path, out: Path, console: Console) -> bool:
             str(row["pairs_missing"]),
         )
     console.print(table)
+    matrix = Table(title="Pairwise p-values: sign-flip permutation test over cases (2000 permutations, seed 0)")
+    for column in ("team", *ranking.teams):
+        matrix.add_column(column)
+    for row in pairwise_rows(ranking):
+        matrix.add_row(row["team"], *("-" if row[t] is None else f"{row[t]:.4f}" for t in ranking.teams))
+    console.print(matrix)
     console.print(
         "An all-zero map never filters anything, so its FTP/FTN AUCs are 0 and its score is (DSC_AUC + 2) / 3: "
         "it usually beats an informative map. That is a property of the QU-BraTS metric (spec Q9), not of medimg."
     )
     console.print(
-        f"Per-case scores, curves and report: {out / 'ranking'} (ranking.csv, scores.csv, report.html). "
-        "Same as: medimg uncertainty rank TEAMS --truth TRUTH -o OUT"
+        f"Per-case scores, curves, p-value heat map and report: {out / 'ranking'} (ranking.csv, "
+        "pairwise_p_values.csv, scores.csv, report.html). Same as: medimg uncertainty rank TEAMS --truth TRUTH "
+        "-o OUT; from the scores alone: medimg uncertainty rank --from-scores OUT/scores.csv -o OUT2"
     )
     return not board.errors
 

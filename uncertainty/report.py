@@ -8,7 +8,7 @@ import numpy as np
 
 from medimg.report import Report, new_figure
 from uncertainty.qubrats import REGIONS, CaseScore
-from uncertainty.ranking import RANKING_COLUMNS, Ranking
+from uncertainty.ranking import RANKING_COLUMNS, Ranking, pairwise_rows
 from uncertainty.scoring import SubmissionScores, summarize
 
 __all__ = ["ranking_report", "score_report"]
@@ -53,12 +53,13 @@ def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str):  # typ
     return fig
 
 
-def _distribution_figure(groups: Mapping[str, Sequence[CaseScore]]):  # type: ignore[no-untyped-def]
+def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]):  # type: ignore[no-untyped-def]
+    """One box plot per region: ``groups[name][region]`` holds the scores of one group."""
     fig, axes = new_figure(width=11, height=3.4, ncols=3)
     names = list(groups)
     for col, region in enumerate(REGIONS):
         ax = axes[0][col]
-        data = [[case[region].score for case in groups[n]] or [np.nan] for n in names]
+        data = [list(groups[n][region]) or [np.nan] for n in names]
         ax.boxplot(data, showfliers=False)
         for i, values in enumerate(data, start=1):
             jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
@@ -68,6 +69,43 @@ def _distribution_figure(groups: Mapping[str, Sequence[CaseScore]]):  # type: ig
         ax.set_ylim(0, 1)
     fig.tight_layout()
     return fig
+
+
+def _pairwise_figure(ranking: Ranking):  # type: ignore[no-untyped-def]
+    """Heat map of the pairwise p-values (log colour scale); cells with p < alpha outlined."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
+    n = len(ranking.teams)
+    side = min(12.0, 2.5 + 0.6 * n)
+    fig, axes = new_figure(width=side + 1.5, height=side)
+    ax = axes[0][0]
+    floor = 1.0 / (1 + ranking.permutations)
+    shown = np.ma.masked_invalid(ranking.p_values)
+    image = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=floor, vmax=1.0))
+    ax.set_facecolor("0.85")
+    for i in range(n):
+        for j in range(n):
+            p = ranking.p_values[i, j]
+            if np.isnan(p):
+                continue
+            significant = p < ranking.alpha
+            ax.text(
+                j, i, f"{p:.2g}", ha="center", va="center", fontsize=8 if n <= 12 else 6,
+                color="white" if p < floor ** 0.5 else "black", fontweight="bold" if significant else "normal",
+            )  # fmt: skip
+            if significant:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(n), ranking.teams, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), ranking.teams, fontsize=8)
+    ax.set_title(f"Pairwise permutation tests over cases (red: p < {ranking.alpha:g}, unadjusted)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="p-value", shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def _region_scores(cases: Sequence[CaseScore]) -> dict[str, list[float]]:
+    return {region: [case[region].score for case in cases] for region in REGIONS}
 
 
 def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty scores", source: str = "") -> Report:
@@ -91,7 +129,7 @@ def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty
             "Grey: each case; colour: the mean over cases.",
         )
         report.heading("Score distribution")
-        report.figure(_distribution_figure({"submission": result.cases}), "Score per case and region.")
+        report.figure(_distribution_figure({"submission": _region_scores(result.cases)}), "Score per case and region.")
         report.heading("Per case")
         rows = [
             {
@@ -121,22 +159,81 @@ def _errors(report: Report, errors) -> None:  # type: ignore[no-untyped-def]
     report.table(rows, columns)
 
 
-def ranking_report(ranking: Ranking, results: Mapping[str, SubmissionScores]) -> Report:
-    """Report of a ranking: table, per-team curves and score distributions, what was missing."""
-    report = Report("QU-BraTS team ranking", subtitle=f"{len(ranking.teams)} teams, {len(ranking.case_ids)} cases")
+def _pairwise(report: Report, ranking: Ranking) -> None:
+    report.heading("Pairwise significance")
+    if ranking.permutations == 0:
+        report.text("No permutation tests were run (--permutations 0).")
+        return
+    report.text(
+        f"Every pair of teams is compared by a paired sign-flip permutation test over cases on the cumulative "
+        f"ranks ({ranking.permutations} permutations, seed {ranking.seed}); p-values are two-sided and not "
+        f"adjusted for the {len(ranking.teams) * (len(ranking.teams) - 1) // 2} comparisons. Rows and columns "
+        "are in ranking order; the same matrix is in pairwise_p_values.csv."
+    )
+    report.figure(_pairwise_figure(ranking), f"Outlined in red: p < {ranking.alpha:g}. Grey diagonal: no test.")
+    report.table(pairwise_rows(ranking), ["team", *ranking.teams])
+
+
+def _missing_pairs(report: Report, ranking: Ranking) -> None:
+    report.heading("Missing")
+    absent: dict[tuple[str, str], list[str]] = {}
+    for team, case_id, region in ranking.missing():
+        absent.setdefault((team, case_id), []).append(region)
+    if not absent:
+        report.text("Nothing: every team has a score for every case and region.")
+        return
+    rows = [{"team": t, "case_id": c, "regions": ", ".join(r)} for (t, c), r in absent.items()]
+    report.table(rows, ["team", "case_id", "regions"], caption="Ranked last where missing.")
+
+
+def ranking_report(
+    ranking: Ranking, results: Mapping[str, SubmissionScores] | None = None, *, source: str = ""
+) -> Report:
+    """Report of a ranking: table, pairwise p-value heat map, score distributions, what was missing.
+
+    Args:
+        ranking: the ranking.
+        results: every team's scoring, when the teams were scored here: adds the DSC/FTP/FTN
+            curves per team and the reasons for failed cases. None when the ranking came from a
+            scores file.
+        source: where the scores came from, shown under the title.
+
+    Returns:
+        The :class:`~medimg.report.Report`.
+    """
+    report = Report(
+        "QU-BraTS team ranking",
+        subtitle=f"{len(ranking.teams)} teams, {len(ranking.case_ids)} cases" + (f"; {source}" if source else ""),
+    )
     report.heading("Ranking")
     report.text(
-        "Teams are ranked per case and region by score (ties share the mean rank; a missing or failed case "
-        "takes the worst rank); the mean rank over all case-region pairs orders the teams, and the normalised "
-        "ranking score is the mean rank divided by the number of teams (lower is better). p: paired sign-flip "
-        f"permutation test of each team against the next ({ranking.permutations} permutations, seed {ranking.seed})."
+        "Teams are ranked per case and region by score (ties share the mean rank; a missing or failed result "
+        "takes the worst rank); a team's cumulative rank for a case is the mean of its three region ranks, its "
+        "mean rank over cases orders the teams, and the normalised ranking score is the mean rank divided by the "
+        f"number of teams (lower is better). p vs next: the pairwise test below (significant: p < {ranking.alpha:g})."
     )
+    if results is None:
+        report.text(
+            f"This ranking came from a scores file ({source or 'given scores'}): the per-case DSC/FTP/FTN curves "
+            "need a full scoring (medimg uncertainty rank TEAMS_DIR --truth TRUTH_DIR) and are not shown."
+        )
     report.table(list(ranking.table), RANKING_COLUMNS)
+    _pairwise(report, ranking)
     report.text(_METHOD)
-    groups = {team: results[team].cases for team in ranking.teams}
-    report.heading("Curves per team")
-    report.figure(_curve_figure(groups, "Mean DSC / FTP / FTN against the threshold"), "Mean over each team's cases.")
+    if results is not None:
+        groups = {team: results[team].cases for team in ranking.teams}
+        report.heading("Curves per team")
+        report.figure(
+            _curve_figure(groups, "Mean DSC / FTP / FTN against the threshold"), "Mean over each team's cases."
+        )
     report.heading("Score distributions")
-    report.figure(_distribution_figure(groups), "Score per case, region and team.")
-    _errors(report, [(team, e) for team in ranking.teams for e in results[team].errors])
+    distributions = {
+        team: {region: ranking.scores[t, :, r][~np.isnan(ranking.scores[t, :, r])] for r, region in enumerate(REGIONS)}
+        for t, team in enumerate(ranking.teams)
+    }
+    report.figure(_distribution_figure(distributions), "Score per case, region and team.")
+    if results is not None:
+        _errors(report, [(team, e) for team in ranking.teams for e in results[team].errors])
+    else:
+        _missing_pairs(report, ranking)
     return report
