@@ -279,8 +279,15 @@ def rank_teams(
 
 
 def pairwise_rows(ranking: Ranking) -> list[dict]:
-    """The p-value matrix as rows: ``team`` then one key per team (final order), None on the
-    diagonal and where no test ran; the rows of ``pairwise_p_values.csv``."""
+    """The p-value matrix as table rows (the rows of ``pairwise_p_values.csv``).
+
+    Args:
+        ranking: a ranking.
+
+    Returns:
+        One dict per team in final order: ``team`` (the row's team) and one key per team (the
+        column's team) holding the p-value, or None on the diagonal and where no test ran.
+    """
     return [
         {
             "team": row_team,

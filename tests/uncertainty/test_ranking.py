@@ -128,6 +128,24 @@ def test_permutation_test_against_exact_values() -> None:
         pairwise_permutation_test(np.zeros(4))
 
 
+def test_permutation_test_against_scipy_exact() -> None:
+    """Against scipy's exact paired permutation test (all 2**12 sign patterns) on random data: the
+    null of sign flips is symmetric, so scipy's two-sided p (twice the smaller tail) equals
+    P(|null| >= |observed|). Ours must lie within 4 binomial SDs of it. Breaking it (e.g. flipping
+    signs per row instead of per unit, or a one-sided count) moves p far outside."""
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(3, 12)) + np.array([[0.0], [0.5], [1.0]])
+    ours = pairwise_permutation_test(values, permutations=200_000, seed=4)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        exact = permutation_test(
+            (values[i], values[j]), lambda a, b, axis: np.mean(a - b, axis=axis),
+            permutation_type="samples", n_resamples=np.inf, vectorized=True,
+        ).pvalue  # fmt: skip
+        assert ours[i, j] == pytest.approx(exact, abs=4 * np.sqrt(exact * (1 - exact) / 200_000) + 1e-5), (i, j)
+
+
 def test_pairwise_matrix_symmetric_and_vs_next() -> None:
     rng = np.random.default_rng(5)
     cases = [f"c{i}" for i in range(12)]
