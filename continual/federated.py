@@ -30,8 +30,9 @@ without an engine and driven by any of them (:mod:`continual.flower` adapts it t
   global model kept.
 * :func:`simulate_inprocess` -- the whole protocol in one process without an engine (reference
   implementation, deterministic, fast enough for tests).
-* :func:`cross_site_summary` -- the cross-site matrix quantities of §4.2 step 6 (local gain,
-  generalizability and its relative gain).
+
+The cross-site evaluation (local gain, generalisation to held-out sites, intervals) is
+:mod:`continual.crosssite`.
 
 Generic: takes models, datasets and callables; imports nothing from ``pipelines``.
 """
@@ -59,7 +60,6 @@ __all__ = [
     "apply_local_bn",
     "bn_state_keys",
     "client_update",
-    "cross_site_summary",
     "round_seed",
     "simulate_inprocess",
 ]
@@ -458,60 +458,3 @@ def simulate_inprocess(
         if on_round is not None:
             on_round(server_round, mean)
     return server
-
-
-def cross_site_summary(
-    matrix: Mapping[str, Mapping[str, float]], sites: Sequence[str], *, federated: str = "federated"
-) -> dict[str, Any]:
-    """Local gain and generalizability from a cross-site matrix (spec §4.2 step 6).
-
-    Args:
-        matrix: ``matrix[model][site]`` = the metric of ``model`` on ``site``'s test set; local
-            models are named ``local_<site>``.
-        sites: the site names (at least 2 for generalizability).
-        federated: the row of the federated global model.
-
-    Returns:
-        ``local_gain`` = mean_k (M[FL][k] - M[local_k][k]) (absolute points) and
-        ``local_gain_relative`` = that divided by mean_k M[local_k][k]; ``generalizability_local``
-        = mean_k mean_{s != k} M[local_k][s], ``generalizability_federated`` = mean_k mean_{s != k}
-        M[FL][s], and ``generalizability_gain`` = (G_FL - G_local) / G_local (relative, the
-        quantity the paper reports as 45.8%). Per-site values under ``per_site``. NaN where a
-        denominator is 0.
-    """
-    sites = list(sites)
-    fl = matrix[federated]
-    per_site = []
-    for k in sites:
-        local = matrix[f"local_{k}"]
-        others = [s for s in sites if s != k]
-        per_site.append(
-            {
-                "site": k,
-                "local_on_own": float(local[k]),
-                "federated_on_own": float(fl[k]),
-                "local_on_others": _mean([local[s] for s in others]),
-                "federated_on_others": _mean([fl[s] for s in others]),
-            }
-        )
-    own_local = _mean([p["local_on_own"] for p in per_site])
-    gain = _mean([p["federated_on_own"] - p["local_on_own"] for p in per_site])
-    g_local = _mean([p["local_on_others"] for p in per_site])
-    g_fl = _mean([p["federated_on_others"] for p in per_site])
-    return {
-        "local_gain": gain,
-        "local_gain_relative": _ratio(gain, own_local),
-        "generalizability_local": g_local,
-        "generalizability_federated": g_fl,
-        "generalizability_gain": _ratio(g_fl - g_local, g_local),
-        "per_site": per_site,
-    }
-
-
-def _mean(values: Sequence[float]) -> float:
-    vals = [float(v) for v in values]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den and math.isfinite(den) else math.nan

@@ -958,7 +958,7 @@ def federated_simulate(
     site: Annotated[
         list[Path], typer.Option("--site", exists=True, file_okay=False, help="A site folder (repeat). " + _SITE_HELP)
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder: federated.pt, cross_site.csv, summary.json, ...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder: seed<s>/, cross_site.csv, summary.json, ...")],
     rounds: Annotated[int, typer.Option(min=1, help="Communication rounds R.")] = 3,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs E per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -972,7 +972,14 @@ def federated_simulate(
         typer.Option(exists=True, dir_okay=False, help="Initial global model (default: a fresh network)."),
     ] = None,
     architecture: Annotated[str, typer.Option(help="Architecture of a fresh network.")] = "compact",
-    seed: Annotated[int, typer.Option()] = 0,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each trains the federation and the baselines again.")
+    ] = "0,1,2",
+    leave_one_out: Annotated[
+        bool,
+        typer.Option(help="Also federate every K-1 sites and score them on the held-out site (generalisation)."),
+    ] = False,
+    n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap replicates of the 95% intervals.")] = 1000,
     engine: Annotated[
         str, typer.Option(help="flower (Flower's simulation engine) or inprocess (no engine).")
     ] = "flower",
@@ -980,22 +987,20 @@ def federated_simulate(
 ) -> None:
     """Simulate a federation on this machine; compare it with local-only and pooled training across sites."""
     from pipelines.federated import simulate_federation
+    from pipelines.federated_eval import summary_lines
 
     with _input_errors():
+        try:
+            seed_list = [int(v) for v in _csv_list(seeds)]
+        except ValueError as exc:
+            raise ValueError(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
         summary = simulate_federation(
             pipeline, site, out, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
-            proximal_mu=proximal_mu, bn_policy=bn_policy, weights=weights, architecture=architecture, seed=seed,
-            engine=engine, baselines=baselines,
+            proximal_mu=proximal_mu, bn_policy=bn_policy, weights=weights, architecture=architecture,
+            seeds=seed_list, leave_one_out=leave_one_out, n_boot=n_boot, engine=engine, baselines=baselines,
         )  # fmt: skip
-    if "local_gain" in summary:
-        from medimg.demo import percent
-
-        gain, general = percent(summary["local_gain_relative"]), percent(summary["generalizability_gain"])
-        console.print(
-            f"{summary['metric']}: local gain {summary['local_gain']:+.3f} ({gain}; paper +6.3%), generalizability "
-            f"{summary['generalizability_local']:.3f} -> {summary['generalizability_federated']:.3f} ({general}; "
-            "paper +45.8%)"
-        )
+    for line in summary_lines(summary):
+        console.print(line, highlight=False, markup=False)
     console.print(f"wrote {out / 'cross_site.csv'}, {out / 'summary.json'}, {out / 'report.html'}")
 
 

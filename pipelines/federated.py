@@ -1,19 +1,22 @@
 """``medimg federated simulate``: a 2-D pipeline's institutions handed to :mod:`continual.federated`.
 
-Each site folder is split by patient into train / validation / test (60/20/20, seeded; the same
-split as ``medimg continual``). The federation (FedAvg or FedProx, a BN policy) runs on Flower's
-simulation engine (:mod:`continual.flower`, the ``federated`` extra) or, with
-``engine="inprocess"``, on the engine-free reference loop; both run the same client and server
-functions. The baselines use the same loop and budget: ``local_<site>`` is a federation of that
-site alone (R rounds of E local epochs, the best round by its own validation split), ``pooled``
-one site holding every site's training and validation data (it breaks the premise that images stay
-at their site: an upper bound). Every model is then scored on every site's test split: the
-cross-site matrix of spec ``continual.md`` §4.2 step 6.
+Each site folder is split by patient into train / validation / test (the same split as ``medimg
+continual``). The federation (FedAvg or FedProx, a BN policy) runs on Flower's simulation engine
+(:mod:`continual.flower`, the ``federated`` extra) or, with ``engine="inprocess"``, on the
+engine-free reference loop; both run the same client and server functions. The baselines use the
+same loop and budget: ``local_<site>`` is a federation of that site alone (R rounds of E local
+epochs, the best round by its own validation split), ``pooled`` one site holding every site's
+training and validation data (it breaks the premise that images stay at their site: an upper
+bound). With ``leave_one_out``, ``heldout_<h>`` is the federation of every site but h, to be scored
+on h, an institution it never saw. Everything is trained once per seed.
 
-Outputs (``OUT``): ``federated.pt`` (the best global model), ``local_<site>.pt``, ``pooled.pt``,
-``rounds.csv`` (per-round validation of the global model), ``cross_site.csv``, ``summary.json``
-(``local_gain``, ``generalizability_gain`` ...), ``report.html``. A rerun reuses the checkpoints it
-finds (delete one to train it again).
+Outputs (``OUT``): per seed ``seed<s>/`` with ``federated.pt`` (the best global model),
+``rounds.csv`` (per-round validation of the global model), ``local_<site>.pt``, ``pooled.pt`` and
+``heldout_<site>/federated.pt``; then ``cross_site.csv`` (every model on every test split it is
+scored on, with its role and BN), ``predictions.csv``, ``summary.json`` (``local_gain``,
+``generalizability_gain`` with 95% intervals; see :mod:`continual.crosssite`) and ``report.html``
+(:mod:`pipelines.federated_eval`). A rerun reuses the checkpoints it finds if they were trained
+with the same settings (delete one to train it again).
 """
 
 from __future__ import annotations
@@ -28,19 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from medimg.writers import write_csv, write_json
+from medimg.writers import write_csv
 from pipelines.base import Pipeline
 
 __all__ = [
-    "PAPER_GAINS",
     "Federation",
     "evaluate_dataset",
     "load_federation",
+    "save_server",
     "simulate_federation",
+    "site_names",
+    "train_seed",
+    "write_rounds",
 ]
 
-#: Roth et al. 2020 (abstract): federated vs local-only on the own site, and relative generalizability gain.
-PAPER_GAINS = {"local_gain_relative": 0.063, "generalizability_gain": 0.458}
 ENGINES = ("flower", "inprocess")
 
 
@@ -55,6 +59,10 @@ class Federation:
     site_dirs: list[str]
     config: Any
     settings: dict[str, Any] = field(default_factory=dict)
+    #: per site: the patient (exam) of each test image, in the test split's order
+    test_groups: dict[str, list[str]] = field(default_factory=dict)
+    #: per site: its training and validation images through the inference transforms (test-time BN)
+    unlabelled: dict[str, Any] = field(default_factory=dict)
 
     def make_model(self) -> Any:
         from medimg.models import build_network
@@ -114,6 +122,7 @@ def load_federation(
         ValueError: bad settings.
     """
     import torch
+    from torch.utils.data import ConcatDataset
 
     from continual.federated import FedConfig, Site
     from medimg.models import build_network, load_checkpoint
@@ -158,25 +167,30 @@ def load_federation(
         dirs = [f"site{i}" for i in range(int(s["num_sites"]))]
     else:
         raise ValueError("the settings name no sites (give 'sites', or 'num_sites' for a deployed server)")
-    names = site_names(dirs)
+    names = [str(n) for n in s["site_names"]] if s.get("site_names") and site_dir is None else site_names(dirs)
+    if len(names) != len(dirs):
+        raise ValueError(f"{len(names)} site names for {len(dirs)} site folders")
     cache = s.get("cache_dir")
-    sites = []
+    fed = Federation(pipeline, meta, {k: v.detach().clone() for k, v in model.state_dict().items()}, [], dirs, config,
+                     settings=dict(s))  # fmt: skip
     for index, (name, folder) in enumerate(zip(names, dirs, strict=True)):
         if only_site is not None and index != only_site:
-            sites.append(Site(name=name, train=None, val=None, test=None))
+            fed.sites.append(Site(name=name, train=None, val=None, test=None))
             continue
         splits = site_splits(pipeline, folder)
         sub = Path(cache) / name if cache else None
-        sites.append(
-            Site(
-                name=name,
-                train=site_dataset(pipeline, splits["train"], meta["preprocessing"], train=True, cache_dir=sub),
-                val=site_dataset(pipeline, splits["val"], meta["preprocessing"], train=False, cache_dir=sub),
-                test=site_dataset(pipeline, splits["test"], meta["preprocessing"], train=False, cache_dir=sub),
-            )
+
+        def dataset(part: str, train: bool = False, sub: Path | None = sub, splits: dict = splits) -> Any:
+            return site_dataset(pipeline, splits[part], meta["preprocessing"], train=train, cache_dir=sub)
+
+        fed.sites.append(Site(name=name, train=dataset("train", True), val=dataset("val"), test=dataset("test")))
+        fed.test_groups[name] = [str(item["patient_id"]) for item in splits["test"]]
+        # training + validation images through the inference transforms (own cache: the keys are the items)
+        plain = site_dataset(
+            pipeline, splits["train"], meta["preprocessing"], train=False, cache_dir=sub / "inference" if sub else None
         )
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Federation(pipeline, meta, state, sites, dirs, config, settings=dict(s))
+        fed.unlabelled[name] = ConcatDataset([plain, fed.sites[-1].val])
+    return fed
 
 
 def _checkpoint_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,13 +213,29 @@ def _checkpoint_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> di
     return meta
 
 
-def _save_server(fed: Federation, server: Any, path: Path, role: str, *, personalised: bool = True) -> None:
+def save_server(
+    fed: Federation,
+    server: Any,
+    path: Path,
+    role: str,
+    *,
+    personalised: bool = True,
+    trained_on: Sequence[str] | None = None,
+) -> None:
     """The best global model to ``path``; under the ``local`` BN policy also each site's personalised
-    model (best global weights + that site's own BN) to ``<stem>_<site>.pt`` beside it."""
+    model (best global weights + that site's own BN) to ``<stem>_<site>.pt`` beside it.
+
+    ``trained_on``: the names of the sites whose images trained it (default: the federation's
+    sites), recorded in the checkpoint as ``training.federated.trained_on``.
+    """
     from medimg.models import save_checkpoint
 
     model = fed.make_model()
-    extra = {"best_round": server.best_round, "best_val_" + fed.config.monitor: server.best_value}
+    extra = {
+        "best_round": server.best_round,
+        "best_val_" + fed.config.monitor: server.best_value,
+        "trained_on": list(trained_on) if trained_on is not None else [s.name for s in fed.sites],
+    }
     for name, state in server.site_models().items() if personalised and fed.config.bn_policy == "local" else ():
         model.load_state_dict(state)
         save_checkpoint(path.with_name(f"{path.stem}_{name}.pt"), model, _checkpoint_meta(fed, f"{role}:{name}", extra))
@@ -234,6 +264,20 @@ def _pooled_site(fed: Federation) -> Any:
     )
 
 
+def _check_arguments(engine: str, site_dirs: Sequence[Any], bn_policy: str, weights: Any, seeds: Sequence[int],
+                     leave_one_out: bool) -> None:  # fmt: skip
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
+    if len(site_dirs) < 2:
+        raise ValueError(f"a federation needs at least 2 sites, got {len(site_dirs)}")
+    if leave_one_out and len(site_dirs) < 3:
+        raise ValueError(f"--leave-one-out needs at least 3 sites (a federation of the others), got {len(site_dirs)}")
+    if bn_policy == "global_frozen" and weights is None:
+        raise ValueError("bn_policy 'global_frozen' keeps the initial model's BN statistics: give --weights")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"give one or more distinct seeds, got {list(seeds)}")
+
+
 def simulate_federation(
     pipeline_name: str,
     site_dirs: Sequence[str | os.PathLike[str]],
@@ -248,36 +292,49 @@ def simulate_federation(
     weights: str | os.PathLike[str] | None = None,
     architecture: str = "compact",
     image_size: Sequence[int] | None = None,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
+    leave_one_out: bool = False,
     engine: str = "flower",
     baselines: bool = True,
+    n_boot: int = 1000,
     quiet: bool = True,
 ) -> dict[str, Any]:
-    """Federated training of ``pipeline_name`` over the site folders, with baselines and the cross-site matrix.
+    """Federated training of ``pipeline_name`` over the site folders, with baselines and cross-site scores.
+
+    For every seed (``OUT/seed<s>/``): the federation of all sites (``federated.pt``; FedBN also
+    ``federated_<site>.pt``), with ``baselines`` each site's local-only model (``local_<site>.pt``)
+    and the pooled model (``pooled.pt``), with ``leave_one_out`` for every site h the federation of
+    the other sites (``heldout_<h>/federated.pt``), which never sees h's images. Then every model is
+    scored on the test splits (:func:`pipelines.federated_eval.score_seed`) and the gains are
+    summarised over seeds with bootstrap intervals (:mod:`continual.crosssite`).
+
+    Args:
+        seeds: training seeds; each one trains every model again (initialisation and data order).
+        leave_one_out: also train and score the held-out federations (needs >= 3 sites).
+        n_boot: bootstrap replicates of the intervals.
+        (the others: see ``medimg federated simulate --help``)
 
     Returns:
         The ``summary.json`` content.
 
     Raises:
         DatasetError: a site folder is not usable (named in the message).
-        ValueError: fewer than 2 sites, an unknown engine or bad settings.
+        ValueError: fewer than 2 sites (3 with ``leave_one_out``), an unknown engine or bad settings.
         ImportError: ``engine="flower"`` without the ``federated`` extra (the message says how to install it).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
-    if len(site_dirs) < 2:
-        raise ValueError(f"a federation needs at least 2 sites, got {len(site_dirs)}")
-    if bn_policy == "global_frozen" and weights is None:
-        raise ValueError("bn_policy 'global_frozen' keeps the initial model's BN statistics: give --weights")
+    from pipelines.federated_eval import score_seed, write_outputs
+
+    seeds = [int(s) for s in seeds]
+    _check_arguments(engine, site_dirs, bn_policy, weights, seeds, leave_one_out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
+    base = {
         "pipeline": pipeline_name,
         "sites": [str(Path(d)) for d in site_dirs],
+        "site_names": site_names(site_dirs),
         "weights": str(weights) if weights else None,
         "architecture": architecture,
         "image_size": list(image_size) if image_size else None,
-        "seed": seed,
         "rounds": rounds,
         "local_epochs": local_epochs,
         "batch_size": batch_size,
@@ -285,40 +342,78 @@ def simulate_federation(
         "proximal_mu": proximal_mu,
         "bn_policy": bn_policy,
         "cache_dir": str(out / "cache"),
-        "out": str(out),
     }
-    fed = load_federation(settings)
-    names = [s.name for s in fed.sites]
-    fl_path = out / "federated.pt"
-    _check_reuse(fed, [fl_path, *(out / f"local_{n}.pt" for n in names), out / "pooled.pt"])
-    if not fl_path.is_file():
-        if engine == "flower":
-            from continual.flower import simulate as flower_simulate
-            from pipelines.federated_app import client_app_for, server_app_for
+    scores: list[Any] = []
+    fed = None
+    for seed in seeds:
+        settings = {**base, "seed": seed, "out": str(out / f"seed{seed}")}
+        fed = train_seed(settings, engine=engine, baselines=baselines, leave_one_out=leave_one_out, quiet=quiet)
+        scores += score_seed(fed, Path(settings["out"]), baselines=baselines, leave_one_out=leave_one_out)
+    assert fed is not None
+    run = {**base, "seeds": seeds, "leave_one_out": leave_one_out, "engine": engine, "out": str(out)}
+    return write_outputs(fed, scores, out, settings=run, n_boot=n_boot)
 
-            flower_simulate(server_app_for(settings), client_app_for(settings), num_sites=len(names), quiet=quiet)
-            if not fl_path.is_file():
-                raise RuntimeError(f"the Flower simulation ended without writing {fl_path}; see its log above")
-        else:
-            server = _run_inprocess(fed, fed.sites, fed.config)
-            write_rounds(out, server.history)
-            _save_server(fed, server, fl_path, "federated")
-    models: dict[str, Any] = {"federated": fl_path}
-    if fed.config.bn_policy == "local":  # FedBN: each site uses the global weights with its own BN
-        models["federated"] = {name: out / f"federated_{name}.pt" for name in names}
+
+def _train_federation(fed: Federation, settings: Mapping[str, Any], *, engine: str, quiet: bool) -> Path:
+    """``settings["out"]/federated.pt``: the federation of ``fed.sites`` (trained unless it is there)."""
+    out = Path(str(settings["out"]))
+    path = out / "federated.pt"
+    _check_reuse(fed, [path])
+    if path.is_file():
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    if engine == "flower":
+        from continual.flower import simulate as flower_simulate
+        from pipelines.federated_app import client_app_for, server_app_for
+
+        flower_simulate(server_app_for(settings), client_app_for(settings), num_sites=len(fed.sites), quiet=quiet)
+        if not path.is_file():
+            raise RuntimeError(f"the Flower simulation ended without writing {path}; see its log above")
+    else:
+        server = _run_inprocess(fed, fed.sites, fed.config)
+        write_rounds(out, server.history)
+        save_server(fed, server, path, "federated")
+    return path
+
+
+def train_seed(
+    settings: Mapping[str, Any], *, engine: str, baselines: bool, leave_one_out: bool, quiet: bool = True
+) -> Federation:
+    """Train (or reuse) one seed's models under ``settings["out"]``; return the federation of all sites.
+
+    The held-out federation of site h is loaded from settings that name only the other sites, so
+    h's images are never read by its clients (its folder is not in the federation).
+
+    Raises:
+        ValueError: a checkpoint in the folder was trained with other settings.
+    """
+    fed = load_federation(settings)
+    seed_dir = Path(str(settings["out"]))
+    _train_federation(fed, settings, engine=engine, quiet=quiet)
     if baselines:
         for site in fed.sites:
-            path = out / f"local_{site.name}.pt"
+            path = seed_dir / f"local_{site.name}.pt"
+            _check_reuse(fed, [path])
             if not path.is_file():
                 server = _run_inprocess(fed, [site], fed.config)
-                _save_server(fed, server, path, f"local:{site.name}", personalised=False)
-            models[f"local_{site.name}"] = path
-        path = out / "pooled.pt"
+                save_server(fed, server, path, f"local:{site.name}", personalised=False, trained_on=[site.name])
+        path = seed_dir / "pooled.pt"
+        _check_reuse(fed, [path])
         if not path.is_file():
             server = _run_inprocess(fed, [_pooled_site(fed)], fed.config)
-            _save_server(fed, server, path, "pooled", personalised=False)
-        models["pooled"] = path
-    return write_cross_site(fed, models, out)
+            save_server(fed, server, path, "pooled", personalised=False)
+    if leave_one_out:
+        names = [s.name for s in fed.sites]
+        for held in names:
+            keep = [i for i, name in enumerate(names) if name != held]
+            sub = {
+                **settings,
+                "sites": [fed.site_dirs[i] for i in keep],
+                "site_names": [names[i] for i in keep],
+                "out": str(seed_dir / f"heldout_{held}"),
+            }
+            _train_federation(load_federation(sub), sub, engine=engine, quiet=quiet)
+    return fed
 
 
 _REUSE_KEYS = ("sites", "rounds", "local_epochs", "batch_size", "lr", "proximal_mu", "bn_policy", "seed")
@@ -346,40 +441,3 @@ def write_rounds(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
     for row in history:
         columns += [k for k in row if k not in columns]
     write_csv(out / "rounds.csv", list(history), columns)
-
-
-def write_cross_site(fed: Federation, models: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    """Score every model on every site's test split: ``cross_site.csv``, ``summary.json``, ``report.html``.
-
-    ``models[label]`` is a checkpoint, or ``{site: checkpoint}`` for a model that each site holds in
-    its own variant (FedBN's personalised models).
-    """
-    from continual.federated import cross_site_summary
-    from medimg.models import load_checkpoint
-
-    monitor = fed.config.monitor
-    rows: list[dict[str, Any]] = []
-    matrix: dict[str, dict[str, float]] = {}
-    for label, path in models.items():
-        shared = None if isinstance(path, Mapping) else load_checkpoint(path, pipeline=fed.pipeline.name)[0]
-        for site in fed.sites:
-            model = shared if shared is not None else load_checkpoint(path[site.name], pipeline=fed.pipeline.name)[0]
-            metrics = fed.evaluate(model, site.test)
-            rows.append({"model": label, "site": site.name, "n_test": len(site.test), **metrics})
-            matrix.setdefault(label, {})[site.name] = float(metrics[monitor])
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    write_csv(out / "cross_site.csv", rows, columns)
-    names = [s.name for s in fed.sites]
-    summary: dict[str, Any] = {"metric": monitor, "sites": names, "matrix": matrix}
-    if all(f"local_{n}" in matrix for n in names):
-        summary.update(cross_site_summary(matrix, names))
-        summary["paper"] = {**PAPER_GAINS, "source": "Roth et al. 2020, abstract (7 institutions)"}
-    summary["settings"] = {k: v for k, v in fed.settings.items() if k not in ("cache_dir",)}
-    write_json(out / "summary.json", summary)
-    from continual.report import write_federated_report
-
-    rounds = out / "rounds.csv"
-    write_federated_report(out, summary, rows, rounds_csv=rounds if rounds.is_file() else None)
-    return summary

@@ -49,7 +49,7 @@ def client_task(settings: Mapping[str, Any], index: int, site_dir: str | None = 
 def server_task(settings: Mapping[str, Any]) -> ServerTask:
     """The :class:`ServerTask`; at the end it writes ``OUT/federated.pt`` and ``OUT/rounds.csv``."""
     from continual.federated import bn_state_keys
-    from pipelines.federated import _save_server, load_federation, write_rounds
+    from pipelines.federated import load_federation, save_server, write_rounds
 
     fed = load_federation(settings, only_site=-1)
     out = Path(str(fed.settings.get("out") or "."))
@@ -57,7 +57,7 @@ def server_task(settings: Mapping[str, Any]) -> ServerTask:
     def finish(server: Any) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_rounds(out, server.history)
-        _save_server(fed, server, out / "federated.pt", "federated")
+        save_server(fed, server, out / "federated.pt", "federated")
 
     return ServerTask(
         initial_state=fed.initial_state, config=fed.config, bn_keys=bn_state_keys(fed.make_model()),

@@ -19,7 +19,6 @@ from continual.federated import (
     apply_local_bn,
     bn_state_keys,
     client_update,
-    cross_site_summary,
     simulate_inprocess,
 )
 from medimg.models import build_network
@@ -125,24 +124,6 @@ def test_fedprox_term_value_and_gradient() -> None:
     assert float(net.conv.weight.grad.abs().sum()) == 0.0
     with pytest.raises(ValueError):
         FedProxTerm(net, mu=-1)
-
-
-def test_cross_site_summary_by_hand() -> None:
-    matrix = {
-        "local_a": {"a": 0.6, "b": 0.2, "c": 0.1},
-        "local_b": {"a": 0.3, "b": 0.8, "c": 0.4},
-        "local_c": {"a": 0.2, "b": 0.3, "c": 0.7},
-        "federated": {"a": 0.7, "b": 0.7, "c": 0.8},
-    }
-    s = cross_site_summary(matrix, ["a", "b", "c"])
-    assert math.isclose(s["local_gain"], ((0.7 - 0.6) + (0.7 - 0.8) + (0.8 - 0.7)) / 3)
-    assert math.isclose(s["local_gain_relative"], s["local_gain"] / ((0.6 + 0.8 + 0.7) / 3))
-    g_local = ((0.2 + 0.1) / 2 + (0.3 + 0.4) / 2 + (0.2 + 0.3) / 2) / 3
-    g_fl = ((0.7 + 0.8) / 2 + (0.7 + 0.8) / 2 + (0.7 + 0.7) / 2) / 3
-    assert math.isclose(s["generalizability_local"], g_local)
-    assert math.isclose(s["generalizability_federated"], g_fl)
-    assert math.isclose(s["generalizability_gain"], (g_fl - g_local) / g_local)
-    assert [p["site"] for p in s["per_site"]] == ["a", "b", "c"]
 
 
 def test_server_keeps_the_best_round_by_weighted_validation() -> None:
