@@ -382,7 +382,8 @@ def train(
     architecture: Annotated[
         str | None,
         typer.Option(
-            help="densenet121 (default, paper-faithful), compact (CPU), resnet18, resnet-compact (CPU); "
+            help="densenet121 (default, paper-faithful), compact (CPU), resnet18, resnet-compact (CPU), "
+            "inception_v3 (the saliency paper's classifier, 320x320); "
             "brats: segresnet (default), segresnet-compact."
         ),
     ] = None,
@@ -735,38 +736,61 @@ def saliency_audit(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The pipeline's dataset folder.")],
     weights: Annotated[Path, typer.Option("--weights", exists=True, dir_okay=False, help="Trained model.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (report, CSVs, map cache).")],
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Protocol: paper (the paper's SSIM range 2, statistics, rules; default) or calibrated "
+            "(range 1, tested rules, the paper's line calibrated to range 1)."
+        ),
+    ] = "paper",
     replica: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(exists=True, dir_okay=False, help="Same architecture, another seed (repeatability)."),
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            exists=True, dir_okay=False, help="Same architecture, another seed (repeatable; the presets use 3 models)."
+        ),
     ] = None,
     other_arch: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--other-arch", exists=True, dir_okay=False, help="Another architecture (reproducibility)."),
     ] = None,
     train_replicas: Annotated[
-        bool, typer.Option("--train-replicas", help="Train the missing replicate / second architecture.")
+        bool, typer.Option("--train-replicas", help="Train the missing replicates and the second architecture.")
     ] = False,
+    other_architecture: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Architecture --train-replicas trains for reproducibility (default: densenet121 <-> "
+            "inception_v3, the paper's pair; compact <-> resnet-compact)."
+        ),
+    ] = None,
     train_data: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(file_okay=False, help="Training data for --train-replicas (default: the weights' own)."),
+        typer.Option(file_okay=False, help="Training data for --train-replicas and the prior (default: the weights')."),
     ] = None,
+    prior: Annotated[
+        str, typer.Option(help="Average-mask prior: training (train + validation masks) or leave-one-out.")
+    ] = "training",
     prior_data: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(file_okay=False, help="Folder whose boxes make the average-mask prior (default: leave-one-out)."),
+        typer.Option(file_okay=False, help="Folder whose training + validation boxes make the prior."),
     ] = None,
     methods: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             help="Comma-separated: gradient,smoothgrad,integrated_gradients,smoothgrad_ig,gradcam,"
-            "guided_backprop,guided_gradcam,xrai (default: all)."
+            "guided_backprop,guided_gradcam,xrai (default: all). The two controls always run."
         ),
     ] = None,
     criteria: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Comma-separated: localization,randomization,repeatability,reproducibility (default: all)."),
     ] = None,
-    preset: Annotated[str, typer.Option(help="Method settings: paper (spec defaults) or captum.")] = "paper",
-    data_range: Annotated[float, typer.Option(help="SSIM data range: 1.0, or 2.0 as in the paper's code.")] = 1.0,
+    method_settings: Annotated[
+        str, typer.Option(help="Method settings: paper (the paper code's) or captum (captum's defaults).")
+    ] = "paper",
+    include_stem: Annotated[
+        bool, typer.Option("--include-stem", help="Randomise the stem too (the paper never does).")
+    ] = False,
     max_images: Annotated[int, typer.Option(min=1, help="At most this many images (positives first).")] = 100,
     seed: Annotated[int, typer.Option(help="Seeds noise, randomisation, baseline pairs, replicas.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images x samples per forward/backward chunk.")] = 32,
@@ -786,8 +810,9 @@ def saliency_audit(
 ) -> None:
     """Audit a model's saliency maps: localisation, randomisation, repeatability, reproducibility.
 
-    A model with the trainable attention gate adds "attention" as a ninth method."""
-    from rich.table import Table
+    Two model-blind controls (an edge detector, the input image) are judged beside the methods;
+    a criterion they pass is reported as not discriminating. A model with the trainable attention
+    gate adds "attention" as a ninth method."""
 
     from medimg.models import CheckpointError
     from pipelines.base import DatasetError
@@ -800,15 +825,18 @@ def saliency_audit(
             data,
             weights,
             out,
-            replica=replica,
+            replicas=replica or [],
             other_arch=other_arch,
+            other_architecture=other_architecture,
             train_replicas=train_replicas,
             train_data=train_data,
+            prior=prior,
             prior_data=prior_data,
             methods=_csv_list(methods),
             criteria=_csv_list(criteria),
             preset=preset,
-            data_range=data_range,
+            method_preset=method_settings,
+            include_stem=include_stem,
             max_images=max_images,
             seed=seed,
             batch_size=batch_size,
@@ -821,17 +849,23 @@ def saliency_audit(
     except (DatasetError, CheckpointError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    rows = pass_matrix_rows(result.matrix, [c for c in next(iter(result.matrix.values()), {})])
-    if rows:
-        table = Table(title="Pass/fail matrix")
-        for column in rows[0]:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row.values())
-        console.print(table)
+    _print_pass_matrix(pass_matrix_rows(result.matrix, result.criteria, result.non_discriminating), "Pass/fail matrix")
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print("wrote " + ", ".join(str(p) for p in result.files.values()))
+
+
+def _print_pass_matrix(rows: list[dict[str, str]], title: str) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
 
 
 continual_app = typer.Typer(

@@ -93,6 +93,7 @@ class Pipeline:
         "densenet121": (224, 224),
         "compact": (128, 128),
         "resnet-compact": (128, 128),
+        "inception_v3": (320, 320),  # the saliency trust paper's input
     }
     result_columns: ClassVar[tuple[str, ...]] = ()
     #: What one result is: ``"image"`` (2-D: one row per selected image, batched) or ``"study"``

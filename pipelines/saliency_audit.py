@@ -2,15 +2,18 @@
 
 This module is the only place where the generic audit meets a task: it loads the pipeline's
 dataset with the pipeline's own inference transforms (exactly what the model sees), turns RSNA
-boxes into masks on the network grid with the paper's rule (spec ``saliency.md`` §2.1), loads the
-checkpoints and, with ``train_replicas``, trains the missing replicate (same architecture, another
-seed) and second-architecture model with the pipeline's own training.
+boxes into masks on the network grid with the paper's rule (``int(c / 1023 * 320)`` for RSNA's
+1024-pixel boxes, inclusive ends), loads the checkpoints and, with ``train_replicas``, trains the
+missing replicates (same architecture, other seeds) and the second-architecture model with the
+pipeline's own training.
 
 Images audited: the items with ground-truth boxes (the positives, as in the paper) when the
 dataset has boxes, otherwise every item (no localisation criterion then); at most ``max_images``,
-in the dataset's sorted order. The average-mask prior is leave-one-out over the audited images
-(image i's prior is the mean of the other images' masks) unless ``prior_data`` names a folder whose
-boxes make it (the paper used the training and validation masks).
+in the dataset's sorted order. The average-mask prior is, as in the paper, the mean of the training
+and validation masks (:func:`training_prior`: the folder the model was trained on, its own test
+split and the audited patients left out); ``prior="leave-one-out"`` uses the audited images instead
+(image i's prior is the mean of the other images' masks), and so does an audit whose training
+folder is not at hand, with a note in the report.
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ import numpy as np
 
 from pipelines.base import DatasetError, Pipeline
 
-__all__ = ["OTHER_ARCHITECTURE", "audit_pipeline", "load_audit_data"]
+__all__ = ["OTHER_ARCHITECTURE", "audit_pipeline", "load_audit_data", "localizer_baseline", "training_prior"]
 
-#: Second architecture trained for reproducibility when none is given (a ResNet for DenseNets and v.v.).
-OTHER_ARCHITECTURE = {"compact": "resnet-compact", "densenet121": "resnet18", "resnet18": "densenet121"}
+#: Second architecture trained for reproducibility when none is named: the paper's pair (DenseNet121 and
+#: InceptionV3) for those two, a compact ResNet and DenseNet for each other.
+OTHER_ARCHITECTURE = {
+    "densenet121": "inception_v3",
+    "inception_v3": "densenet121",
+    "compact": "resnet-compact",
+    "resnet-compact": "compact",
+    "resnet18": "densenet121",
+}
+LEAVE_ONE_OUT = "leave-one-out mean of the audited images' masks"
 
 
 def _source_shape(path: str) -> tuple[int, int]:
@@ -55,9 +66,10 @@ def load_audit_data(
     preprocessing: dict[str, Any],
     *,
     max_images: int | None = None,
-    prior_data: str | os.PathLike[str] | None = None,
 ) -> Any:
     """The :class:`saliency.audit.AuditData` of a 2-D pipeline's dataset folder (see the module docstring).
+
+    The prior is left to :func:`training_prior` (None here: leave-one-out over the audited images).
 
     Raises:
         DatasetError: the folder does not have the pipeline's layout, or has no images.
@@ -75,25 +87,69 @@ def load_audit_data(
         raise DatasetError(f"{data_dir}: no images to audit")
     transform = pipeline.transforms(preprocessing, train=False)
     images = torch.stack([torch.as_tensor(pipeline.load(item, transform)).float() for item in chosen])
-    size = preprocessing["image_size"]
-    masks = _masks(chosen, size) if with_boxes else None
-    prior, prior_source = None, "leave-one-out mean of the audited images' masks"
-    if prior_data is not None and masks is not None:
-        prior_items = [item for item in pipeline.load_dataset(prior_data) if item.get("boxes")]
-        if not prior_items:
-            raise DatasetError(f"{prior_data}: no boxes to build the average-mask prior from")
-        prior = _masks(prior_items, size).mean(axis=0).astype(np.float32)
-        prior_source = f"mean of {len(prior_items)} masks of {prior_data}"
+    masks = _masks(chosen, preprocessing["image_size"]) if with_boxes else None
     return AuditData(
-        ids=[str(item.get("patient_id", Path(item["image"]).stem)) for item in chosen],
+        ids=[_patient(item) for item in chosen],
         images=images,
         masks=masks,
         labels=np.asarray([int(item["label"]) for item in chosen]),
-        prior=prior,
-        prior_source=prior_source if masks is not None else "",
+        prior=None,
+        prior_source=LEAVE_ONE_OUT if masks is not None else "",
         to_display=lambda a: np.asarray(a).T,
         description=f"{pipeline.name} {'positives with boxes' if with_boxes else 'images'} from {data_dir}",
     )
+
+
+def _patient(item: Mapping[str, Any]) -> str:
+    return str(item.get("patient_id", Path(item["image"]).stem))
+
+
+def training_prior(
+    pipeline: Pipeline, folder: str | os.PathLike[str], preprocessing: dict[str, Any], exclude: set[str]
+) -> tuple[np.ndarray, str]:
+    """The average-mask prior of a training folder: the mean of its training + validation masks.
+
+    Items of the dataset's own test split and the audited patients (``exclude``) are left out.
+
+    Raises:
+        DatasetError: the folder is not a dataset of the pipeline, or has no boxes left.
+    """
+    from pipelines.base import is_held_out_test
+
+    items = [
+        item
+        for item in pipeline.load_dataset(folder)
+        if item.get("boxes") and not is_held_out_test(item) and _patient(item) not in exclude
+    ]
+    if not items:
+        raise DatasetError(f"{folder}: no training or validation boxes to build the average-mask prior from")
+    prior = _masks(items, preprocessing["image_size"]).mean(axis=0).astype(np.float32)
+    return prior, f"mean of {len(items)} training + validation masks of {folder} (audited patients excluded)"
+
+
+def _resolve_prior(
+    pipeline: Pipeline,
+    data: Any,
+    preprocessing: dict[str, Any],
+    prior: str,
+    folder: Path | None,
+) -> list[str]:
+    """Set ``data.prior`` as asked; returns notes (a substitution the report must state)."""
+    if data.masks is None or prior == "leave-one-out":
+        return []
+    if prior != "training":
+        raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
+    if folder is None or not folder.is_dir():
+        return [
+            f"Average-mask prior: the training folder ({folder or 'not recorded in the weights'}) is not here, so the "
+            "prior is the leave-one-out mean of the audited images' masks, not the training + validation masks the "
+            "paper used (pass --prior-data or --train-data)."
+        ]
+    try:
+        data.prior, data.prior_source = training_prior(pipeline, folder, preprocessing, set(data.ids))
+    except DatasetError as exc:
+        return [f"Average-mask prior: {exc}; the prior is the leave-one-out mean of the audited images' masks."]
+    return []
 
 
 def _localizer_training_set(
@@ -161,11 +217,15 @@ def _train_missing(
     seed: int,
     quiet: bool,
 ) -> Path:
-    """Train one model with the trained model's own settings (another seed or architecture); best.pt path."""
+    """Train one model with the trained model's own settings (another seed or architecture).
+
+    Returns ``best.pt``, or ``last.pt`` when no epoch had a finite validation metric (e.g. a
+    validation split of one class: then no epoch can be preferred).
+    """
     from pipelines.training import train_pipeline
 
     training = meta.get("training", {})
-    train_pipeline(
+    result = train_pipeline(
         pipeline,
         train_data,
         run_dir,
@@ -178,7 +238,7 @@ def _train_missing(
         note=f"trained by the saliency audit ({architecture}, seed {seed})",
         quiet=quiet,
     )
-    return run_dir / "best.pt"
+    return Path(result.best_checkpoint or result.last_checkpoint)
 
 
 def _layer(model: Any, architecture: str) -> str:
@@ -188,21 +248,81 @@ def _layer(model: Any, architecture: str) -> str:
     return str(getattr(model, "gradcam_layer", None) or gradcam_layer(architecture))
 
 
+def _load_models(
+    pipeline: Pipeline,
+    weights: str | os.PathLike[str],
+    meta: dict[str, Any],
+    roles: Sequence[tuple[str, str | os.PathLike[str]]],
+) -> list[Any]:
+    """AuditModels of the replicates, the other architecture and the variants; checks that they share the grid."""
+    from medimg.models import load_checkpoint
+    from saliency.audit import AuditModel
+
+    arch = meta["architecture"]
+    models = []
+    for role, path in roles:
+        net, other_meta = load_checkpoint(path, pipeline=pipeline.name)
+        if other_meta["preprocessing"] != meta["preprocessing"]:
+            raise ValueError(
+                f"{path}: its preprocessing {other_meta['preprocessing']} differs from {weights}'s "
+                f"{meta['preprocessing']}; maps must be compared on the same input grid"
+            )
+        if role.startswith("replica") and other_meta["architecture"] != arch:
+            raise ValueError(
+                f"{path}: a replicate must have the architecture {arch!r}, not {other_meta['architecture']!r}"
+            )
+        net_arch = other_meta["architecture"]
+        layer = _layer(net, arch if role.startswith("variant:") else net_arch)
+        models.append(AuditModel(role, net.eval(), net_arch, layer, str(path)))
+    return models
+
+
+def _missing_models(
+    pipeline: Pipeline,
+    meta: dict[str, Any],
+    out: Path,
+    source: Path,
+    *,
+    replicas: list[Path],
+    other_arch: Path | None,
+    other_architecture: str | None,
+    wanted: int,
+    seed: int,
+    quiet: bool,
+) -> tuple[list[Path], Path | None]:
+    """Train the replicates (seeds ``seed + 1``, ...) up to ``wanted`` models in all, and the other architecture."""
+    if not source.is_dir():
+        raise DatasetError(f"{source}: the training data folder does not exist (pass --train-data)")
+    arch = meta["architecture"]
+    replicas = list(replicas)
+    for index in range(len(replicas) + 1, wanted):
+        run = out / "replicas" / f"replica{index}"
+        replicas.append(_train_missing(pipeline, meta, source, run, architecture=arch, seed=seed + index, quiet=quiet))
+    if other_arch is None:
+        other = other_architecture or OTHER_ARCHITECTURE.get(arch, "resnet-compact")
+        other_arch = _train_missing(pipeline, meta, source, out / "replicas" / other, architecture=other, seed=seed,
+                                    quiet=quiet)  # fmt: skip
+    return replicas, other_arch
+
+
 def audit_pipeline(
     pipeline_name: str,
     data_dir: str | os.PathLike[str],
     weights: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    replica: str | os.PathLike[str] | None = None,
+    replicas: Sequence[str | os.PathLike[str]] = (),
     other_arch: str | os.PathLike[str] | None = None,
+    other_architecture: str | None = None,
     train_replicas: bool = False,
     train_data: str | os.PathLike[str] | None = None,
+    prior: str = "training",
     prior_data: str | os.PathLike[str] | None = None,
     methods: Sequence[str] = (),
     criteria: Sequence[str] = (),
     preset: str = "paper",
-    data_range: float = 1.0,
+    method_preset: str = "paper",
+    include_stem: bool = False,
     max_images: int | None = 100,
     seed: int = 0,
     batch_size: int = 32,
@@ -214,13 +334,21 @@ def audit_pipeline(
 ) -> Any:
     """Audit the saliency maps of a 2-D pipeline's model on ``data_dir``; returns the ``AuditResult``.
 
+    ``preset`` is the protocol (:mod:`saliency.protocol`: ``paper`` or ``calibrated``),
+    ``method_preset`` the methods' settings (``paper`` or ``captum``). ``replicas`` are further
+    models of the same architecture (``replica1``, ``replica2``, ...; the presets use three models
+    in all); ``train_replicas`` trains the missing ones and the other architecture
+    (``other_architecture``, default :data:`OTHER_ARCHITECTURE`). ``prior="training"`` makes the
+    average-mask prior from ``prior_data`` (or ``train_data``, or the folder the weights were
+    trained on): its training + validation masks; ``"leave-one-out"`` from the audited images.
     ``localizers`` / ``train_localizer`` add the supervised-localiser baseline (see
     :func:`localizer_baseline`); ``variants`` maps a label to another checkpoint of the pipeline
     (e.g. attention models trained with 0%, 10% and 100% box supervision) whose maps (attention
     when gated, else Grad-CAM) are scored for localisation on the same images.
 
     Raises:
-        DatasetError: bad data folder; ValueError: a 3-D pipeline, or models whose preprocessing differs.
+        DatasetError: bad data folder; ValueError: a 3-D pipeline, models whose preprocessing differs,
+            an unknown preset or prior.
         medimg.models.CheckpointError: unreadable or foreign weights.
     """
     import torch
@@ -232,73 +360,45 @@ def audit_pipeline(
     pipeline = get_pipeline(pipeline_name)
     if pipeline.unit != "image":
         raise ValueError(f"the saliency audit explains 2-D classifiers; {pipeline_name!r} is a segmentation pipeline")
-    out = Path(out)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
-    data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images, prior_data=prior_data)
-    arch = meta["architecture"]
-    models = [AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights))]
-    torch.manual_seed(seed)
-    untrained = build_network(arch, **meta["network"]).eval()
-    models.append(
-        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}")
-    )
-
-    source = Path(train_data) if train_data else Path(meta.get("training", {}).get("data", data_dir))
-    if train_replicas and not source.is_dir():
-        raise DatasetError(f"{source}: the training data folder does not exist (pass --train-data)")
-    if replica is None and train_replicas:
-        replica = _train_missing(
-            pipeline, meta, source, out / "replicas" / "replica", architecture=arch, seed=seed + 1, quiet=not progress
-        )
-    if other_arch is None and train_replicas:
-        other = OTHER_ARCHITECTURE.get(arch, "resnet-compact")
-        other_arch = _train_missing(
-            pipeline, meta, source, out / "replicas" / other, architecture=other, seed=seed, quiet=not progress
-        )
-    for role, path in (("replica", replica), ("other", other_arch)):
-        if path is None:
-            continue
-        net, other_meta = load_checkpoint(path, pipeline=pipeline.name)
-        if other_meta["preprocessing"] != meta["preprocessing"]:
-            raise ValueError(
-                f"{path}: its preprocessing {other_meta['preprocessing']} differs from {weights}'s "
-                f"{meta['preprocessing']}; maps must be compared on the same input grid"
-            )
-        if role == "replica" and other_meta["architecture"] != arch:
-            raise ValueError(
-                f"{path}: a replicate must have the architecture {arch!r}, not {other_meta['architecture']!r}"
-            )
-        models.append(
-            AuditModel(role, net.eval(), other_meta["architecture"], _layer(net, other_meta["architecture"]), str(path))
-        )
-    for label, path in (variants or {}).items():
-        net, variant_meta = load_checkpoint(path, pipeline=pipeline.name)
-        if variant_meta["preprocessing"] != meta["preprocessing"]:
-            raise ValueError(f"{path}: its preprocessing differs from {weights}'s; maps must share the input grid")
-        models.append(
-            AuditModel(f"variant:{label}", net.eval(), variant_meta["architecture"], _layer(net, arch), str(path))
-        )
-    if localizers or train_localizer:
-        data.localizer, data.localizer_replica, located = localizer_baseline(
-            pipeline,
-            data,
-            meta["preprocessing"],
-            out,
-            localizers=localizers,
-            train_data=source if train_localizer else None,
-            epochs=localizer_epochs,
-            seed=seed,
-            progress=progress,
-        )
-        data.description += f"; supervised localiser: {located}"
     config = AuditConfig(
         methods=tuple(methods),
         criteria=tuple(criteria) or CRITERIA,
         preset=preset,
-        data_range=data_range,
+        method_preset=method_preset,
+        include_stem=include_stem,
         seed=seed,
         batch_size=batch_size,
     )
+    out = Path(out)
+    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    arch = meta["architecture"]
+    data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images)
+    source = Path(train_data) if train_data else Path(meta.get("training", {}).get("data", data_dir))
+    folder = Path(prior_data) if prior_data else (source if source.is_dir() else None)
+    notes = _resolve_prior(pipeline, data, meta["preprocessing"], prior, folder)
+    torch.manual_seed(seed)
+    untrained = build_network(arch, **meta["network"]).eval()
+    models = [
+        AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights)),
+        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}"),
+    ]
+    replica_paths = [Path(p) for p in replicas]
+    other_path = Path(other_arch) if other_arch else None
+    if train_replicas:
+        replica_paths, other_path = _missing_models(
+            pipeline, meta, out, source, replicas=replica_paths, other_arch=other_path,
+            other_architecture=other_architecture, wanted=config.protocol.replicates, seed=seed, quiet=not progress,
+        )  # fmt: skip
+    roles = [(f"replica{i}", p) for i, p in enumerate(replica_paths, start=1)]
+    roles += [("other", other_path)] if other_path is not None else []
+    roles += [(f"variant:{label}", path) for label, path in (variants or {}).items()]
+    models += _load_models(pipeline, weights, meta, roles)
+    if localizers or train_localizer:
+        data.localizer, data.localizer_replica, located = localizer_baseline(
+            pipeline, data, meta["preprocessing"], out, localizers=localizers,
+            train_data=source if train_localizer else None, epochs=localizer_epochs, seed=seed, progress=progress,
+        )  # fmt: skip
+        data.description += f"; supervised localiser: {located}"
     return run_audit(
         data,
         models,
@@ -306,5 +406,6 @@ def audit_pipeline(
         out,
         title=f"Saliency trust audit: {pipeline.name} ({arch})",
         progress=progress,
+        notes=notes,
         extra_settings={"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)},
     )

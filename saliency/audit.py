@@ -1,33 +1,31 @@
-"""The saliency trust audit: eight methods, four criteria, their baselines, one report.
+"""The saliency trust audit: eight methods and two controls, four criteria, their baselines, one report.
 
-The protocol of Arun et al. 2020 (spec ``saliency.md`` §2-5, defaults of §11) over any torch
-classifier and any set of images with ground-truth masks:
+The protocol of Arun et al. 2020 (Radiology: AI 2021, "Assessing the trustworthiness of saliency
+maps for localizing abnormalities in medical imaging") over any torch classifier and any set of
+images with ground-truth masks. The rules of each criterion come from a preset,
+:mod:`saliency.protocol` (``paper``, the default, or ``calibrated``):
 
-1. **Localisation utility**: per-image AUPRC of each method's map against the mask, average
-   precision (primary) and the paper's trapezoid, for the trained model, an untrained model of
-   the same architecture, the average-mask prior and (optional) a supervised localiser's maps.
-   Pass: the trained model's mean average precision exceeds the prior's and a one-sided paired
-   Wilcoxon test (trained > prior, Holm-corrected over the methods) has p < alpha.
+1. **Localisation utility**: per-image AUPRC of each map against the mask, for the trained model,
+   an untrained model of the same architecture (informative), the average-mask prior and
+   (optional) a supervised localiser's maps (informative).
 2. **Randomisation sensitivity**: cascading top-down re-initialisation of the network's named
-   blocks (:mod:`saliency.randomization`); per stage the SSIM between each image's map and its
-   map under the trained model. Baseline: the inter-image SSIM (maps of different images under
-   the trained model). Pass: the mean-SSIM curve goes below the baseline (at its minimum, or at
-   the last stage with ``randomization_rule="last"``).
-3. **Repeatability**: SSIM between the maps of two models of one architecture trained with
-   different seeds. Pass: mean SSIM >= ``repeat_threshold`` (0.5, the paper's reference line).
-4. **Reproducibility**: the same between two architectures.
+   blocks (:mod:`saliency.randomization`; the stem stays trained unless ``include_stem``), for
+   each replicate of the audited architecture; per state the SSIM between each image's map and
+   its map under that replicate. Baseline: the inter-image SSIM (maps of different images under
+   the same replicate).
+3. **Repeatability**: SSIM between the maps of every pair of replicates (same architecture,
+   different seeds).
+4. **Reproducibility**: the same between the trained model and another architecture.
 
-Degenerate maps (constant or not finite) are kept in every table with their flag and counted in
-the summary; their scores are NaN and the statistics use the finite values only, with the count
-stated. Maps are cached per (model weights, method, settings, images) under ``OUT/cache``, so an
-interrupted audit resumes where it stopped.
+Two model-independent controls (:mod:`saliency.controls`: an edge detector and the input itself)
+are judged beside the methods by the same rules; a criterion that a control passes is marked
+not discriminating on this setting. Degenerate maps (constant or not finite) are kept in every
+table with their flag and counted in the summary; their scores are NaN. Maps are cached per
+(model weights, method, settings, images) under ``OUT/cache``, so an interrupted audit resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,10 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg.writers import write_bytes, write_csv, write_json
+from medimg.writers import write_csv, write_json
+from saliency.audit_maps import ATTENTION, ATTENTION_READOUT, MapCache, has_attention
+from saliency.audit_result import AuditResult
+from saliency.protocol import AuditProtocol, get_protocol
+from saliency.verdicts import SUMMARY_COLUMNS, RandomizationScores, finite_mean, method_label
 
 __all__ = [
     "CRITERIA",
+    "REPLICA",
     "AuditConfig",
     "AuditData",
     "AuditModel",
@@ -49,56 +52,8 @@ __all__ = [
 ]
 
 CRITERIA: tuple[str, ...] = ("localization", "randomization", "repeatability", "reproducibility")
-#: The ninth method: the map of a model with the trainable attention gate (:mod:`saliency.attention`).
-ATTENTION = "attention"
-#: Post-processing of attention maps: min-max only (they are already non-negative and single-channel).
-ATTENTION_READOUT = "gate map, heads averaged, upsampled (bilinear/trilinear) to the input, min-max to [0, 1]"
-
-
-def method_label(method: str) -> str:
-    """Display name of a method (the eight post-hoc methods and the trainable attention)."""
-    from saliency.methods import LABELS
-
-    return "Attention (trainable)" if method == ATTENTION else LABELS.get(method, method)
-
-
-def has_attention(model: torch.nn.Module) -> bool:
-    """Whether ``model`` exposes a trainable attention map (a callable ``attention(x)``)."""
-    return callable(getattr(model, "attention", None))
-
-
-CRITERION_LABELS = {
-    "localization": "Localisation (AUPRC)",
-    "randomization": "Randomisation sensitivity",
-    "repeatability": "Repeatability",
-    "reproducibility": "Reproducibility",
-}
-LOCALIZATION_COLUMNS = (
-    "image_id",
-    "method",
-    "source",
-    "average_precision",
-    "trapezoid",
-    "degenerate",
-    "explained_class",
-    "true_class",
-)
-RANDOMIZATION_COLUMNS = ("model", "method", "stage_index", "stage", "image_id", "ssim", "degenerate")
-PAIR_COLUMNS = ("image_id", "method", "model_a", "model_b", "ssim", "degenerate_a", "degenerate_b")
-SUMMARY_COLUMNS = (
-    "method",
-    "criterion",
-    "statistic",
-    "value",
-    "baseline",
-    "baseline_value",
-    "p_value",
-    "p_holm",
-    "n",
-    "n_degenerate",
-    "passed",
-    "rule",
-)
+#: Role-name prefix of the replicates of the audited architecture (``replica1``, ``replica2``, ...).
+REPLICA = "replica"
 
 
 @dataclass
@@ -106,8 +61,9 @@ class AuditModel:
     """One network in the audit.
 
     Attributes:
-        name: its role: ``"trained"``, ``"replica"`` (same architecture, another seed), ``"other"``
-            (another architecture) or ``"untrained"`` (fresh initialisation).
+        name: its role: ``"trained"``, ``"replica1"``, ``"replica2"``, ... (same architecture, other
+            seeds), ``"other"`` (another architecture), ``"untrained"`` (fresh initialisation) or
+            ``"variant:LABEL"`` (another model scored for localisation only).
         model: the classifier (never modified: methods and randomisation work on copies).
         architecture: its architecture name (reported).
         layer: Grad-CAM layer name (None: the methods' automatic choice).
@@ -161,15 +117,16 @@ class AuditConfig:
     """Settings of an audit (all recorded in the report and ``settings.json``).
 
     Attributes:
-        methods: saliency methods (:data:`saliency.methods.METHODS`).
+        methods: saliency methods (:data:`saliency.methods.METHODS`, or ``"attention"``); empty:
+            all eight (plus the attention of a gated model).
         criteria: criteria to run (:data:`CRITERIA`).
-        preset: method settings preset, ``"paper"`` (spec §10.1) or ``"captum"``.
-        data_range: SSIM data range (1.0 principled for maps in [0, 1]; 2.0 reproduces the paper).
+        preset: the protocol, ``"paper"`` or ``"calibrated"`` (:mod:`saliency.protocol`): SSIM
+            data range, statistics, pass rules, replicates and prior, together.
+        method_preset: the methods' settings, ``"paper"`` (the paper code's) or ``"captum"``.
+        include_stem: the last randomisation state re-initialises the stem too (a fully random
+            network); the paper never randomises it.
         pairs_per_image: random partners per image for the inter-image SSIM baseline.
         seed: seeds the noise of SmoothGrad, the randomisation and the baseline pairs.
-        include_stem: the last randomisation stage re-initialises the stem too (fully random net).
-        randomization_rule: ``"min"`` (the curve's minimum below the baseline) or ``"last"``.
-        repeat_threshold: repeatability/reproducibility pass line (mean SSIM).
         alpha: significance level after Holm correction.
         batch_size: images x samples per forward/backward chunk.
         examples: images shown in the overlay figure.
@@ -178,15 +135,17 @@ class AuditConfig:
     methods: tuple[str, ...] = ()
     criteria: tuple[str, ...] = CRITERIA
     preset: str = "paper"
-    data_range: float = 1.0
+    method_preset: str = "paper"
+    include_stem: bool = False
     pairs_per_image: int = 50
     seed: int = 0
-    include_stem: bool = True
-    randomization_rule: str = "min"
-    repeat_threshold: float = 0.5
     alpha: float = 0.05
     batch_size: int = 32
     examples: int = 3
+
+    @property
+    def protocol(self) -> AuditProtocol:
+        return get_protocol(self.preset)
 
     def resolved_methods(self, spatial_dims: int) -> tuple[list[str], list[str]]:
         """(methods to run, methods skipped because they do not extend to ``spatial_dims``)."""
@@ -203,237 +162,24 @@ class AuditConfig:
 
 
 @dataclass
-class AuditResult:
-    """What an audit produced: the summary rows, the pass/fail matrix and the files written."""
+class _Plan:
+    """What the audit will compute: methods (controls last), criteria, model roles, randomisation stages."""
 
-    summary: list[dict[str, Any]]
-    matrix: dict[str, dict[str, bool | None]]
-    files: dict[str, Path]
+    protocol: AuditProtocol
+    methods: list[str]
+    family: list[str]
+    criteria: list[str]
+    replicates: list[str]
+    roles: list[str]
+    stages: dict[str, list[tuple[str, list[str]]]]
+    variants: list[AuditModel]
     notes: list[str] = field(default_factory=list)
 
 
-# --- map computation with a cache -------------------------------------------------------------
+# --- planning ---------------------------------------------------------------------------------
 
 
-def _state_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def attention_maps(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 32) -> Any:
-    """The trainable attention maps of a gated model as a :class:`saliency.methods.MapBatch`
-    (min-max per image, degenerate when constant; targets = predicted classes)."""
-    from saliency.methods import MapBatch
-    from saliency.postprocess import PostProcess, postprocess
-
-    if not has_attention(model):
-        raise ValueError(f"{type(model).__name__} has no trainable attention map (no attention() method)")
-    was_training = model.training
-    model.eval()
-    logits, maps = [], []
-    try:
-        with torch.no_grad():
-            for chunk in images.split(max(1, batch_size)):
-                out, attn = model.attention(chunk)  # type: ignore[operator]
-                logits.append(out.float().cpu())
-                maps.append(attn.float().cpu())
-    finally:
-        model.train(was_training)
-    raw = torch.cat(maps).numpy()
-    post, degenerate = postprocess(raw, PostProcess(abs=False, channel_reduce="sum", clip_percentile=None, minmax=True))
-    return MapBatch(maps=post, degenerate=degenerate, targets=torch.cat(logits).argmax(1).numpy(), raw=raw)
-
-
-class _MapCache:
-    """Post-processed maps per (weights, method, settings, images) in ``folder`` as ``.npz``."""
-
-    def __init__(self, folder: Path, data: AuditData, config: AuditConfig, progress: Callable[[], None]) -> None:
-        self.folder = folder
-        self.data = data
-        self.config = config
-        self.progress = progress
-        ids = "\n".join(data.ids).encode()
-        self.images_key = hashlib.sha256(ids + data.images.numpy().tobytes()).hexdigest()[:12]
-        self.computed = 0
-        self.loaded = 0
-
-    def maps(self, model: torch.nn.Module, method: str, layer: str | None, weights: str | None = None) -> Any:
-        from saliency.methods import MapBatch, explain, method_settings
-
-        described = {"read-out": ATTENTION_READOUT} if method == ATTENTION else None
-        settings = None if method == ATTENTION else method_settings(method, self.config.preset)
-        key_text = json.dumps(
-            [
-                weights or _state_hash(model),
-                method,
-                described or settings.to_dict(),  # type: ignore[union-attr]
-                layer,
-                self.images_key,
-                self.config.seed,
-            ],
-            sort_keys=True,
-            default=str,
-        )
-        key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
-        path = self.folder / f"{method}-{key}.npz"
-        if path.is_file():
-            try:
-                with np.load(path) as stored:
-                    batch = MapBatch(
-                        maps=stored["maps"], degenerate=stored["degenerate"], targets=stored["targets"], raw=None
-                    )
-                self.loaded += 1
-                self.progress()
-                return batch
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-        if method == ATTENTION:
-            batch = attention_maps(model, self.data.images, batch_size=self.config.batch_size)
-        else:
-            batch = explain(
-                model,
-                self.data.images,
-                method,
-                settings=settings,
-                layer=layer,
-                batch_size=self.config.batch_size,
-                seed=self.config.seed,
-            )
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, maps=batch.maps, degenerate=batch.degenerate, targets=batch.targets)
-        write_bytes(path, buffer.getvalue())
-        self.computed += 1
-        self.progress()
-        return batch
-
-
-# --- criteria ---------------------------------------------------------------------------------
-
-
-def _localization(
-    data: AuditData, maps: Mapping[str, Mapping[str, Any]], methods: Sequence[str]
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
-    """Per-image AUPRC rows and {source: {method: AP array}} (sources: trained, untrained, prior, localizer)."""
-    from saliency.criteria import auprc
-
-    assert data.masks is not None
-    masks = np.asarray(data.masks, dtype=bool)
-    rows: list[dict[str, Any]] = []
-    ap: dict[str, dict[str, np.ndarray]] = {}
-    n = len(data.ids)
-    labels = data.labels if data.labels is not None else np.full(n, -1)
-
-    def score(source: str, method: str, map_of: Callable[[int], np.ndarray], degenerate, targets) -> None:
-        values = np.full(n, np.nan)
-        for i in range(n):
-            result = auprc(map_of(i), masks[i])
-            values[i] = result["average_precision"]
-            rows.append(
-                {
-                    "image_id": data.ids[i],
-                    "method": method,
-                    "source": source,
-                    "average_precision": result["average_precision"],
-                    "trapezoid": result["trapezoid"],
-                    "degenerate": bool(degenerate[i]),
-                    "explained_class": int(targets[i]) if targets is not None else "",
-                    "true_class": int(labels[i]),
-                }
-            )
-        ap.setdefault(source, {})[method] = values
-
-    for source in ("trained", "untrained"):
-        for method in methods:
-            batch = maps.get(source, {}).get(method)
-            if batch is not None:
-                score(source, method, lambda i, b=batch: b.maps[i], batch.degenerate, batch.targets)
-    if data.prior is not None:
-        prior = np.asarray(data.prior, dtype=np.float32)
-        score("prior", "prior", lambda i: prior, np.zeros(n, bool), None)
-    elif n > 1:
-        total = masks.reshape(n, -1).sum(axis=0)
-        shape = masks.shape[1:]
-        score(
-            "prior",
-            "prior",
-            lambda i: ((total - masks[i].ravel()) / (n - 1)).reshape(shape),
-            np.zeros(n, bool),
-            None,
-        )
-    if data.localizer is not None:
-        loc = np.asarray(data.localizer, dtype=np.float32)
-        score("localizer", "localizer", lambda i: loc[i], np.zeros(n, bool), None)
-    return rows, ap
-
-
-def _pair_rows(
-    data: AuditData, a: Any, b: Any, method: str, names: tuple[str, str], data_range: float
-) -> list[dict[str, Any]]:
-    from saliency.criteria import ssim
-
-    return [
-        {
-            "image_id": data.ids[i],
-            "method": method,
-            "model_a": names[0],
-            "model_b": names[1],
-            "ssim": ssim(a.maps[i], b.maps[i], data_range=data_range),
-            "degenerate_a": bool(a.degenerate[i]),
-            "degenerate_b": bool(b.degenerate[i]),
-        }
-        for i in range(len(data.ids))
-    ]
-
-
-def _finite_mean(values: Sequence[float] | np.ndarray) -> float:
-    arr = np.asarray(values, dtype=float)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")
-
-
-# --- the audit --------------------------------------------------------------------------------
-
-
-def run_audit(
-    data: AuditData,
-    models: Sequence[AuditModel],
-    config: AuditConfig,
-    out: str | os.PathLike[str],
-    *,
-    title: str = "Saliency trust audit",
-    progress: bool = True,
-    extra_settings: Mapping[str, Any] | None = None,
-) -> AuditResult:
-    """Run the audit and write ``OUT/{report.html, summary.csv, localization.csv, randomization.csv,
-    repeatability.csv, reproducibility.csv, settings.json}`` (+ ``report.pdf`` with the ``pdf`` extra).
-
-    Args:
-        data: images and ground truth (:class:`AuditData`).
-        models: the networks by role (:class:`AuditModel`); ``trained`` is required, ``untrained``
-            enables the localisation baseline, ``replica`` repeatability (and a second randomisation
-            replicate), ``other`` reproducibility. A criterion whose inputs are missing is skipped
-            and the report says why.
-        config: :class:`AuditConfig`.
-        out: output folder (created; a rerun reuses ``OUT/cache``).
-        title: report title.
-        progress: show a progress bar (stderr).
-        extra_settings: further settings to record (e.g. the pipeline, the weights paths).
-
-    Returns:
-        :class:`AuditResult`.
-
-    Raises:
-        ValueError: no ``trained`` model, mismatched data shapes, unknown methods or criteria.
-    """
-    from saliency.criteria import holm, inter_image_ssim, paired_wilcoxon_holm, summarise
-    from saliency.methods import method_settings, passes_per_image
-    from saliency.randomization import cascading_randomization, named_blocks, randomization_settings
-
-    out = Path(out)
-    by_name = {m.name: m for m in models}
+def _check_inputs(data: AuditData, by_name: Mapping[str, AuditModel], config: AuditConfig) -> None:
     if "trained" not in by_name:
         raise ValueError("the audit needs the trained model (an AuditModel named 'trained')")
     unknown = [c for c in config.criteria if c not in CRITERIA]
@@ -444,397 +190,398 @@ def run_audit(
         raise ValueError(f"{n} image ids for {data.images.shape[0]} images")
     if data.masks is not None and tuple(np.shape(data.masks)) != (n, *data.images.shape[2:]):
         raise ValueError(f"masks have shape {np.shape(data.masks)}, expected {(n, *data.images.shape[2:])}")
-    spatial_dims = data.images.ndim - 2
-    methods, skipped_methods = config.resolved_methods(spatial_dims)
-    gated = has_attention(by_name["trained"].model)
+
+
+def _methods(config: AuditConfig, trained: torch.nn.Module, spatial_dims: int, notes: list[str]) -> list[str]:
+    methods, skipped = config.resolved_methods(spatial_dims)
+    gated = has_attention(trained)
     if not config.methods and gated:
         methods.append(ATTENTION)
     if ATTENTION in methods and not gated:
         raise ValueError("the 'attention' method needs a trained model with the trainable attention gate")
-    notes: list[str] = []
-    if skipped_methods:
+    if skipped:
         notes.append(
-            f"{', '.join(method_label(m) for m in skipped_methods)} skipped: defined for 2-D images only "
+            f"{', '.join(method_label(m) for m in skipped)} skipped: defined for 2-D images only "
             f"(these inputs are {spatial_dims}-D)."
         )
-    variants = [m for m in models if m.name.startswith("variant:")]
+    return methods
 
-    criteria = list(config.criteria)
+
+def _criteria(config: AuditConfig, data: AuditData, by_name: Mapping[str, AuditModel], replicates: list[str]) -> Any:
+    criteria, notes = list(config.criteria), []
     if "localization" in criteria and data.masks is None:
         criteria.remove("localization")
         notes.append("Localisation skipped: no ground-truth masks or boxes.")
-    if "repeatability" in criteria and "replica" not in by_name:
+    if "repeatability" in criteria and len(replicates) < 2:
         criteria.remove("repeatability")
         notes.append("Repeatability skipped: no replicate model (--replica or --train-replicas).")
     if "reproducibility" in criteria and "other" not in by_name:
         criteria.remove("reproducibility")
         notes.append("Reproducibility skipped: no second-architecture model (--other-arch or --train-replicas).")
+    return criteria, notes
 
-    # Plan the work: (role or randomisation state, method) pairs, for the progress bar.
-    randomized_roles = [r for r in ("trained", "replica") if r in by_name] if "randomization" in criteria else []
-    stages = {role: named_blocks(by_name[role].model, include_stem=config.include_stem) for role in randomized_roles}
-    roles = ["trained"]
+
+def _plan(data: AuditData, models: Sequence[AuditModel], config: AuditConfig) -> _Plan:
+    from saliency.controls import CONTROLS
+    from saliency.randomization import named_blocks
+
+    by_name = {m.name: m for m in models}
+    _check_inputs(data, by_name, config)
+    protocol = config.protocol
+    notes: list[str] = []
+    family = _methods(config, by_name["trained"].model, data.images.ndim - 2, notes)
+    given = sorted(name for name in by_name if name.startswith(REPLICA))
+    replicates = ["trained", *given][: protocol.replicates]
+    if len(given) + 1 != protocol.replicates:
+        notes.append(
+            f"The '{protocol.name}' preset uses {protocol.replicates} replicates of the audited architecture; "
+            f"{len(given) + 1} given, {len(replicates)} used (randomisation curves and repeatability pairs are "
+            "over these)."
+        )
+    criteria, skipped = _criteria(config, data, by_name, replicates)
+    notes += skipped
+    randomized = replicates if "randomization" in criteria else []
+    stages = {role: named_blocks(by_name[role].model, include_stem=config.include_stem) for role in randomized}
+    roles = list(dict.fromkeys(replicates if ("repeatability" in criteria or randomized) else ["trained"]))
     if "localization" in criteria and "untrained" in by_name:
         roles.append("untrained")
-    if "repeatability" in criteria or randomized_roles == ["trained", "replica"]:
-        roles.append("replica")
     if "reproducibility" in criteria:
         roles.append("other")
-    total = len(methods) * (len(roles) + sum(len(s) for s in stages.values())) + len(variants)
+    variants = [m for m in models if m.name.startswith("variant:")]
+    return _Plan(protocol, [*family, *CONTROLS], family, criteria, replicates, roles, stages, variants, notes)
 
-    bar = _progress_bar(progress)
-    task = bar.add_task("saliency maps", total=total) if bar else None
 
-    def advance() -> None:
-        if bar is not None and task is not None:
-            bar.update(task, advance=1)
+# --- computing the maps and the per-image rows ----------------------------------------------------
 
-    cache = _MapCache(out / "cache", data, config, advance)
-    files: dict[str, Path] = {}
-    summary: list[dict[str, Any]] = []
+
+def _compute_maps(plan: _Plan, by_name: Mapping[str, AuditModel], cache: MapCache) -> dict[str, dict[str, Any]]:
+    """``{role: {method: MapBatch}}`` for every role the plan needs, and each variant's single map."""
     maps: dict[str, dict[str, Any]] = {}
-    rand_rows: list[dict[str, Any]] = []
-    loc_rows: list[dict[str, Any]] = []
-    pair_rows: dict[str, list[dict[str, Any]]] = {"repeatability": [], "reproducibility": []}
-    if bar is not None:
-        bar.start()
-    try:
-        for role in roles:
-            entry = by_name[role]
-            for method in methods:
-                if method == ATTENTION and not has_attention(entry.model):
-                    notes.append(f"Attention: the {role} model ({entry.architecture}) has no gate; not compared.")
-                    advance()
-                    continue
-                maps.setdefault(role, {})[method] = cache.maps(entry.model, method, entry.layer)
-        for entry in variants:  # localisation of differently trained models (e.g. box supervision levels)
-            maps[entry.name] = {ATTENTION if has_attention(entry.model) else "gradcam": None}
-            method = next(iter(maps[entry.name]))
-            maps[entry.name][method] = cache.maps(entry.model, method, entry.layer)
-        for role in randomized_roles:
-            entry = by_name[role]
-            states = cascading_randomization(
-                entry.model, [b for b in stages[role]], seed=config.seed, include_stem=config.include_stem
-            )
-            for index, (stage, model) in enumerate(states):
-                if index == 0:
-                    continue  # the original: maps already computed for its role
-                for method in methods:
-                    batch = cache.maps(model, method, entry.layer)
-                    reference = maps[role][method]
-                    rand_rows += _stage_rows(data, role, method, index, stage, reference, batch, config.data_range)
-    finally:
-        if bar is not None:
-            bar.stop()
+    for role in plan.roles:
+        entry = by_name[role]
+        for method in plan.methods:
+            if method == ATTENTION and not has_attention(entry.model):
+                plan.notes.append(f"Attention: the {role} model ({entry.architecture}) has no gate; not compared.")
+                continue
+            maps.setdefault(role, {})[method] = cache.maps(entry.model, method, entry.layer)
+    for entry in plan.variants:  # localisation of differently trained models (e.g. box supervision levels)
+        method = ATTENTION if has_attention(entry.model) else "gradcam"
+        maps[entry.name] = {method: cache.maps(entry.model, method, entry.layer)}
+    return maps
 
-    # Criterion 1: localisation.
-    if "localization" in criteria:
-        loc_rows, ap = _localization(data, maps, methods)
-        prior_ap = ap.get("prior", {}).get("prior")
-        tests = (
-            paired_wilcoxon_holm({m: ap["trained"][m] for m in methods}, prior_ap, alternative="greater")
-            if prior_ap is not None
-            else {}
-        )
-        untrained_tests: dict[str, dict[str, float]] = {}
-        if "untrained" in ap:
-            compared = [m for m in methods if m in ap["untrained"]]
-            raw = {
-                m: paired_wilcoxon_holm({m: ap["trained"][m]}, ap["untrained"][m], alternative="greater")[m]["p"]
-                for m in compared
-            }
-            adjusted = holm([raw[m] for m in compared])
-            untrained_tests = {m: {"p": raw[m], "p_holm": float(adjusted[i])} for i, m in enumerate(compared)}
-        for method in methods:
-            values = ap["trained"][method]
-            batch = maps["trained"][method]
-            stats = summarise(values)
-            test = tests.get(method, {})
-            prior_mean = _finite_mean(prior_ap) if prior_ap is not None else float("nan")
-            passed = (
-                bool(stats["mean"] > prior_mean and test.get("p_holm", 1.0) < config.alpha)
-                if prior_ap is not None
-                else None
-            )
-            summary.append(
-                {
-                    "method": method,
-                    "criterion": "localization",
-                    "statistic": "mean average precision (trained)",
-                    "value": stats["mean"],
-                    "baseline": "average-mask prior",
-                    "baseline_value": prior_mean,
-                    "p_value": test.get("p", float("nan")),
-                    "p_holm": test.get("p_holm", float("nan")),
-                    "n": int(stats["n"]),
-                    "n_degenerate": int(np.sum(batch.degenerate)),
-                    "passed": passed,
-                    "rule": "mean AP > prior's and one-sided paired Wilcoxon (trained > prior), Holm p < "
-                    f"{config.alpha}",
-                }
-            )
-            for source in ("untrained", "localizer"):
-                baseline = ap.get(source, {}).get(method if source == "untrained" else "localizer")
-                if baseline is None:
-                    continue
-                test_u = untrained_tests.get(method, {}) if source == "untrained" else {}
-                summary.append(
-                    {
-                        "method": method,
-                        "criterion": "localization",
-                        "statistic": "mean average precision (trained)",
-                        "value": stats["mean"],
-                        "baseline": "untrained model" if source == "untrained" else "supervised localiser",
-                        "baseline_value": _finite_mean(baseline),
-                        "p_value": test_u.get("p", float("nan")),
-                        "p_holm": test_u.get("p_holm", float("nan")),
-                        "n": int(stats["n"]),
-                        "n_degenerate": int(np.sum(maps.get("untrained", {}).get(method, batch).degenerate))
-                        if source == "untrained"
-                        else 0,
-                        "passed": None,
-                        "rule": "informative (not a pass criterion)",
-                    }
-                )
 
-    # Criterion 2: randomisation.
-    baselines: dict[str, np.ndarray] = {}
-    if "randomization" in criteria:
-        for method in methods:
-            batch = maps["trained"][method]
-            values = inter_image_ssim(
-                list(batch.maps),
-                pairs_per_image=config.pairs_per_image,
-                data_range=config.data_range,
-                seed=config.seed,
+def _randomize(
+    plan: _Plan,
+    by_name: Mapping[str, AuditModel],
+    maps: Mapping[str, Mapping[str, Any]],
+    cache: MapCache,
+    data: AuditData,
+    config: AuditConfig,
+) -> tuple[list[dict[str, Any]], dict[str, RandomizationScores]]:
+    """Per-image SSIM rows of every randomised state of every replicate, and each method's scores."""
+    from saliency.audit_rows import stage_rows
+    from saliency.randomization import cascading_randomization
+
+    calibrate = plan.protocol.agreement_line is None
+    rows: list[dict[str, Any]] = []
+    scores: dict[str, RandomizationScores] = {}
+    for role, stages in plan.stages.items():
+        entry = by_name[role]
+        per_method: dict[str, list[np.ndarray]] = {}
+        states = cascading_randomization(entry.model, stages, seed=config.seed)
+        for index, (stage, model) in enumerate(states):
+            if index == 0:
+                continue  # the original: its maps are the reference
+            for method, reference in maps[role].items():
+                batch = cache.maps(model, method, entry.layer)
+                new = stage_rows(
+                    data.ids, role, method, index, stage, reference, batch, plan.protocol.data_range,
+                    calibrate=calibrate,
+                )  # fmt: skip
+                rows += new
+                per_method.setdefault(method, []).append(np.asarray([r["ssim"] for r in new], dtype=float))
+                score = scores.setdefault(method, RandomizationScores(states=[label for label, _ in stages]))
+                score.degenerate += int(np.sum(batch.degenerate))
+        for method, values in per_method.items():
+            scores[method].ssim[role] = np.stack(values)
+    return rows, scores
+
+
+def _baselines(
+    plan: _Plan, maps: Mapping[str, Mapping[str, Any]], scores: dict[str, RandomizationScores], config: AuditConfig
+) -> list[dict[str, Any]]:
+    """The inter-image SSIM baseline of each method under each randomised replicate (one summary row each)."""
+    from saliency.audit_rows import baseline_ssim
+
+    rows: list[dict[str, Any]] = []
+    for role in plan.stages:
+        for method, score in scores.items():
+            if role not in score.ssim:
+                continue
+            batch = maps[role][method]
+            values = baseline_ssim(
+                batch, pairs_per_image=config.pairs_per_image, data_range=plan.protocol.data_range, seed=config.seed
             )
-            baselines[method] = np.asarray(values, dtype=float)
-            rand_rows.append(
+            with np.errstate(all="ignore"):
+                score.baseline[role] = np.nanmean(values, axis=1)
+            rows.append(
                 {
-                    "model": "trained",
+                    "model": role,
                     "method": method,
                     "stage_index": -1,
                     "stage": "inter-image baseline",
-                    "image_id": f"{len(values)} random pairs",
-                    "ssim": _finite_mean(values),
+                    "image_id": f"{values.size} random pairs",
+                    "ssim": finite_mean(values),
+                    "ssim_range2": "",
                     "degenerate": int(np.sum(batch.degenerate)),
                 }
             )
-            curve = _curve(rand_rows, method)
-            base = _finite_mean(values)
-            finite = [v for v in curve.values() if np.isfinite(v)]
-            statistic = (
-                (min(finite) if finite else float("nan"))
-                if config.randomization_rule == "min"
-                else (list(curve.values())[-1] if curve else float("nan"))
-            )
-            n_deg = sum(int(r["degenerate"]) for r in rand_rows if r["method"] == method and r["stage_index"] > 0)
-            summary.append(
-                {
-                    "method": method,
-                    "criterion": "randomization",
-                    "statistic": "min over stages of mean SSIM"
-                    if config.randomization_rule == "min"
-                    else "mean SSIM at the last stage",
-                    "value": statistic,
-                    "baseline": "inter-image SSIM",
-                    "baseline_value": base,
-                    "p_value": float("nan"),
-                    "p_holm": float("nan"),
-                    "n": n,
-                    "n_degenerate": n_deg,
-                    "passed": bool(statistic < base) if np.isfinite(statistic) and np.isfinite(base) else None,
-                    "rule": f"curve {'minimum' if config.randomization_rule == 'min' else 'last stage'} "
-                    "< inter-image SSIM baseline",
-                }
-            )
+    return rows
 
-    # Criteria 3 and 4.
-    for criterion, other in (("repeatability", "replica"), ("reproducibility", "other")):
-        if criterion not in criteria:
+
+def _localize(
+    plan: _Plan, data: AuditData, maps: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
+    """Per-image AUPRC rows; ``{source: {method: statistic per image}}``; degenerate counts per source."""
+    from saliency.audit_rows import localization_rows, prior_maps
+
+    assert data.masks is not None
+    masks = np.asarray(data.masks, dtype=bool)
+    n = len(data.ids)
+    labels = data.labels if data.labels is not None else np.full(n, -1)
+    rows: list[dict[str, Any]] = []
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    degenerate: dict[str, dict[str, int]] = {}
+
+    def add(source: str, method: str, map_of: Callable[[int], np.ndarray], flags: Any, targets: Any) -> None:
+        new = localization_rows(data.ids, masks, labels, source, method, map_of, flags, targets)
+        rows.extend(new)
+        statistic = plan.protocol.localization_statistic
+        scores.setdefault(source, {})[method] = np.asarray([r[statistic] for r in new], dtype=float)
+        degenerate.setdefault(source, {})[method] = int(np.sum(flags))
+
+    for source in ("trained", "untrained"):
+        for method, batch in maps.get(source, {}).items():
+            if source == "untrained" and method not in plan.family:
+                continue  # a control ignores the model: its untrained maps are its trained maps
+            add(source, method, lambda i, b=batch: b.maps[i], batch.degenerate, batch.targets)
+    add("prior", "prior", prior_maps(masks, data.prior), np.zeros(n, bool), None)
+    if data.localizer is not None:
+        localizer = np.asarray(data.localizer, dtype=np.float32)
+        add("localizer", "localizer", lambda i: localizer[i], np.zeros(n, bool), None)
+    return rows, scores, degenerate
+
+
+def _model_pairs(plan: _Plan, criterion: str) -> list[tuple[str, str]]:
+    if criterion == "repeatability":
+        reps = plan.replicates
+        return [(reps[i], reps[j]) for i in range(len(reps)) for j in range(i + 1, len(reps))]
+    return [("trained", "other")]
+
+
+def _agreement_rows(
+    plan: _Plan, data: AuditData, maps: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-image SSIM rows of every model pair of repeatability and reproducibility."""
+    from saliency.audit_rows import pair_rows
+
+    out: dict[str, list[dict[str, Any]]] = {"repeatability": [], "reproducibility": []}
+    for criterion in out:
+        if criterion not in plan.criteria:
             continue
-        for method in methods:
-            if method not in maps.get(other, {}):
-                continue
-            rows = _pair_rows(
-                data, maps["trained"][method], maps[other][method], method, ("trained", other), config.data_range
-            )
-            pair_rows[criterion] += rows
-            values = np.asarray([r["ssim"] for r in rows], dtype=float)
-            stats = summarise(values)
-            n_deg = sum(int(r["degenerate_a"] or r["degenerate_b"]) for r in rows)
-            summary.append(
-                {
-                    "method": method,
-                    "criterion": criterion,
-                    "statistic": "mean SSIM",
-                    "value": stats["mean"],
-                    "baseline": "reference line",
-                    "baseline_value": config.repeat_threshold,
-                    "p_value": float("nan"),
-                    "p_holm": float("nan"),
-                    "n": int(stats["n"]),
-                    "n_degenerate": n_deg,
-                    "passed": bool(stats["mean"] >= config.repeat_threshold) if np.isfinite(stats["mean"]) else None,
-                    "rule": f"mean SSIM >= {config.repeat_threshold}",
-                }
-            )
+        for a, b in _model_pairs(plan, criterion):
+            for method in plan.methods:
+                if method in maps.get(a, {}) and method in maps.get(b, {}):
+                    out[criterion] += pair_rows(
+                        data.ids, maps[a][method], maps[b][method], method, (a, b), plan.protocol.data_range,
+                        calibrate=plan.protocol.agreement_line is None,
+                    )  # fmt: skip
+    return out
 
-    if "repeatability" in criteria and data.localizer is not None and data.localizer_replica is not None:
-        from saliency.criteria import ssim
 
-        pair = np.asarray(
-            [
-                ssim(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), data_range=config.data_range)
-                for a, b in zip(data.localizer, data.localizer_replica, strict=True)
-            ]
+# --- verdicts ---------------------------------------------------------------------------------------
+
+
+def _summary(
+    plan: _Plan,
+    config: AuditConfig,
+    localization: Any,
+    randomization: Mapping[str, RandomizationScores],
+    pairs: Mapping[str, list[dict[str, Any]]],
+    rand_rows: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The summary rows of every criterion that ran, and the calibrated agreement lines (or {})."""
+    from saliency.audit_rows import calibration_pairs
+    from saliency.protocol import calibrate_line
+    from saliency.verdicts import agreement_summary, localization_summary, randomization_summary
+
+    protocol, summary = plan.protocol, []
+    if "localization" in plan.criteria:
+        _, scores, degenerate = localization
+        summary += localization_summary(
+            scores, plan.methods, protocol, alpha=config.alpha, degenerate=degenerate, family=plan.family
         )
-        for method in methods:
-            summary.append(
-                {
-                    "method": method,
-                    "criterion": "repeatability",
-                    "statistic": "mean SSIM",
-                    "value": _finite_mean([r["ssim"] for r in pair_rows["repeatability"] if r["method"] == method]),
-                    "baseline": "supervised localiser pair (two seeds)",
-                    "baseline_value": _finite_mean(pair),
-                    "p_value": float("nan"),
-                    "p_holm": float("nan"),
-                    "n": int(np.isfinite(pair).sum()),
-                    "n_degenerate": 0,
-                    "passed": None,
-                    "rule": "informative (not a pass criterion)",
-                }
-            )
-    variant_rows: list[dict[str, Any]] = []
-    if variants and "localization" in criteria:
-        from saliency.criteria import auprc
-
-        assert data.masks is not None
-        for entry in variants:
-            ((method, batch),) = maps[entry.name].items()
-            values = [auprc(batch.maps[i], data.masks[i]) for i in range(n)]
-            for i, v in enumerate(values):
-                loc_rows.append(
-                    {
-                        "image_id": data.ids[i],
-                        "method": method,
-                        "source": entry.name,
-                        "average_precision": v["average_precision"],
-                        "trapezoid": v["trapezoid"],
-                        "degenerate": bool(batch.degenerate[i]),
-                        "explained_class": int(batch.targets[i]),
-                        "true_class": int(data.labels[i]) if data.labels is not None else -1,
-                    }
-                )
-            variant_rows.append(
-                {
-                    "model": entry.name.split(":", 1)[1],
-                    "method": method_label(method),
-                    "mean_average_precision": _finite_mean([v["average_precision"] for v in values]),
-                    "mean_trapezoid": _finite_mean([v["trapezoid"] for v in values]),
-                    "n_degenerate": int(np.sum(batch.degenerate)),
-                    "source": entry.source,
-                }
-            )
-
-    matrix: dict[str, dict[str, bool | None]] = {m: {} for m in methods}
-    for row in summary:
-        if row["rule"].startswith("informative"):
+    if "randomization" in plan.criteria:
+        summary += randomization_summary(randomization, protocol, alpha=config.alpha, family=plan.family)
+    lines: dict[str, dict[str, Any]] = {}
+    if protocol.agreement_line is None and any(pairs.values()):
+        for method in plan.methods:
+            reference, target = calibration_pairs(method, rand_rows, pairs)
+            lines[method] = calibrate_line(reference, target)
+    for criterion, rows in pairs.items():
+        if criterion not in plan.criteria or not rows:
             continue
-        matrix[row["method"]][row["criterion"]] = row["passed"]
-
-    out.mkdir(parents=True, exist_ok=True)
-    files["summary.csv"] = write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
-    files["localization.csv"] = write_csv(out / "localization.csv", loc_rows, LOCALIZATION_COLUMNS)
-    files["randomization.csv"] = write_csv(out / "randomization.csv", rand_rows, RANDOMIZATION_COLUMNS)
-    for criterion in ("repeatability", "reproducibility"):
-        files[f"{criterion}.csv"] = write_csv(out / f"{criterion}.csv", pair_rows[criterion], PAIR_COLUMNS)
-    settings = {
-        "config": asdict(config),
-        "methods": {
-            m: {"read-out": ATTENTION_READOUT} if m == ATTENTION else method_settings(m, config.preset).to_dict()
-            for m in methods
-        },
-        "passes_per_image": {
-            m: 1 if m == ATTENTION else passes_per_image(method_settings(m, config.preset)) for m in methods
-        },
-        "randomization": {
-            **randomization_settings(
-                by_name["trained"].model, stages["trained"], include_stem=config.include_stem, seed=config.seed
-            ),
-            "stages": {role: [label for label, _ in s] for role, s in stages.items()},
-        }
-        if stages
-        else None,
-        "models": {m.name: {"architecture": m.architecture, "source": m.source, "layer": m.layer} for m in models},
-        "data": {
-            "n_images": n,
-            "description": data.description,
-            "prior": data.prior_source,
-            "spatial_dims": spatial_dims,
-        },
-        "criteria_run": criteria,
-        "notes": notes,
-        "cache": {"computed": cache.computed, "loaded": cache.loaded},
-        **dict(extra_settings or {}),
-    }
-    files["settings.json"] = write_json(out / "settings.json", settings)
-
-    from saliency.audit_report import write_report
-
-    files.update(
-        write_report(
-            out,
-            title=title,
-            data=data,
-            maps=maps,
-            methods=methods,
-            summary=summary,
-            matrix=matrix,
-            loc_rows=loc_rows,
-            rand_rows=rand_rows,
-            baselines=baselines,
-            pair_rows=pair_rows,
-            variant_rows=variant_rows,
-            settings=settings,
-            criteria=criteria,
-            notes=notes,
-            config=config,
-        )
-    )
-    return AuditResult(summary=summary, matrix=matrix, files=files, notes=notes)
+        compared = [m for m in plan.methods if any(r["method"] == m for r in rows)]
+        ssim = {m: np.asarray([r["ssim"] for r in rows if r["method"] == m], dtype=float) for m in compared}
+        degenerate = {m: sum(r["degenerate_a"] or r["degenerate_b"] for r in rows if r["method"] == m) for m in ssim}
+        summary += agreement_summary(
+            criterion, ssim, lines, protocol, alpha=config.alpha, degenerate=degenerate,
+            pairs=len(_model_pairs(plan, criterion)),
+        )  # fmt: skip
+    return summary, lines
 
 
-def _stage_rows(
-    data: AuditData, role: str, method: str, index: int, stage: str, reference: Any, batch: Any, data_range: float
+def _localizer_agreement(
+    plan: _Plan, data: AuditData, pairs: Mapping[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
+    """Informative rows: the two supervised localisers' SSIM, the repeatability baseline of the paper."""
     from saliency.criteria import ssim
 
+    if "repeatability" not in plan.criteria or data.localizer is None or data.localizer_replica is None:
+        return []
+    pair = np.asarray(
+        [
+            ssim(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=plan.protocol.data_range)
+            for a, b in zip(data.localizer, data.localizer_replica, strict=True)
+        ]
+    )
     return [
         {
-            "model": role,
             "method": method,
-            "stage_index": index,
-            "stage": stage,
-            "image_id": data.ids[i],
-            "ssim": ssim(reference.maps[i], batch.maps[i], data_range=data_range),
-            "degenerate": bool(batch.degenerate[i]),
+            "criterion": "repeatability",
+            "statistic": "mean SSIM",
+            "value": finite_mean([r["ssim"] for r in pairs["repeatability"] if r["method"] == method]),
+            "baseline": "supervised localiser pair (two seeds)",
+            "baseline_value": finite_mean(pair),
+            "p_value": float("nan"),
+            "p_holm": float("nan"),
+            "n": int(np.isfinite(pair).sum()),
+            "n_degenerate": 0,
+            "passed": None,
+            "discriminating": "",
+            "rule": "informative (not a pass criterion)",
         }
-        for i in range(len(data.ids))
+        for method in plan.methods
     ]
 
 
-def _curve(rows: Sequence[Mapping[str, Any]], method: str) -> dict[int, float]:
-    """Mean SSIM per stage index over images, then over the randomised models."""
-    per_model: dict[tuple[str, int], list[float]] = {}
-    for row in rows:
-        if row["method"] == method and row["stage_index"] > 0:
-            per_model.setdefault((row["model"], row["stage_index"]), []).append(row["ssim"])
-    per_stage: dict[int, list[float]] = {}
-    for (_, index), values in per_model.items():
-        per_stage.setdefault(index, []).append(_finite_mean(values))
-    return {index: _finite_mean(v) for index, v in sorted(per_stage.items())}
+def _variant_rows(
+    plan: _Plan, data: AuditData, maps: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Localisation rows of the variant models and one comparison row per variant."""
+    from saliency.audit_rows import localization_rows
+
+    if not plan.variants or "localization" not in plan.criteria or data.masks is None:
+        return [], []
+    labels = data.labels if data.labels is not None else np.full(len(data.ids), -1)
+    rows, table = [], []
+    for entry in plan.variants:
+        ((method, batch),) = maps[entry.name].items()
+        new = localization_rows(
+            data.ids, np.asarray(data.masks, bool), labels, entry.name, method, lambda i, b=batch: b.maps[i],
+            batch.degenerate, batch.targets,
+        )  # fmt: skip
+        rows += new
+        table.append(
+            {
+                "model": entry.name.split(":", 1)[1],
+                "method": method_label(method),
+                "mean_average_precision": finite_mean([r["average_precision"] for r in new]),
+                "mean_trapezoid": finite_mean([r["trapezoid"] for r in new]),
+                "n_degenerate": int(np.sum(batch.degenerate)),
+                "source": entry.source,
+            }
+        )
+    return rows, table
+
+
+def _mark_discrimination(
+    summary: list[dict[str, Any]], found: Mapping[str, list[str]], criteria: Sequence[str]
+) -> None:
+    for row in summary:
+        if row["rule"].startswith("informative"):
+            continue
+        row["discriminating"] = row["criterion"] not in found if row["criterion"] in criteria else ""
+
+
+def _discrimination_notes(found: Mapping[str, list[str]]) -> list[str]:
+    from saliency.verdicts import CRITERION_LABELS
+
+    return [
+        f"{CRITERION_LABELS[criterion]} is NOT DISCRIMINATING on this setting: "
+        f"{' and '.join(method_label(c) for c in controls)} (blind to the model) "
+        f"{'pass' if len(controls) > 1 else 'passes'} it, so a pass there says nothing about the model."
+        for criterion, controls in found.items()
+    ]
+
+
+# --- the audit --------------------------------------------------------------------------------
+
+
+def _settings(
+    plan: _Plan,
+    config: AuditConfig,
+    by_name: Mapping[str, AuditModel],
+    data: AuditData,
+    lines: Mapping[str, Any],
+    cache: MapCache,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    from saliency.controls import CONTROL_POSTPROCESS, CONTROLS
+    from saliency.methods import method_settings, passes_per_image
+    from saliency.randomization import randomization_settings
+
+    def described(method: str) -> dict[str, Any]:
+        if method == ATTENTION:
+            return {"read-out": ATTENTION_READOUT}
+        if method in CONTROLS:
+            return {"control": method_label(method), "postprocess": CONTROL_POSTPROCESS[method].to_dict()}
+        return method_settings(method, config.method_preset).to_dict()
+
+    def passes(method: str) -> int:
+        return 1 if method == ATTENTION or method in CONTROLS else passes_per_image(method_settings(method, "paper"))
+
+    trained = by_name["trained"]
+    randomization = None
+    if plan.stages:
+        stages = plan.stages.get("trained") or next(iter(plan.stages.values()))
+        randomization = {
+            **randomization_settings(trained.model, stages, include_stem=config.include_stem, seed=config.seed),
+            "models": list(plan.stages),
+        }
+    return {
+        "config": asdict(config),
+        "protocol": plan.protocol.to_dict(),
+        "rules": {c: plan.protocol.rule(c, config.alpha) for c in plan.criteria},
+        "calibrated_lines": dict(lines),
+        "methods": {m: described(m) for m in plan.methods},
+        "passes_per_image": {m: passes(m) for m in plan.methods},
+        "randomization": randomization,
+        "models": {
+            m.name: {"architecture": m.architecture, "source": m.source, "layer": m.layer} for m in by_name.values()
+        },
+        "replicates": plan.replicates,
+        "data": {
+            "n_images": len(data.ids),
+            "description": data.description,
+            "prior": data.prior_source,
+            "spatial_dims": data.images.ndim - 2,
+        },
+        "criteria_run": plan.criteria,
+        "notes": plan.notes,
+        "cache": {"computed": cache.computed, "loaded": cache.loaded},
+        **dict(extra or {}),
+    }
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -845,3 +592,109 @@ def _progress_bar(enabled: bool) -> Any:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
     )
+
+
+def _write_tables(out: Path, result: AuditResult) -> None:
+    from saliency.audit_rows import LOCALIZATION_COLUMNS, PAIR_COLUMNS, RANDOMIZATION_COLUMNS
+
+    columns = {
+        "localization.csv": LOCALIZATION_COLUMNS,
+        "randomization.csv": RANDOMIZATION_COLUMNS,
+        "repeatability.csv": PAIR_COLUMNS,
+        "reproducibility.csv": PAIR_COLUMNS,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    result.files["summary.csv"] = write_csv(out / "summary.csv", result.summary, SUMMARY_COLUMNS)
+    for name, cols in columns.items():
+        result.files[name] = write_csv(out / name, result.rows.get(name, []), cols)
+    result.files["settings.json"] = write_json(out / "settings.json", result.settings)
+
+
+def run_audit(
+    data: AuditData,
+    models: Sequence[AuditModel],
+    config: AuditConfig,
+    out: str | os.PathLike[str],
+    *,
+    title: str = "Saliency trust audit",
+    progress: bool = True,
+    notes: Sequence[str] = (),
+    extra_settings: Mapping[str, Any] | None = None,
+) -> AuditResult:
+    """Run the audit and write ``OUT/{report.html, summary.csv, localization.csv, randomization.csv,
+    repeatability.csv, reproducibility.csv, settings.json}`` (+ ``report.pdf`` with the ``pdf`` extra).
+
+    Args:
+        data: images and ground truth (:class:`AuditData`).
+        models: the networks by role (:class:`AuditModel`); ``trained`` is required, ``untrained``
+            enables the localisation baseline, ``replica1``, ``replica2`` ... repeatability (and
+            more randomisation replicates), ``other`` reproducibility. A criterion whose inputs are
+            missing is skipped and the report says why.
+        config: :class:`AuditConfig`.
+        out: output folder (created; a rerun reuses ``OUT/cache``).
+        title: report title.
+        progress: show a progress bar (stderr).
+        notes: the caller's notes for the report (e.g. a substituted prior), shown first.
+        extra_settings: further settings to record (e.g. the pipeline, the weights paths).
+
+    Returns:
+        :class:`AuditResult`.
+
+    Raises:
+        ValueError: no ``trained`` model, mismatched data shapes, unknown methods, criteria or preset.
+    """
+    from saliency.controls import CONTROLS
+    from saliency.verdicts import non_discriminating, pass_matrix
+
+    out = Path(out)
+    by_name = {m.name: m for m in models}
+    plan = _plan(data, models, config)
+    plan.notes[:0] = list(notes)
+    total = len(plan.methods) * (len(plan.roles) + sum(len(s) for s in plan.stages.values())) + len(plan.variants)
+    bar = _progress_bar(progress)
+    task = bar.add_task("saliency maps", total=total) if bar else None
+    cache = MapCache(
+        out / "cache", data.ids, data.images, method_preset=config.method_preset, seed=config.seed,
+        batch_size=config.batch_size, progress=lambda: bar.update(task, advance=1) if bar is not None else None,
+    )  # fmt: skip
+    if bar is not None:
+        bar.start()
+    try:
+        maps = _compute_maps(plan, by_name, cache)
+        rand_rows, randomization = _randomize(plan, by_name, maps, cache, data, config) if plan.stages else ([], {})
+    finally:
+        if bar is not None:
+            bar.stop()
+    base_rows = _baselines(plan, maps, randomization, config)
+    localization = _localize(plan, data, maps) if "localization" in plan.criteria else ([], {}, {})
+    pairs = _agreement_rows(plan, data, maps)
+    summary, lines = _summary(plan, config, localization, randomization, pairs, rand_rows)
+    summary += _localizer_agreement(plan, data, pairs)
+    matrix = pass_matrix(summary, plan.methods)
+    found = non_discriminating(matrix, CONTROLS)
+    _mark_discrimination(summary, found, plan.criteria)
+    variant_loc, variant_table = _variant_rows(plan, data, maps)
+    result = AuditResult(
+        methods=plan.methods,
+        criteria=plan.criteria,
+        summary=summary,
+        matrix=matrix,
+        non_discriminating=found,
+        rows={
+            "localization.csv": localization[0] + variant_loc,
+            "randomization.csv": rand_rows + base_rows,
+            "repeatability.csv": pairs["repeatability"],
+            "reproducibility.csv": pairs["reproducibility"],
+        },
+        randomization=randomization,
+        variant_rows=variant_table,
+        settings={},
+        notes=_discrimination_notes(found) + plan.notes,
+    )
+    result.settings = _settings(plan, config, by_name, data, lines, cache, extra_settings)
+    _write_tables(out, result)
+
+    from saliency.audit_report import write_report
+
+    result.files.update(write_report(out, title=title, data=data, maps=maps, result=result, config=config))
+    return result

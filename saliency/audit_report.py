@@ -2,7 +2,9 @@
 
 One self-contained ``report.html`` (figures as embedded PNGs) and, when the ``pdf`` extra
 (WeasyPrint) is installed, the same report as ``report.pdf``. Every figure is drawn from the rows
-written to the CSV files beside it, so a reader can redraw or re-test any of them.
+written to the CSV files beside it, so a reader can redraw or re-test any of them. The report
+opens with what limits its verdicts: criteria that a model-blind control passes (not
+discriminating on this setting), and anything skipped or substituted.
 """
 
 from __future__ import annotations
@@ -15,25 +17,31 @@ from typing import Any
 import numpy as np
 
 from medimg.report import Report, new_figure
+from saliency.audit_result import AuditResult
+from saliency.verdicts import CRITERION_LABELS, RandomizationScores, finite_mean, method_label
 
 __all__ = ["pass_matrix_rows", "write_pdf", "write_report"]
 
 _MARK = {True: "pass", False: "FAIL", None: "n/a"}
 
 
-def _label(method: str) -> str:
-    """Display name of a method (the eight post-hoc methods and the trainable attention)."""
-    from saliency.methods import LABELS
-
-    return "Attention (trainable)" if method == "attention" else LABELS.get(method, method)
+def _criterion_header(criterion: str, flagged: Mapping[str, Sequence[str]]) -> str:
+    return CRITERION_LABELS[criterion] + (" (not discriminating)" if criterion in flagged else "")
 
 
-def pass_matrix_rows(matrix: Mapping[str, Mapping[str, bool | None]], criteria: Sequence[str]) -> list[dict[str, str]]:
-    """Rows ``{"method": label, criterion label: pass/FAIL/n/a}`` of the pass/fail matrix."""
-    from saliency.audit import CRITERION_LABELS
+def pass_matrix_rows(
+    matrix: Mapping[str, Mapping[str, bool | None]],
+    criteria: Sequence[str],
+    flagged: Mapping[str, Sequence[str]] | None = None,
+) -> list[dict[str, str]]:
+    """Rows ``{"method": label, criterion label: pass/FAIL/n/a}`` of the pass/fail matrix.
 
+    A criterion that a control passes (``flagged``) is headed "... (not discriminating)".
+    """
+    flagged = flagged or {}
     return [
-        {"method": _label(m), **{CRITERION_LABELS[c]: _MARK[row.get(c)] for c in criteria}} for m, row in matrix.items()
+        {"method": method_label(m), **{_criterion_header(c, flagged): _MARK[row.get(c)] for c in criteria}}
+        for m, row in matrix.items()
     ]
 
 
@@ -60,8 +68,7 @@ def _examples_figure(data: Any, maps: Mapping[str, Any], methods: Sequence[str],
     axes = np.atleast_2d(axes)
     for r, i in enumerate(chosen):
         mask = None if masks is None else np.asarray(masks[i], dtype=bool)
-        image = data.images[i, 0].numpy()
-        image = data.display(_slice(image, mask))
+        image = data.display(_slice(data.images[i, 0].numpy(), mask))
         shown_mask = None if mask is None else data.display(_slice(mask, mask))
         lo, hi = np.percentile(image, [1, 99])
         for c in range(len(methods) + 1):
@@ -71,141 +78,205 @@ def _examples_figure(data: Any, maps: Mapping[str, Any], methods: Sequence[str],
                 batch = maps["trained"][methods[c - 1]]
                 heat = data.display(_slice(np.asarray(batch.maps[i]), mask))
                 ax.imshow(np.nan_to_num(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-                title = _label(methods[c - 1]) + (" (degenerate)" if batch.degenerate[i] else "")
+                title = method_label(methods[c - 1]) + (" (degenerate)" if batch.degenerate[i] else "")
             else:
                 title = str(data.ids[i])[:18]
             if shown_mask is not None and shown_mask.any():
                 ax.contour(shown_mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
             if r == 0 or c == 0:
-                ax.set_title(title, fontsize=7)
+                ax.set_title(title, fontsize=6)
             ax.set_axis_off()
     fig.tight_layout()
     return fig
 
 
-def _box_figure(groups: Sequence[tuple[str, np.ndarray]], ylabel: str, line: float | None = None) -> Any:
+def _box_figure(
+    groups: Sequence[tuple[str, np.ndarray]], ylabel: str, lines: Sequence[float | None] | float | None = None
+) -> Any:
+    """Box plots; ``lines``: one horizontal line for all, or one short line per box (None: none)."""
     fig, axes = new_figure(width=max(6.0, 0.55 * len(groups) + 2), height=3.4)
     ax = axes[0, 0]
     values = [v[np.isfinite(v)] for _, v in groups]
     ax.boxplot([v if v.size else [np.nan] for v in values], showmeans=True, meanline=True)
     ax.set_xticks(range(1, len(groups) + 1), [name for name, _ in groups], rotation=40, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    if line is not None:
-        ax.axhline(line, color="tab:blue", alpha=0.4, linewidth=2)
+    if isinstance(lines, (int, float)):
+        ax.axhline(float(lines), color="tab:blue", alpha=0.4, linewidth=2)
+    elif lines is not None:
+        for k, line in enumerate(lines, start=1):
+            if line is not None and np.isfinite(line):
+                ax.hlines(line, k - 0.4, k + 0.4, color="tab:blue", alpha=0.6, linewidth=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def _randomization_figure(
-    rand_rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, np.ndarray], methods: Sequence[str]
-) -> Any:
-    from saliency.audit import _finite_mean
-
-    ncols = min(4, len(methods))
-    nrows = int(np.ceil(len(methods) / ncols))
+def _randomization_figure(scores: Mapping[str, RandomizationScores], methods: Sequence[str]) -> Any:
+    shown = [m for m in methods if m in scores]
+    ncols = min(4, len(shown))
+    nrows = int(np.ceil(len(shown) / ncols))
     fig, axes = new_figure(width=3.0 * ncols, height=2.6 * nrows, ncols=ncols, nrows=nrows)
     axes = np.atleast_1d(axes).ravel()
-    for ax, method in zip(axes, methods, strict=False):
-        rows = [r for r in rand_rows if r["method"] == method and r["stage_index"] > 0]
-        stage_names = {int(r["stage_index"]): r["stage"] for r in rows}
-        xs = [0, *sorted(stage_names)]
-        for model in sorted({r["model"] for r in rows}):
-            ys = [1.0] + [
-                _finite_mean([r["ssim"] for r in rows if r["model"] == model and r["stage_index"] == k]) for k in xs[1:]
-            ]
-            ax.plot(xs, ys, marker="o", markersize=3, label=model)
-        base = baselines.get(method)
-        if base is not None and np.isfinite(base).any():
-            mean, sd = float(np.nanmean(base)), float(np.nanstd(base))
-            ax.axhspan(mean - sd, mean + sd, color="grey", alpha=0.25)
-            ax.axhline(mean, color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(xs, ["original", *[stage_names[k] for k in xs[1:]]], rotation=60, ha="right", fontsize=6)
+    for ax, method in zip(axes, shown, strict=False):
+        score = scores[method]
+        xs = np.arange(len(score.states) + 1)
+        for values in score.ssim.values():
+            ys = [1.0] + [finite_mean(row) for row in values]
+            ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=0.8, label=None)
+        mean, sd = score.curve()
+        ax.plot(xs, [1.0, *mean], marker="o", markersize=3, color="tab:blue", label="mean over models")
+        if np.isfinite(sd).any():
+            ax.fill_between(xs[1:], mean - sd, mean + sd, color="tab:blue", alpha=0.2, label="+/- SD")
+        base = score.baseline_mean()
+        if np.isfinite(base):
+            ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="inter-image baseline")
+        ax.set_xticks(xs, ["original", *score.states], rotation=60, ha="right", fontsize=6)
         ax.set_ylim(-0.1, 1.05)
-        ax.set_title(_label(method), fontsize=9)
+        ax.set_title(method_label(method), fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[len(methods) :]:
+    for ax in axes[len(shown) :]:
         ax.set_axis_off()
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     axes[0].set_ylabel("mean SSIM vs original")
     fig.tight_layout()
     return fig
 
 
-def _matrix_figure(matrix: Mapping[str, Mapping[str, bool | None]], criteria: Sequence[str]) -> Any:
-    from saliency.audit import CRITERION_LABELS
-
+def _matrix_figure(
+    matrix: Mapping[str, Mapping[str, bool | None]], criteria: Sequence[str], flagged: Mapping[str, Any]
+) -> Any:
     methods = list(matrix)
     grid = np.array([[{True: 1.0, False: 0.0, None: 0.5}[matrix[m].get(c)] for c in criteria] for m in methods])
-    fig, axes = new_figure(width=1.8 * len(criteria) + 2.5, height=0.42 * len(methods) + 1.2)
+    fig, axes = new_figure(width=1.9 * len(criteria) + 3.0, height=0.42 * len(methods) + 1.2)
     ax = axes[0, 0]
     ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for r, m in enumerate(methods):
         for c, crit in enumerate(criteria):
             ax.text(c, r, _MARK[matrix[m].get(crit)], ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(criteria)), [CRITERION_LABELS[c] for c in criteria], fontsize=8)
-    ax.set_yticks(range(len(methods)), [_label(m) for m in methods], fontsize=8)
+    ax.set_xticks(range(len(criteria)), [_criterion_header(c, flagged).replace(" (", "\n(") for c in criteria])
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_yticks(range(len(methods)), [method_label(m) for m in methods], fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _kind(method: str) -> str:
-    return "trainable" if method == "attention" else "post-hoc"
-
-
-def _means(rows: Sequence[Mapping[str, Any]], method: str | None) -> dict[str, Any]:
-    chosen = [r for r in rows if method is None or (r["method"] == method and r["source"] == "trained")]
-    ap = np.asarray([r["average_precision"] for r in chosen], dtype=float)
-    trap = np.asarray([r["trapezoid"] for r in chosen], dtype=float)
-    finite = np.isfinite(ap)
+def _source_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    ap = np.asarray([r["average_precision"] for r in rows], dtype=float)
+    trap = np.asarray([r["trapezoid"] for r in rows], dtype=float)
     return {
-        "mean_average_precision": float(ap[finite].mean()) if finite.any() else float("nan"),
-        "mean_trapezoid": float(trap[np.isfinite(trap)].mean()) if np.isfinite(trap).any() else float("nan"),
-        "n": int(finite.sum()),
+        "mean_average_precision": finite_mean(ap),
+        "mean_trapezoid": finite_mean(trap),
+        "n": int(np.isfinite(ap).sum()),
     }
 
 
-def write_report(
-    out: Path,
-    *,
-    title: str,
-    data: Any,
-    maps: Mapping[str, Mapping[str, Any]],
-    methods: Sequence[str],
-    summary: Sequence[Mapping[str, Any]],
-    matrix: Mapping[str, Mapping[str, bool | None]],
-    loc_rows: Sequence[Mapping[str, Any]],
-    rand_rows: Sequence[Mapping[str, Any]],
-    baselines: Mapping[str, np.ndarray],
-    pair_rows: Mapping[str, Sequence[Mapping[str, Any]]],
-    settings: Mapping[str, Any],
-    variant_rows: Sequence[Mapping[str, Any]] = (),
-    criteria: Sequence[str],
-    notes: Sequence[str],
-    config: Any,
-) -> dict[str, Path]:
-    """Write ``report.html`` (and ``report.pdf`` when WeasyPrint is installed); returns the paths."""
-    from saliency.audit import CRITERION_LABELS
+def _opening(report: Report, result: AuditResult, config: Any) -> None:
+    """What limits the verdicts, first: non-discriminating criteria, then the other notes."""
+    for note in result.notes:
+        report.text(note, warning=True)
+    protocol = result.settings["protocol"]
+    report.text(
+        f"Preset '{protocol['name']}': SSIM data range {protocol['data_range']:g} for every criterion; "
+        f"localisation statistic: {protocol['localization_statistic'].replace('_', ' ')}; model replicates: "
+        f"{len(result.settings['replicates'])} used ({protocol['replicates']} in the preset); randomisation "
+        f"{'includes' if config.include_stem else 'stops above'} the stem. Method settings: '{config.method_preset}'."
+    )
 
+
+def _localization_section(report: Report, result: AuditResult, methods: Sequence[str]) -> None:
+    rows = result.rows["localization.csv"]
+    statistic = result.settings["protocol"]["localization_statistic"]
+    report.heading("Localisation utility (AUPRC)")
+    groups: list[tuple[str, np.ndarray]] = []
+    for method in methods:
+        for source in ("trained", "untrained"):
+            values = [r[statistic] for r in rows if r["method"] == method and r["source"] == source]
+            if values:
+                groups.append((f"{method_label(method)} ({source})", np.asarray(values, dtype=float)))
+    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
+        values = [r[statistic] for r in rows if r["source"] == source]
+        if values:
+            groups.append((label, np.asarray(values, dtype=float)))
+    report.figure(
+        _box_figure(groups, f"{statistic.replace('_', ' ')} per image"),
+        f"Per-image {statistic.replace('_', ' ')} of each map against the ground-truth mask (box: quartiles, "
+        "solid line: median, dashed: mean). Table: localization.csv (both estimators).",
+    )
+    comparison = [
+        {"maps": method_label(m), **_source_means([r for r in rows if r["method"] == m and r["source"] == "trained"])}
+        for m in methods
+    ]
+    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
+        chosen = [r for r in rows if r["source"] == source]
+        if chosen:
+            comparison.append({"maps": label, **_source_means(chosen)})
+    report.table(
+        comparison,
+        ["maps", "mean_average_precision", "mean_trapezoid", "n"],
+        caption="Comparison on the same images: mean average precision and the paper's trapezoid AUPRC",
+    )
+    if result.variant_rows:
+        report.table(
+            result.variant_rows,
+            ["model", "method", "mean_average_precision", "mean_trapezoid", "n_degenerate", "source"],
+            caption="Differently trained models on the same images (e.g. attention with 0%, 10% and 100% box "
+            "supervision)",
+        )
+    report.table(
+        [r for r in result.summary if r["criterion"] == "localization"],
+        ["method", "baseline", "value", "baseline_value", "p_value", "p_holm", "n", "n_degenerate", "passed"],
+        caption="Mean of the trained model's maps against each baseline (one-sided paired Wilcoxon)",
+    )
+
+
+def _agreement_sections(report: Report, result: AuditResult, methods: Sequence[str]) -> None:
+    fixed = result.settings["protocol"]["agreement_line"]
+    lines = result.settings.get("calibrated_lines", {})
+    for criterion in ("repeatability", "reproducibility"):
+        rows = result.rows.get(f"{criterion}.csv") or []
+        if criterion not in result.criteria or not rows:
+            continue
+        report.heading(CRITERION_LABELS[criterion])
+        what = "replicates of one architecture (every pair)" if criterion == "repeatability" else "two architectures"
+        shown = [m for m in methods if any(r["method"] == m for r in rows)]
+        groups = [(method_label(m), np.asarray([r["ssim"] for r in rows if r["method"] == m], float)) for m in shown]
+        if fixed is not None:
+            marks: Any = float(fixed)
+            line_text = f"blue line: the paper's {fixed:g}"
+        else:
+            marks = [lines.get(m, {}).get("value") for m in shown]
+            line_text = "blue marks: each method's calibrated line (the paper's 0.5 at range 2, at this range)"
+        report.figure(
+            _box_figure(groups, "SSIM per image", marks),
+            f"Per-image SSIM between the maps of {what}; {line_text}. Table: {criterion}.csv.",
+        )
+
+
+def write_report(
+    out: Path, *, title: str, data: Any, maps: Mapping[str, Any], result: AuditResult, config: Any
+) -> dict:
+    """Write ``report.html`` (and ``report.pdf`` when WeasyPrint is installed); returns the paths."""
+    methods, criteria, flagged = result.methods, result.criteria, result.non_discriminating
     report = Report(
         title,
         subtitle=f"{len(data.ids)} images{' - ' + data.description if data.description else ''}; "
-        f"methods: {', '.join(_label(m) for m in methods)}; preset '{config.preset}'.",
+        f"methods: {', '.join(method_label(m) for m in methods)}.",
     )
+    _opening(report, result, config)
     report.heading("Pass/fail matrix")
     if criteria:
-        report.figure(_matrix_figure(matrix, criteria), "Each method against each criterion (rules below).")
-        report.table(pass_matrix_rows(matrix, criteria), ["method", *[CRITERION_LABELS[c] for c in criteria]])
-        rules = {row["criterion"]: row["rule"] for row in summary if not row["rule"].startswith("informative")}
+        report.figure(_matrix_figure(result.matrix, criteria, flagged), "Each method and control against each rule.")
         report.table(
-            [{"criterion": CRITERION_LABELS[c], "rule": rules.get(c, "")} for c in criteria],
+            pass_matrix_rows(result.matrix, criteria, flagged),
+            ["method", *[_criterion_header(c, flagged) for c in criteria]],
+        )
+        report.table(
+            [{"criterion": CRITERION_LABELS[c], "rule": result.settings["rules"][c]} for c in criteria],
             ["criterion", "rule"],
             caption="Rules",
         )
-    for note in notes:
-        report.text(note, warning=True)
     degenerate = [
-        f"{_label(m)}: {int(np.sum(maps['trained'][m].degenerate))}"
+        f"{method_label(m)}: {int(np.sum(maps['trained'][m].degenerate))}"
         for m in methods
         if np.sum(maps["trained"][m].degenerate)
     ]
@@ -214,114 +285,45 @@ def write_report(
         + (", ".join(degenerate) if degenerate else "none")
         + ". Their scores are NaN; every table keeps them with a flag and the summary counts them."
     )
-
     report.heading("Examples")
     report.figure(
         _examples_figure(data, maps, methods, config.examples),
         "Post-processed maps of the trained model (jet, 0-1) over the input; white outline: ground truth.",
     )
-
-    if "localization" in criteria and loc_rows:
-        report.heading("Localisation utility (AUPRC)")
-        groups: list[tuple[str, np.ndarray]] = []
-        for method in methods:
-            for source in ("trained", "untrained"):
-                values = [r["average_precision"] for r in loc_rows if r["method"] == method and r["source"] == source]
-                if values:
-                    groups.append((f"{_label(method)} ({source})", np.asarray(values, dtype=float)))
-        for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
-            values = [r["average_precision"] for r in loc_rows if r["source"] == source]
-            if values:
-                groups.append((label, np.asarray(values, dtype=float)))
-        report.figure(
-            _box_figure(groups, "average precision per image"),
-            "Per-image average precision of each map against the ground-truth mask (box: quartiles, "
-            "solid line: median, dashed: mean). Table: localization.csv (also the paper's trapezoid AUPRC).",
-        )
-        comparison = []
-        for method in methods:
-            for source in ("trained", "untrained"):
-                values = [r["average_precision"] for r in loc_rows if r["method"] == method and r["source"] == source]
-                if values and source == "trained":
-                    comparison.append({"maps": _label(method), "kind": _kind(method), **_means(loc_rows, method)})
-        for source, label, kind in (
-            ("prior", "average-mask prior", "baseline"),
-            ("localizer", "supervised localiser", "baseline (fully supervised)"),
-        ):
-            rows = [r for r in loc_rows if r["source"] == source]
-            if rows:
-                comparison.append({"maps": label, "kind": kind, **_means(rows, None)})
-        report.table(
-            comparison,
-            ["maps", "kind", "mean_average_precision", "mean_trapezoid", "n"],
-            caption="Comparison on the same images: mean average precision (primary) and the paper's trapezoid AUPRC",
-        )
-        if variant_rows:
-            report.table(
-                list(variant_rows),
-                ["model", "method", "mean_average_precision", "mean_trapezoid", "n_degenerate", "source"],
-                caption="Differently trained models on the same images (e.g. attention with 0%, 10% and 100% box "
-                "supervision)",
-            )
-        report.table(
-            [r for r in summary if r["criterion"] == "localization"],
-            ["method", "baseline", "value", "baseline_value", "p_value", "p_holm", "n", "n_degenerate", "passed"],
-            caption="Mean average precision of the trained model against each baseline (one-sided paired Wilcoxon)",
-        )
-
-    if "randomization" in criteria and rand_rows:
+    if "localization" in criteria and result.rows["localization.csv"]:
+        _localization_section(report, result, methods)
+    if "randomization" in criteria and result.randomization:
         report.heading("Sensitivity to cascading weight randomisation")
         report.figure(
-            _randomization_figure(rand_rows, baselines, methods),
+            _randomization_figure(result.randomization, methods),
             "Mean SSIM between each image's map under the progressively randomised network and under the "
-            "trained one (top-down, cumulative). Grey band: inter-image SSIM baseline (mean +/- sd); a "
-            f"trustworthy method falls below it. SSIM data range {config.data_range}. Table: randomization.csv.",
+            "trained one (top-down, cumulative): thin lines per model replicate, thick line their mean, band "
+            "+/- SD over replicates; dashed: the inter-image SSIM baseline. Table: randomization.csv.",
         )
+    _agreement_sections(report, result, methods)
+    _summary_and_settings(report, result)
+    files = {"report.html": report.write(out / "report.html")}
+    pdf = write_pdf(out / "report.html", out / "report.pdf")
+    if pdf is not None:
+        files["report.pdf"] = pdf
+    return files
 
-    for criterion in ("repeatability", "reproducibility"):
-        rows = pair_rows.get(criterion) or []
-        if criterion not in criteria or not rows:
-            continue
-        report.heading(CRITERION_LABELS[criterion])
-        what = (
-            "two replicates of one architecture trained with different seeds"
-            if criterion == "repeatability"
-            else ("two architectures")
-        )
-        groups = [(_label(m), np.asarray([r["ssim"] for r in rows if r["method"] == m], dtype=float)) for m in methods]
-        report.figure(
-            _box_figure(groups, "SSIM per image", line=config.repeat_threshold),
-            f"Per-image SSIM between the maps of {what}; blue line: the {config.repeat_threshold} reference. "
-            f"Table: {criterion}.csv.",
-        )
 
+def _summary_and_settings(report: Report, result: AuditResult) -> None:
+    settings = result.settings
     report.heading("Summary")
-    report.table(
-        summary,
-        [
-            "method",
-            "criterion",
-            "statistic",
-            "value",
-            "baseline",
-            "baseline_value",
-            "p_holm",
-            "n",
-            "n_degenerate",
-            "passed",
-        ],
-        caption="summary.csv",
-    )
+    columns = ["method", "criterion", "statistic", "value", "baseline", "baseline_value", "p_holm", "n"]
+    report.table(result.summary, [*columns, "n_degenerate", "passed", "discriminating"], caption="summary.csv")
     report.heading("Settings")
     flat = [{"setting": k, "value": json.dumps(v, default=str)} for k, v in settings.get("config", {}).items()]
     report.table(flat, ["setting", "value"], caption="Audit")
     report.table(
         [
-            {"method": _label(m), "passes per image": settings["passes_per_image"][m], "settings": json.dumps(s)}
+            {"method": method_label(m), "passes per image": settings["passes_per_image"][m], "settings": json.dumps(s)}
             for m, s in settings["methods"].items()
         ],
         ["method", "passes per image", "settings"],
-        caption="Methods (each map then post-processed as stated in its settings)",
+        caption="Methods and controls (each map then post-processed as stated in its settings)",
     )
     if settings.get("randomization"):
         report.table(
@@ -334,11 +336,6 @@ def write_report(
         ["role", "architecture", "source", "layer"],
         caption="Models",
     )
-    files = {"report.html": report.write(out / "report.html")}
-    pdf = write_pdf(out / "report.html", out / "report.pdf")
-    if pdf is not None:
-        files["report.pdf"] = pdf
-    return files
 
 
 def write_pdf(html_path: Path, pdf_path: Path) -> Path | None:

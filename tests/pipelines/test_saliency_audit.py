@@ -95,11 +95,17 @@ def test_train_replicas_trains_the_missing_models_with_the_pipeline(tmp_path: Pa
         "pneumonia", CXR, weights, out, train_replicas=True, methods=("gradcam",),
         criteria=("repeatability", "reproducibility"), progress=False,
     )  # fmt: skip
-    replica, _ = load_checkpoint(out / "replicas" / "replica" / "best.pt", pipeline="pneumonia")
+    for index in (1, 2):  # the presets use three models: two replicates are trained (seeds 1 and 2)
+        run = out / "replicas" / f"replica{index}"
+        _, replica_meta = load_checkpoint(next(run / n for n in ("best.pt", "last.pt") if (run / n).is_file()),
+                                          pipeline="pneumonia")  # fmt: skip
+        assert replica_meta["architecture"] == "compact"
     _, other_meta = load_checkpoint(out / "replicas" / "resnet-compact" / "best.pt", pipeline="pneumonia")
     assert other_meta["architecture"] == "resnet-compact" and other_meta["training"]["epochs"] == 1
     assert set(result.matrix["gradcam"]) == {"repeatability", "reproducibility"}
-    assert len(_rows(out / "reproducibility.csv")) == len(load_audit_data(pipeline, CXR, meta["preprocessing"]).ids)
+    n = len(load_audit_data(pipeline, CXR, meta["preprocessing"]).ids)
+    assert len(_rows(out / "reproducibility.csv")) == 3 * n  # Grad-CAM and the two controls
+    assert len(_rows(out / "repeatability.csv")) == 3 * 3 * n  # three replicate pairs
 
 
 def test_density_audit_without_boxes_skips_localisation(tmp_path: Path) -> None:
@@ -118,7 +124,7 @@ def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -
     weights = untrained_checkpoint(tmp_path / "w.pt", "pneumonia", training={"data": str(tmp_path / "train" / "cxr")})
     out = tmp_path / "audit"
     audit_pipeline(
-        "pneumonia", CXR, weights, out, replica=weights, train_localizer=True, localizer_epochs=2,
+        "pneumonia", CXR, weights, out, replicas=[weights], train_localizer=True, localizer_epochs=2,
         variants={"same weights": weights}, methods=("gradcam",), criteria=("localization", "repeatability"),
         progress=False,
     )  # fmt: skip
@@ -126,7 +132,7 @@ def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -
     loc = _rows(out / "localization.csv")
     assert {"trained", "untrained", "prior", "localizer", "variant:same weights"} <= {r["source"] for r in loc}
     # the variant is the trained model itself: identical average precision per image
-    by = {(r["source"], r["image_id"]): r["average_precision"] for r in loc}
+    by = {(r["source"], r["image_id"]): r["average_precision"] for r in loc if r["method"] == "gradcam"}
     assert all(by[("variant:same weights", i)] == by[("trained", i)] for s, i in by if s == "trained")
     summary = _rows(out / "summary.csv")
     assert any(r["baseline"].startswith("supervised localiser pair") for r in summary)

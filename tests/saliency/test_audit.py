@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from saliency_toy import lesion_data, train
 
 from medimg.models import build_network, gradcam_layer
 from saliency.audit import CRITERIA, AuditConfig, AuditData, AuditModel, run_audit
+from saliency.controls import CONTROLS
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -26,6 +28,8 @@ def toy() -> dict:
     trained = train(build_network("compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels, seed=0)
     torch.manual_seed(1)
     replica = train(build_network("compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels, seed=1)
+    torch.manual_seed(4)
+    replica2 = train(build_network("compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels, seed=2)
     torch.manual_seed(2)
     other = train(build_network("resnet-compact", spatial_dims=2, in_channels=1, out_channels=2), images, labels)
     torch.manual_seed(3)
@@ -42,7 +46,8 @@ def toy() -> dict:
     models = [
         AuditModel("trained", trained, "compact", gradcam_layer("compact"), "toy"),
         AuditModel("untrained", untrained, "compact", gradcam_layer("compact"), "random"),
-        AuditModel("replica", replica, "compact", gradcam_layer("compact"), "toy seed 1"),
+        AuditModel("replica1", replica, "compact", gradcam_layer("compact"), "toy seed 1"),
+        AuditModel("replica2", replica2, "compact", gradcam_layer("compact"), "toy seed 2"),
         AuditModel("other", other, "resnet-compact", gradcam_layer("resnet-compact"), "toy resnet"),
     ]
     return {"data": data, "models": models}
@@ -61,17 +66,18 @@ def test_audit_writes_every_table_and_the_matrix_and_resumes_from_its_cache(toy:
         "settings.json",
     ):
         assert (tmp_path / name).is_file(), name
-    assert set(result.matrix) == {"gradient", "gradcam", "guided_backprop"}
+    assert set(result.matrix) == {"gradient", "gradcam", "guided_backprop", *CONTROLS}
     assert all(set(row) == set(CRITERIA) for row in result.matrix.values())
     n = len(toy["data"].ids)
     loc = _read(tmp_path / "localization.csv")
     sources = {r["source"] for r in loc}
     assert sources == {"trained", "untrained", "prior"}
-    assert sum(r["source"] == "trained" for r in loc) == 3 * n
+    assert sum(r["source"] == "trained" for r in loc) == 5 * n  # three methods, two controls
     rand = _read(tmp_path / "randomization.csv")
     stages = {(r["model"], r["stage"]) for r in rand if int(r["stage_index"]) > 0}
-    assert ("trained", "logits") in stages and ("replica", "logits") in stages
-    assert len(_read(tmp_path / "repeatability.csv")) == 3 * n
+    assert {("trained", "logits"), ("replica1", "logits"), ("replica2", "logits")} <= stages
+    assert not any(stage == "stem" for _, stage in stages)  # the paper never randomises the stem
+    assert len(_read(tmp_path / "repeatability.csv")) == 3 * 5 * n  # three replicate pairs
     summary = _read(tmp_path / "summary.csv")
     assert {r["criterion"] for r in summary} == set(CRITERIA)
     html = (tmp_path / "report.html").read_text()
@@ -82,8 +88,6 @@ def test_audit_writes_every_table_and_the_matrix_and_resumes_from_its_cache(toy:
     again = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)
     assert {p.name for p in (tmp_path / "cache").iterdir()} == before
     assert again.matrix == result.matrix
-    import json
-
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert settings["cache"]["computed"] == 0 and settings["cache"]["loaded"] > 0
 
@@ -135,10 +139,11 @@ def test_degenerate_maps_are_counted_not_dropped(tmp_path: Path) -> None:
         progress=False,
     )
     rows = _read(tmp_path / "localization.csv")
-    trained = [r for r in rows if r["source"] == "trained"]
+    trained = [r for r in rows if r["source"] == "trained" and r["method"] == "gradient"]
     assert len(trained) == 6 and all(r["degenerate"] == "True" for r in trained)
-    (summary,) = [r for r in result.summary if r["criterion"] == "localization"]
-    assert summary["n_degenerate"] == 6 and summary["n"] == 0 and summary["passed"] is False  # n: finite scores
+    (summary,) = [r for r in result.summary if r["criterion"] == "localization" and r["method"] == "gradient"]
+    # n: finite scores; no finite score at all: the criterion could not be scored (n/a), not a pass or a fail
+    assert summary["n_degenerate"] == 6 and summary["n"] == 0 and summary["passed"] is None
 
 
 def test_bad_inputs_are_refused(toy: dict, tmp_path: Path) -> None:
@@ -167,11 +172,11 @@ def test_volumes_run_every_method_but_xrai_and_say_so(tmp_path: Path) -> None:
         tmp_path,
         progress=False,
     )
-    assert set(result.matrix) == {"gradient", "guided_backprop"}
+    assert set(result.matrix) == {"gradient", "guided_backprop", *CONTROLS}
     assert any("XRAI skipped" in note and "2-D" in note for note in result.notes)
     assert "XRAI skipped" in (tmp_path / "report.html").read_text()
     rand = _read(tmp_path / "randomization.csv")
-    assert {r["method"] for r in rand} == {"gradient", "guided_backprop"}
+    assert {r["method"] for r in rand} == {"gradient", "guided_backprop", *CONTROLS}
 
 
 def test_report_pdf_when_weasyprint_works(toy: dict, tmp_path: Path) -> None:
@@ -185,3 +190,61 @@ def test_report_pdf_when_weasyprint_works(toy: dict, tmp_path: Path) -> None:
     )  # fmt: skip
     pdf = tmp_path / "report.pdf"
     assert result.files["report.pdf"] == pdf and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_controls_fail_randomisation_and_expose_a_criterion_they_pass(toy: dict, tmp_path: Path) -> None:
+    """The controls ignore the weights: SSIM 1 at every state, so they fail randomisation; and being
+    perfectly repeatable they pass repeatability, which is then marked not discriminating."""
+    config = AuditConfig(methods=("gradcam",), criteria=("randomization", "repeatability"))
+    result = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)
+    rand = _read(tmp_path / "randomization.csv")
+    for control in CONTROLS:
+        assert result.matrix[control] == {"randomization": False, "repeatability": True}
+        states = [float(r["ssim"]) for r in rand if r["method"] == control and int(r["stage_index"]) > 0]
+        assert states and np.allclose(states, 1.0)
+    assert result.non_discriminating == {"repeatability": list(CONTROLS)}
+    marks = {(r["criterion"], r["discriminating"]) for r in result.summary if r["method"] == "gradcam"}
+    assert marks == {("randomization", True), ("repeatability", False)}
+    assert result.notes[0].startswith("Repeatability is NOT DISCRIMINATING")
+    html = (tmp_path / "report.html").read_text()
+    assert html.index("NOT DISCRIMINATING") < html.index("Pass/fail matrix")
+    assert "Repeatability (not discriminating)" in html
+
+
+def test_each_preset_judges_its_own_statistic(toy: dict, tmp_path: Path) -> None:
+    """paper: trapezoid AUPRC, SSIM range 2, the fixed 0.5 line; calibrated: average precision with a
+    test, SSIM range 1, the line recomputed from the method's own pairs (not 0.5)."""
+    from saliency.audit_rows import calibration_pairs
+    from saliency.protocol import calibrate_line
+
+    models = [m for m in toy["models"] if m.name in ("trained", "untrained", "replica1")]
+    criteria = ("localization", "randomization", "repeatability")
+    for preset in ("paper", "calibrated"):
+        out = tmp_path / preset
+        config = AuditConfig(
+            methods=("gradcam",), criteria=criteria, preset=preset, include_stem=preset == "calibrated"
+        )
+        result = run_audit(toy["data"], models, config, out, progress=False)
+        rows = {(r["method"], r["criterion"], r["baseline"].split(" (")[0]): r for r in result.summary}
+        loc = [r for r in _read(out / "localization.csv") if r["source"] == "trained" and r["method"] == "gradcam"]
+        statistic = "trapezoid" if preset == "paper" else "average_precision"
+        assert rows[("gradcam", "localization", "average-mask prior")]["value"] == pytest.approx(
+            np.nanmean([float(r[statistic]) for r in loc])
+        )
+        rand = _read(out / "randomization.csv")
+        assert any(r["stage"] == "stem" for r in rand) == (preset == "calibrated")
+        repeat = next(r for r in result.summary if r["criterion"] == "repeatability" and r["method"] == "gradcam")
+        pairs = {"repeatability": [{**r, "ssim": float(r["ssim"])} for r in _read(out / "repeatability.csv")]}
+        if preset == "paper":
+            assert repeat["baseline_value"] == 0.5 and all(r["ssim_range2"] == "" for r in rand)
+        else:
+            staged = [{**r, "stage_index": int(r["stage_index"])} for r in rand]
+            line = calibrate_line(*calibration_pairs("gradcam", staged, pairs))["value"]
+            assert repeat["baseline_value"] == pytest.approx(line) and line < 0.5
+            randomized = next(
+                r for r in result.summary if r["criterion"] == "randomization" and r["method"] == "gradcam"
+            )
+            assert np.isfinite(randomized["p_holm"]) and "last state" in randomized["statistic"]
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["protocol"]["name"] == preset
+        assert settings["protocol"]["data_range"] == (2.0 if preset == "paper" else 1.0)
