@@ -138,3 +138,29 @@ def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -
     assert any(r["baseline"].startswith("supervised localiser pair") for r in summary)
     html = (out / "report.html").read_text()
     assert "Comparison on the same images" in html and "same weights" in html
+
+
+def test_on_the_sample_data_the_controls_fail_randomisation_and_the_gradient_passes_once_blocks_are_random(
+    tmp_path: Path,
+) -> None:
+    """Preset paper, the demo model and its seed-1 replicate on the sample radiographs.
+
+    The controls ignore the weights: SSIM exactly 1 at every state, so they fail. The documented
+    reason the Gradient passes: re-initialising the logits alone leaves its maps closer to the
+    originals (mean SSIM about 0.7) than maps of two different images are to each other (the
+    baseline, about 0.36); once the top dense block is re-initialised too, they fall below it (about
+    0.25). A Gradient that ignored the weights (as the controls) or only reacted to the head would fail.
+    """
+    result = audit_pipeline(
+        "pneumonia", CXR, WEIGHTS, tmp_path, replicas=[SAMPLE / "weights" / "pneumonia_replica.pt"],
+        methods=("gradient",), criteria=("randomization",), progress=False,
+    )  # fmt: skip
+    for control in ("edge_control", "image_control"):
+        assert result.matrix[control]["randomization"] is False
+        assert all(np.allclose(v, 1.0) for v in result.randomization[control].ssim.values())
+    gradient = result.randomization["gradient"]
+    mean, _ = gradient.curve()
+    baseline = gradient.baseline_mean()
+    assert gradient.states == ["logits", "denseblock3", "denseblock2", "denseblock1"]  # the stem stays trained
+    assert mean[0] > baseline and mean[1] < baseline and min(mean) < baseline
+    assert result.matrix["gradient"]["randomization"] is True
