@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,18 @@ def test_relus_are_modules_so_guided_backprop_can_hook_them() -> None:
     relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(relus) == len(convs) == 94 and not any(r.inplace for r in relus)
+
+
+def test_guided_backprop_is_not_the_gradient_and_gradcam_uses_mixed10() -> None:
+    """torchvision's InceptionV3 uses F.relu, which silently turns guided backprop into the plain
+    gradient (the hazard Arun et al.'s PyTorch ports hit); ours has ReLU modules, so they differ."""
+    from saliency.methods import explain
+
+    torch.manual_seed(0)
+    model = InceptionV3(in_channels=1, out_channels=2).eval()
+    images = torch.rand(2, 1, 80, 80)
+    gradient = explain(model, images, "gradient", batch_size=2)
+    guided = explain(model, images, "guided_backprop", batch_size=2)
+    assert not np.allclose(gradient.maps, guided.maps, atol=1e-3)
+    cam = explain(model, images, "gradcam", layer=gradcam_layer("inception_v3"), batch_size=2)
+    assert cam.maps.shape == (2, 80, 80) and np.isfinite(cam.maps[~cam.degenerate]).all()
