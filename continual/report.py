@@ -132,7 +132,11 @@ def _interval(entry: Mapping[str, Any] | None, key: str = "value", ci: str = "ci
     if not entry or entry.get(key) is None:
         return ""
     lo, hi = (entry.get(ci) or [float("nan")] * 2)[:2]
-    return f"{fmt.format(entry[key])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+    def text(value: Any) -> str:
+        return fmt.format(value) if value is not None and value == value else "n/a"
+
+    return f"{text(entry[key])} [{text(lo)}, {text(hi)}]"
 
 
 def _gain_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -228,8 +228,11 @@ def write_outputs(
 
 
 def _ci(entry: Mapping[str, Any], key: str = "value", ci: str = "ci95", fmt: str = "{:+.3f}") -> str:
+    def text(value: Any) -> str:
+        return fmt.format(value) if value is not None and math.isfinite(float(value)) else "n/a"
+
     lo, hi = entry.get(ci) or [math.nan, math.nan]
-    return f"{fmt.format(entry[key])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return f"{text(entry[key])} [{text(lo)}, {text(hi)}]"
 
 
 def summary_lines(summary: Mapping[str, Any]) -> list[str]:
