@@ -5,8 +5,9 @@ test split where it has one, else 60/20/20; :func:`site_splits`): the
 Fisher is estimated on the old site's training split; fine-tuning uses the new site's training
 split and picks its best epoch on the new site's validation split (never on old data); every
 metric is measured on the test splits. Only the model and the Fisher cross from the old site to
-the new one, except for the ``joint`` upper-bound arm and the old-site evaluation of ``compare``,
-which need the old site's images by definition.
+the new one, except for the ``joint`` arm (pooled training, the reference for both sites together:
+it trains on both training splits and keeps the epoch with the best mean of both sites' validation
+metrics) and the old-site evaluation of ``compare``, which need the old site's images by definition.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: i
     return splits
 
 
+def _cache_folders(cache_dir: str | os.PathLike[str] | None, preprocessing: Mapping[str, Any]) -> dict[bool, Any]:
+    """``{train: folder}`` for :func:`site_dataset`: ``CACHE/<preprocessing hash>/train`` and ``/eval``
+    (a cached image never meets other preprocessing or the other transform chain), or ``None``s."""
+    if cache_dir is None:
+        return {True: None, False: None}
+    import json
+
+    key = hashlib.sha256(json.dumps(preprocessing, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {train: Path(cache_dir) / key / ("train" if train else "eval") for train in (True, False)}
+
+
 def _site_metrics(pipeline: Pipeline, model: Any, items: Sequence[Mapping[str, Any]], meta: Mapping) -> dict:
     from continual.metrics import site_metrics
     from pipelines.training import predict_items
@@ -122,11 +134,14 @@ def expand_site(
     seed: int = 0,
     select: str = "metric",
     before: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Adapt ``weights`` to the new site with one arm: ``OUT/best.pt`` (+ the loop's files) and
     ``OUT/metrics.json`` (new-site test metrics before and after; old-site ones with ``data_a``).
-    ``before``: the old model's ``new_before``/``old_before`` metrics when already measured."""
+    ``before``: the old model's ``new_before``/``old_before`` metrics when already measured.
+    ``cache_dir``: decoded training and validation images cached there (MONAI
+    ``PersistentDataset``: the deterministic transforms only, so the results do not change)."""
     from continual.ewc import Fisher
     from continual.expand import ARMS, expand
     from medimg.models import load_checkpoint
@@ -141,11 +156,19 @@ def expand_site(
     splits_b = site_splits(pipeline, data_b)
     splits_a = site_splits(pipeline, data_a) if data_a is not None else None
     fisher_obj = Fisher.load(fisher) if fisher is not None else None
+    if ARMS[method].joint and splits_a is None:
+        raise ValueError("the joint arm needs the old site's data (--old)")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, monitor=pipeline.monitor)
+    cache = _cache_folders(cache_dir, meta["preprocessing"])
+
+    def dataset(items: list, train: bool) -> Any:
+        return site_dataset(pipeline, items, meta["preprocessing"], train=train, cache_dir=cache[train])
+
+    joint = splits_a is not None and ARMS[method].joint
     model, info = expand(
         model_a,
-        site_dataset(pipeline, splits_b["train"], meta["preprocessing"], train=True),
-        site_dataset(pipeline, splits_b["val"], meta["preprocessing"], train=False),
+        dataset(splits_b["train"], True),
+        dataset(splits_b["val"], False),
         arm=method,
         out_dir=out,
         config=config,
@@ -153,7 +176,8 @@ def expand_site(
         checkpoint_meta=meta,
         fisher=fisher_obj,
         lam=lam,
-        train_a=site_dataset(pipeline, splits_a["train"], meta["preprocessing"], train=True) if splits_a else None,
+        train_a=dataset(splits_a["train"], True) if joint else None,
+        val_a=dataset(splits_a["val"], False) if joint else None,
         select=select,
         quiet=quiet,
     )
@@ -235,7 +259,8 @@ def compare_arms(
 ) -> list[dict[str, Any]]:
     """Every arm (EWC arms at every lambda) and seed: ``OUT/arms.csv``, ``OUT/summary.csv``,
     ``OUT/reset.csv`` (layer-reset attribution of the first seed's models, :func:`layer_reset_rows`),
-    ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``)."""
+    ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``); the
+    decoded training and validation images are cached once for all runs in ``OUT/cache``."""
     from continual.expand import ARMS
     from continual.metrics import arm_row, summarise_arms
 
@@ -261,7 +286,7 @@ def compare_arms(
                 result = expand_site(
                     pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, select=select, before=before,
-                    quiet=quiet,
+                    cache_dir=out / "cache", quiet=quiet,
                 )  # fmt: skip
                 before = {k: result[k] for k in ("new_before", "old_before")}  # the old model, measured once
                 reference = naive.get(seed, {})

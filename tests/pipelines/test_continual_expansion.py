@@ -140,6 +140,37 @@ def test_compare_writes_one_row_per_arm_lambda_and_seed(sites: dict[str, Path]) 
         assert float(run[-1]["old_kappa"]) == pytest.approx(float(after["old_kappa_before"]), nan_ok=True)
         assert float(run[-1]["new_kappa"]) == pytest.approx(float(after["new_kappa_before"]), nan_ok=True)
     assert "Where the forgetting is" in (out / "report.html").read_text()
+    # The joint arm kept its epoch by the mean of both sites' validation kappas.
+    with open(out / "runs" / "joint-l0-s0" / "metrics.csv", newline="") as fh:
+        epoch = next(csv.DictReader(fh))
+    assert float(epoch["kappa_linear"]) == pytest.approx(
+        (float(epoch["new_kappa_linear"]) + float(epoch["old_kappa_linear"])) / 2, nan_ok=True
+    )
+    # Decoded images are cached once per preprocessing, apart for the training and inference chains.
+    assert sorted(p.name for p in (out / "cache").glob("*/*")) == ["eval", "train"]
+
+
+def test_the_image_cache_does_not_change_a_run(sites: dict[str, Path]) -> None:
+    """``compare`` caches the decoded images; a run with the cache equals one without: the same
+    weights bit for bit and the same validation losses (a validation split cached through the
+    training transforms, with their random flips and zooms, would change those)."""
+    from pipelines.continual_expansion import expand_site
+
+    runs = {}
+    for name, cache in (("plain", None), ("cached", sites["root"] / "cache-check")):
+        out = sites["root"] / f"expand-{name}"
+        metrics = expand_site(
+            "density", sites["c"], sites["weights"], out, method="joint", data_a=sites["a"], epochs=1,
+            batch_size=8, cache_dir=cache,
+        )  # fmt: skip
+        with open(out / "metrics.csv", newline="") as fh:
+            val_loss = [row["val_loss"] for row in csv.DictReader(fh)]
+        runs[name] = (metrics, read_checkpoint(out / "last.pt")["state_dict"], val_loss)
+    (plain, plain_state, plain_loss), (cached, cached_state, cached_loss) = runs["plain"], runs["cached"]
+    assert all(torch.equal(plain_state[k], cached_state[k]) for k in plain_state)
+    assert plain_loss == cached_loss
+    assert plain["new_after"] == cached["new_after"] and plain["old_after"] == cached["old_after"]
+    assert any((sites["root"] / "cache-check").rglob("*.pt"))
 
 
 def test_bad_inputs_are_clear(sites: dict[str, Path], tmp_path: Path) -> None:
