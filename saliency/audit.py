@@ -207,7 +207,9 @@ def _methods(config: AuditConfig, trained: torch.nn.Module, spatial_dims: int, n
     return methods
 
 
-def _criteria(config: AuditConfig, data: AuditData, by_name: Mapping[str, AuditModel], replicates: list[str]) -> Any:
+def _criteria(
+    config: AuditConfig, data: AuditData, by_name: Mapping[str, AuditModel], replicates: list[str]
+) -> tuple[list[str], list[str]]:
     criteria, notes = list(config.criteria), []
     if "localization" in criteria and data.masks is None:
         criteria.remove("localization")
@@ -232,7 +234,7 @@ def _plan(data: AuditData, models: Sequence[AuditModel], config: AuditConfig) ->
     family = _methods(config, by_name["trained"].model, data.images.ndim - 2, notes)
     given = sorted(name for name in by_name if name.startswith(REPLICA))
     replicates = ["trained", *given][: protocol.replicates]
-    if len(given) + 1 != protocol.replicates:
+    if len(given) + 1 != protocol.replicates and {"randomization", "repeatability"} & set(config.criteria):
         notes.append(
             f"The '{protocol.name}' preset uses {protocol.replicates} replicates of the audited architecture; "
             f"{len(given) + 1} given, {len(replicates)} used (randomisation curves and repeatability pairs are "
