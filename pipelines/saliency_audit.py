@@ -137,8 +137,6 @@ def _resolve_prior(
     """Set ``data.prior`` as asked; returns notes (a substitution the report must state)."""
     if data.masks is None or prior == "leave-one-out":
         return []
-    if prior != "training":
-        raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
     if folder is None or not folder.is_dir():
         return [
             f"Average-mask prior: the training folder ({folder or 'not recorded in the weights'}) is not here, so the "
@@ -369,6 +367,9 @@ def audit_pipeline(
         seed=seed,
         batch_size=batch_size,
     )
+    config.protocol  # noqa: B018 - an unknown preset fails here, before any model or image is loaded
+    if prior not in ("training", "leave-one-out"):
+        raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
     out = Path(out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
     arch = meta["architecture"]

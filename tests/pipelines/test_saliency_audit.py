@@ -164,3 +164,13 @@ def test_on_the_sample_data_the_controls_fail_randomisation_and_the_gradient_pas
     assert gradient.states == ["logits", "denseblock3", "denseblock2", "denseblock1"]  # the stem stays trained
     assert mean[0] > baseline and mean[1] < baseline and min(mean) < baseline
     assert result.matrix["gradient"]["randomization"] is True
+
+
+def test_unknown_presets_and_priors_exit_2_before_any_work(tmp_path: Path) -> None:
+    for option, value, message in (("--preset", "captum", "unknown audit preset"), ("--prior", "x", "unknown prior")):
+        result = runner.invoke(
+            app, ["saliency", "audit", "pneumonia", str(CXR), "--weights", str(WEIGHTS), option, value,
+                  "-o", str(tmp_path / value), "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 2 and message in result.output
+        assert not (tmp_path / value).exists()
