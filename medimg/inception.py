@@ -6,8 +6,10 @@ for reproducibility. Neither MONAI nor any package that installs beside our torc
 InceptionV3 (torchvision's wheels fail to load their operators beside the CPU build of torch
 2.13.0, and timm imports torchvision), so it is written here from the paper's architecture.
 
-Layout (module names follow the Keras model, whose block names the paper's randomisation figure
-uses; shapes for a 299 x 299 input):
+Layout (module *names* follow the Keras model, whose block names the paper's randomisation figure
+uses; the arithmetic follows torchvision's, which differs from Keras in two details: BatchNorm has
+a learned scale, which Keras's InceptionV3 leaves out, and the average pools inside the blocks count
+the zero padding, which Keras's SAME pooling does not; shapes for a 299 x 299 input):
 
 * ``stem``: 3x3/2 conv 32 (valid), 3x3 conv 32 (valid), 3x3 conv 64 (same), 3x3/2 max pool,
   1x1 conv 80, 3x3 conv 192 (valid), 3x3/2 max pool -> 192 x 35 x 35;

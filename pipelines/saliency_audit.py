@@ -279,7 +279,7 @@ def _missing_models(
     pipeline: Pipeline,
     meta: dict[str, Any],
     out: Path,
-    source: Path,
+    source: Path | None,
     *,
     replicas: list[Path],
     other_arch: Path | None,
@@ -289,8 +289,9 @@ def _missing_models(
     quiet: bool,
 ) -> tuple[list[Path], Path | None]:
     """Train the replicates (seeds ``seed + 1``, ...) up to ``wanted`` models in all, and the other architecture."""
-    if not source.is_dir():
-        raise DatasetError(f"{source}: the training data folder does not exist (pass --train-data)")
+    if source is None or not source.is_dir():
+        raise DatasetError(f"{source or 'the weights record no training folder'}: no training data to train the "
+                           "missing models on (pass --train-data)")  # fmt: skip
     arch = meta["architecture"]
     replicas = list(replicas)
     for index in range(len(replicas) + 1, wanted):
@@ -354,6 +355,7 @@ def audit_pipeline(
     from medimg.models import build_network, load_checkpoint
     from pipelines import get_pipeline
     from saliency.audit import CRITERIA, AuditConfig, AuditModel, run_audit
+    from saliency.protocol import get_protocol
 
     pipeline = get_pipeline(pipeline_name)
     if pipeline.unit != "image":
@@ -367,15 +369,16 @@ def audit_pipeline(
         seed=seed,
         batch_size=batch_size,
     )
-    config.protocol  # noqa: B018 - an unknown preset fails here, before any model or image is loaded
+    get_protocol(preset)  # an unknown preset fails here, before any model or image is loaded
     if prior not in ("training", "leave-one-out"):
         raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
     out = Path(out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
     arch = meta["architecture"]
     data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images)
-    source = Path(train_data) if train_data else Path(meta.get("training", {}).get("data", data_dir))
-    folder = Path(prior_data) if prior_data else (source if source.is_dir() else None)
+    recorded = train_data or meta.get("training", {}).get("data")  # never the audited folder by default
+    source = Path(recorded) if recorded else None
+    folder = Path(prior_data) if prior_data else source
     notes = _resolve_prior(pipeline, data, meta["preprocessing"], prior, folder)
     torch.manual_seed(seed)
     untrained = build_network(arch, **meta["network"]).eval()
@@ -394,6 +397,9 @@ def audit_pipeline(
     roles += [("other", other_path)] if other_path is not None else []
     roles += [(f"variant:{label}", path) for label, path in (variants or {}).items()]
     models += _load_models(pipeline, weights, meta, roles)
+    if train_localizer and (source is None or not source.is_dir()):
+        raise DatasetError(f"{source or 'the weights record no training folder'}: no training boxes for "
+                           "--train-localizer (pass --train-data)")  # fmt: skip
     if localizers or train_localizer:
         data.localizer, data.localizer_replica, located = localizer_baseline(
             pipeline, data, meta["preprocessing"], out, localizers=localizers,

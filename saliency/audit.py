@@ -39,7 +39,14 @@ from medimg.writers import write_csv, write_json
 from saliency.audit_maps import ATTENTION, ATTENTION_READOUT, MapCache, has_attention
 from saliency.audit_result import AuditResult
 from saliency.protocol import AuditProtocol, get_protocol
-from saliency.verdicts import SUMMARY_COLUMNS, RandomizationScores, finite_mean, method_label
+from saliency.verdicts import (
+    INFORMATIVE,
+    SUMMARY_COLUMNS,
+    RandomizationScores,
+    finite_mean,
+    is_informative,
+    method_label,
+)
 
 __all__ = [
     "CRITERIA",
@@ -272,6 +279,15 @@ def _compute_maps(plan: _Plan, by_name: Mapping[str, AuditModel], cache: MapCach
     return maps
 
 
+def randomization_seed(seed: int, replicates: Sequence[str], role: str) -> int:
+    """The re-initialisation seed of a replicate: ``seed`` plus its index (``trained`` 0, ``replica1`` 1, ...).
+
+    Each replicate is randomised with its own draws, as the paper's independently randomised
+    replicates were, so the SD over replicates covers the draws as well as the training.
+    """
+    return int(seed) + list(replicates).index(role)
+
+
 def _randomize(
     plan: _Plan,
     by_name: Mapping[str, AuditModel],
@@ -290,7 +306,9 @@ def _randomize(
     for role, stages in plan.stages.items():
         entry = by_name[role]
         per_method: dict[str, list[np.ndarray]] = {}
-        states = cascading_randomization(entry.model, stages, seed=config.seed)
+        states = cascading_randomization(
+            entry.model, stages, seed=randomization_seed(config.seed, plan.replicates, role)
+        )
         for index, (stage, model) in enumerate(states):
             if index == 0:
                 continue  # the original: its maps are the reference
@@ -404,6 +422,18 @@ def _agreement_rows(
 # --- verdicts ---------------------------------------------------------------------------------------
 
 
+def _calibrated_lines(
+    plan: _Plan, pairs: Mapping[str, list[dict[str, Any]]], rand_rows: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Under a preset without a fixed agreement line: each method's line, fitted on its own map pairs."""
+    from saliency.audit_rows import calibration_pairs
+    from saliency.protocol import calibrate_line
+
+    if plan.protocol.agreement_line is not None or not any(pairs.values()):
+        return {}
+    return {m: calibrate_line(*calibration_pairs(m, rand_rows, pairs)) for m in plan.methods}
+
+
 def _summary(
     plan: _Plan,
     config: AuditConfig,
@@ -413,8 +443,6 @@ def _summary(
     rand_rows: Sequence[Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The summary rows of every criterion that ran, and the calibrated agreement lines (or {})."""
-    from saliency.audit_rows import calibration_pairs
-    from saliency.protocol import calibrate_line
     from saliency.verdicts import agreement_summary, localization_summary, randomization_summary
 
     protocol, summary = plan.protocol, []
@@ -425,11 +453,7 @@ def _summary(
         )
     if "randomization" in plan.criteria:
         summary += randomization_summary(randomization, protocol, alpha=config.alpha, family=plan.family)
-    lines: dict[str, dict[str, Any]] = {}
-    if protocol.agreement_line is None and any(pairs.values()):
-        for method in plan.methods:
-            reference, target = calibration_pairs(method, rand_rows, pairs)
-            lines[method] = calibrate_line(reference, target)
+    lines = _calibrated_lines(plan, pairs, rand_rows)
     for criterion, rows in pairs.items():
         if criterion not in plan.criteria or not rows:
             continue
@@ -471,7 +495,7 @@ def _localizer_agreement(
             "n_degenerate": 0,
             "passed": None,
             "discriminating": "",
-            "rule": "informative (not a pass criterion)",
+            "rule": INFORMATIVE,
         }
         for method in plan.methods
     ]
@@ -511,9 +535,20 @@ def _mark_discrimination(
     summary: list[dict[str, Any]], found: Mapping[str, list[str]], criteria: Sequence[str]
 ) -> None:
     for row in summary:
-        if row["rule"].startswith("informative"):
+        if is_informative(row):
             continue
         row["discriminating"] = row["criterion"] not in found if row["criterion"] in criteria else ""
+
+
+#: Why a control can pass a criterion: structural for the two agreement criteria, data-dependent otherwise.
+_WHY = {
+    "repeatability": "a map that ignores the model is identical for every model, so this criterion can only "
+    "be read beside randomisation",
+    "reproducibility": "a map that ignores the model is identical for every model, so this criterion can only "
+    "be read beside randomisation",
+    "localization": "on these images an edge or intensity map already beats the prior, so beating it says "
+    "little about the model",
+}
 
 
 def _discrimination_notes(found: Mapping[str, list[str]]) -> list[str]:
@@ -522,7 +557,8 @@ def _discrimination_notes(found: Mapping[str, list[str]]) -> list[str]:
     return [
         f"{CRITERION_LABELS[criterion]} is NOT DISCRIMINATING on this setting: "
         f"{' and '.join(method_label(c) for c in controls)} (blind to the model) "
-        f"{'pass' if len(controls) > 1 else 'passes'} it, so a pass there says nothing about the model."
+        f"{'pass' if len(controls) > 1 else 'passes'} it; "
+        f"{_WHY.get(criterion, 'a pass there says nothing about the model')}."
         for criterion, controls in found.items()
     ]
 
@@ -551,7 +587,9 @@ def _settings(
         return method_settings(method, config.method_preset).to_dict()
 
     def passes(method: str) -> int:
-        return 1 if method == ATTENTION or method in CONTROLS else passes_per_image(method_settings(method, "paper"))
+        if method == ATTENTION or method in CONTROLS:
+            return 1
+        return passes_per_image(method_settings(method, config.method_preset))
 
     trained = by_name["trained"]
     randomization = None
@@ -560,6 +598,7 @@ def _settings(
         randomization = {
             **randomization_settings(trained.model, stages, include_stem=config.include_stem, seed=config.seed),
             "models": list(plan.stages),
+            "seeds": {role: randomization_seed(config.seed, plan.replicates, role) for role in plan.stages},
         }
     return {
         "config": asdict(config),

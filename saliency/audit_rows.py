@@ -18,7 +18,6 @@ from saliency.criteria import auprc, inter_image_ssim, ssim
 from saliency.protocol import PAPER_LINE_RANGE
 
 __all__ = [
-    "CALIBRATION_RANGE",
     "LOCALIZATION_COLUMNS",
     "PAIR_COLUMNS",
     "RANDOMIZATION_COLUMNS",
@@ -51,13 +50,11 @@ RANDOMIZATION_COLUMNS = (
     "degenerate",
 )
 PAIR_COLUMNS = ("image_id", "method", "model_a", "model_b", "ssim", "ssim_range2", "degenerate_a", "degenerate_b")
-#: The data range of the paper's agreement line, at which pairs are also scored when calibrating.
-CALIBRATION_RANGE = PAPER_LINE_RANGE
 
 
 def _ssims(a: np.ndarray, b: np.ndarray, data_range: float, calibrate: bool) -> tuple[float, float | str]:
     value = ssim(a, b, data_range=data_range)
-    return value, (ssim(a, b, data_range=CALIBRATION_RANGE) if calibrate else "")
+    return value, (ssim(a, b, data_range=PAPER_LINE_RANGE) if calibrate else "")
 
 
 def prior_maps(masks: np.ndarray, prior: np.ndarray | None) -> Callable[[int], np.ndarray]:

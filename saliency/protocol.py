@@ -78,7 +78,6 @@ class AuditProtocol:
             from :data:`PAPER_LINE` at :data:`PAPER_LINE_RANGE` (:func:`calibrate_line`).
         replicates: models of the audited architecture (the trained one included) the protocol
             uses for randomisation curves and repeatability pairs.
-        prior: ``"training"`` (average mask of the training + validation masks) or ``"leave-one-out"``.
     """
 
     name: str
@@ -88,7 +87,6 @@ class AuditProtocol:
     randomization_rule: str
     agreement_line: float | None
     replicates: int = 3
-    prior: str = "training"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict."""
@@ -167,9 +165,12 @@ def calibrate_line(
         near: half-width of the band around ``line`` whose pairs are counted.
 
     Returns:
-        ``{"value", "n_pairs", "n_near"}``: the calibrated line (NaN when fewer than
-        :data:`MIN_PAIRS_NEAR_LINE` finite pairs lie within ``near`` of ``line``: the data do not
-        place it), the finite pairs used, and how many of them lie near the line.
+        ``{"value", "n_pairs", "n_near", "side"}``: the calibrated line, the finite pairs used, how
+        many of them lie within ``near`` of ``line``, and ``side``: ``""``, or ``"above"`` /
+        ``"below"`` when *every* pair lies on that side of the band, where the line cannot be placed
+        (``value`` NaN) but is known to lie below (above) every pair at the target range too (the
+        relation is monotone), so any mean of those pairs passes (fails). ``value`` is also NaN
+        when the pairs straddle the line with fewer than :data:`MIN_PAIRS_NEAR_LINE` near it.
 
     Raises:
         ValueError: the arrays differ in length.
@@ -183,8 +184,12 @@ def calibrate_line(
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite], y[finite]
     n_near = int(np.count_nonzero(np.abs(x - line) <= near))
-    value = math.nan
-    if n_near >= MIN_PAIRS_NEAR_LINE:
+    value, side = math.nan, ""
+    if x.size and np.all(x > line + near):
+        side = "above"
+    elif x.size and np.all(x < line - near):
+        side = "below"
+    elif n_near >= MIN_PAIRS_NEAR_LINE:
         fit = IsotonicRegression(increasing=True, out_of_bounds="nan").fit(x, y)
         value = float(fit.predict([line])[0])
-    return {"value": value, "n_pairs": int(x.size), "n_near": n_near}
+    return {"value": value, "n_pairs": int(x.size), "n_near": n_near, "side": side}

@@ -82,6 +82,10 @@ INIT_SCHEMES: dict[str, str] = {
         "weight 1, bias 0; Linear bias 0, Linear weight PyTorch default kaiming_uniform_(a=sqrt 5); conv biases "
         "PyTorch default"
     ),
+    "inception-v3": (
+        "InceptionV3 constructor (medimg.inception, as torchvision's): Conv and Linear weights truncated normal "
+        "(sd 0.1, cut at -2 and 2); BatchNorm weight 1, bias 0; Linear bias PyTorch default"
+    ),
     "pytorch-default": (
         "PyTorch layer defaults (reset_parameters): Conv/Linear weight kaiming_uniform_(a=sqrt 5), bias "
         "U(-1/sqrt fan_in, 1/sqrt fan_in); norm weight 1, bias 0 (MONAI SegResNet applies no init of its own)"
@@ -104,6 +108,10 @@ def _family(module: nn.Module) -> str | None:
     from monai.networks.nets.resnet import ResNet
     from monai.networks.nets.segresnet import SegResNet
 
+    from medimg.inception import InceptionV3
+
+    if isinstance(module, InceptionV3):
+        return "inception-v3"
     if isinstance(module, DenseNet):
         return "monai-densenet"
     if isinstance(module, ResNet):
@@ -117,7 +125,8 @@ def init_scheme(model: nn.Module) -> str:
     """Name of the initialisation scheme (a key of :data:`INIT_SCHEMES`) of a network.
 
     ``"monai-densenet"`` for MONAI ``DenseNet`` and its subclasses (``DenseNet121``, the compact
-    net), ``"monai-resnet"`` for MONAI ``ResNet``, ``"pytorch-default"`` for everything else
+    net), ``"monai-resnet"`` for MONAI ``ResNet``, ``"inception-v3"`` for :class:`medimg.inception.InceptionV3`,
+    ``"pytorch-default"`` for everything else
     (including MONAI ``SegResNet``, whose constructor keeps PyTorch's layer defaults).
     """
     return _family(model) or "pytorch-default"
@@ -335,6 +344,11 @@ def _fallback(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def _reinit_one(module: nn.Module, scheme: str, generator: torch.Generator) -> None:
+    if scheme == "inception-v3" and isinstance(module, (nn.Conv2d, nn.Linear)):
+        _draw(module.weight, generator, nn.init.trunc_normal_, mean=0.0, std=0.1, a=-2.0, b=2.0)
+        if module.bias is not None:
+            _default_bias(module, generator)
+        return
     if isinstance(module, _ConvNd):
         if scheme == "monai-densenet" and isinstance(module, _CONV_TYPES):
             _draw(module.weight, generator, nn.init.kaiming_normal_)

@@ -24,6 +24,7 @@ __all__ = [
     "RandomizationScores",
     "agreement_summary",
     "finite_mean",
+    "is_informative",
     "localization_summary",
     "method_label",
     "non_discriminating",
@@ -53,6 +54,11 @@ SUMMARY_COLUMNS = (
     "rule",
 )
 INFORMATIVE = "informative (not a pass criterion)"
+
+
+def is_informative(row: Mapping[str, Any]) -> bool:
+    """Whether a summary row only informs (a baseline beside the verdict) rather than carrying one."""
+    return row["rule"] == INFORMATIVE
 
 
 def finite_mean(values: Sequence[float] | np.ndarray) -> float:
@@ -120,7 +126,6 @@ def localization_summary(
         family: the methods forming the Holm family (controls excluded).
     """
     prior = scores["prior"]["prior"]
-    prior_mean = finite_mean(prior)
     statistic = f"mean {protocol.localization_statistic.replace('_', ' ')} (trained)"
     trained = {m: scores["trained"][m] for m in methods}
     versus_prior = _tests(trained, {m: prior for m in methods}, "greater", family)
@@ -129,7 +134,8 @@ def localization_summary(
     rows = []
     for method in methods:
         values = trained[method]
-        mean = finite_mean(values)
+        shared = np.isfinite(values) & np.isfinite(prior)  # both means over the same images
+        mean, prior_mean = finite_mean(values[shared]), finite_mean(prior[shared])
         test = versus_prior[method]
         passed = bool(mean > prior_mean) if np.isfinite(mean) and np.isfinite(prior_mean) else None
         if passed and protocol.localization_test:
@@ -196,13 +202,14 @@ class RandomizationScores:
     degenerate: int = 0
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, sd)`` per state over the models of each model's mean SSIM over images."""
+        """``(mean, sd)`` per state over the models of each model's mean SSIM over images.
+
+        The SD is numpy's default population SD (``ddof=0``), as the paper's plotting code used.
+        """
         per_model = np.array([[finite_mean(row) for row in values] for values in self.ssim.values()])
         with np.errstate(all="ignore"):
             mean = np.array([finite_mean(column) for column in per_model.T])
-            sd = np.array(
-                [np.nanstd(column, ddof=1) if np.isfinite(column).sum() > 1 else math.nan for column in per_model.T]
-            )
+            sd = np.array([np.nanstd(column) if np.isfinite(column).sum() > 1 else math.nan for column in per_model.T])
         return mean, sd
 
     def baseline_mean(self) -> float:
@@ -236,7 +243,7 @@ def randomization_summary(
         finite = mean[np.isfinite(mean)]
         if protocol.randomization_rule == "min":
             value = float(finite.min()) if finite.size else math.nan
-            statistic = "min over states of mean SSIM"
+            statistic = f"min over states of mean SSIM (last state, {score.states[-1]}: {mean[-1]:.3f})"
             test = {"p": math.nan, "p_holm": math.nan}
             passed = bool(value < base) if np.isfinite(value) and np.isfinite(base) else None
         else:
@@ -289,16 +296,22 @@ def agreement_summary(
     rows = []
     for method, values in ssim.items():
         mean = finite_mean(values)
+        side = ""
         if protocol.agreement_line is not None:
             line, baseline = protocol.agreement_line, "the paper's reference line"
         else:
             calibrated = lines[method]
-            line = float(calibrated["value"])
-            baseline = (
-                f"line calibrated from {calibrated['n_pairs']} map pairs ({calibrated['n_near']} near the line)"
-                if np.isfinite(line)
-                else f"line not calibrable: {calibrated['n_near']} map pairs near it"
-            )
+            line, side = float(calibrated["value"]), str(calibrated.get("side", ""))
+            if np.isfinite(line):
+                baseline = f"line calibrated from {calibrated['n_pairs']} map pairs ({calibrated['n_near']} near it)"
+            elif side:
+                baseline = f"every one of {calibrated['n_pairs']} map pairs {side} the line: decided without placing it"
+            else:
+                baseline = f"line not calibrable: {calibrated['n_near']} map pairs near it"
+        if np.isfinite(mean) and np.isfinite(line):
+            passed: bool | None = bool(mean >= line)
+        else:
+            passed = {"above": True, "below": False}.get(side) if np.isfinite(mean) else None
         rows.append(
             _row(
                 method,
@@ -309,7 +322,7 @@ def agreement_summary(
                 baseline_value=line,
                 n=int(np.isfinite(values).sum()),
                 n_degenerate=int(degenerate.get(method, 0)),
-                passed=bool(mean >= line) if np.isfinite(mean) and np.isfinite(line) else None,
+                passed=passed,
                 rule=protocol.rule(criterion, alpha),
             )
         )
@@ -320,7 +333,7 @@ def pass_matrix(summary: Sequence[Mapping[str, Any]], methods: Sequence[str]) ->
     """``{method: {criterion: passed}}`` from the summary rows that carry a rule (informative rows skipped)."""
     matrix: dict[str, dict[str, bool | None]] = {m: {} for m in methods}
     for row in summary:
-        if row["rule"] != INFORMATIVE and row["method"] in matrix:
+        if not is_informative(row) and row["method"] in matrix:
             matrix[row["method"]][row["criterion"]] = row["passed"]
     return matrix
 

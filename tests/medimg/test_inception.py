@@ -101,8 +101,8 @@ def test_relus_are_modules_so_guided_backprop_can_hook_them() -> None:
 
 
 def test_guided_backprop_is_not_the_gradient_and_gradcam_uses_mixed10() -> None:
-    """torchvision's InceptionV3 uses F.relu, which silently turns guided backprop into the plain
-    gradient (the hazard Arun et al.'s PyTorch ports hit); ours has ReLU modules, so they differ."""
+    """torchvision's InceptionV3 uses F.relu, which hook-based guided backprop cannot see: it silently
+    becomes the plain gradient. Ours has ReLU modules, so the two maps differ."""
     from saliency.methods import explain
 
     torch.manual_seed(0)
@@ -113,3 +113,18 @@ def test_guided_backprop_is_not_the_gradient_and_gradcam_uses_mixed10() -> None:
     assert not np.allclose(gradient.maps, guided.maps, atol=1e-3)
     cam = explain(model, images, "gradcam", layer=gradcam_layer("inception_v3"), batch_size=2)
     assert cam.maps.shape == (2, 80, 80) and np.isfinite(cam.maps[~cam.degenerate]).all()
+
+
+def test_randomisation_redraws_inception_layers_with_their_own_initializer() -> None:
+    """A re-initialised InceptionV3 block must look like a freshly built one (truncated normal, sd 0.1),
+    not like PyTorch's layer defaults (about 8x smaller for mixed10's 1x1 convolutions)."""
+    from saliency.randomization import cascading_randomization, init_scheme
+
+    torch.manual_seed(0)
+    model = InceptionV3(in_channels=1, out_channels=2)
+    assert init_scheme(model) == "inception-v3"
+    states = dict(cascading_randomization(model, [("mixed10", ["mixed10"])], seed=3))
+    fresh = states["mixed10"].mixed10.branch1x1.conv.weight.detach()
+    trained = model.mixed10.branch1x1.conv.weight.detach()
+    assert not torch.equal(fresh, trained)
+    assert abs(float(fresh.std()) - 0.1) < 0.01 and float(fresh.abs().max()) <= 2.0  # cut at +-2 (absolute)

@@ -248,3 +248,17 @@ def test_each_preset_judges_its_own_statistic(toy: dict, tmp_path: Path) -> None
         settings = json.loads((out / "settings.json").read_text())
         assert settings["protocol"]["name"] == preset
         assert settings["protocol"]["data_range"] == (2.0 if preset == "paper" else 1.0)
+
+
+def test_holm_corrects_over_the_methods_and_leaves_the_controls_out(toy: dict, tmp_path: Path) -> None:
+    """Controls are checks of the criterion, not members of the methods' multiple-comparison family."""
+    from saliency.criteria import holm
+
+    config = AuditConfig(methods=("gradient", "gradcam"), criteria=("localization",), preset="calibrated")
+    result = run_audit(toy["data"], toy["models"][:2], config, tmp_path, progress=False)
+    rows = {r["method"]: r for r in result.summary if r["baseline"] == "average-mask prior"}
+    methods = ["gradient", "gradcam"]
+    expected = holm([rows[m]["p_value"] for m in methods])
+    assert [rows[m]["p_holm"] for m in methods] == pytest.approx(list(expected))
+    for control in CONTROLS:
+        assert rows[control]["p_holm"] == rows[control]["p_value"]

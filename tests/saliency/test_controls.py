@@ -43,16 +43,16 @@ def test_the_image_control_is_the_input_and_works_in_3d() -> None:
     assert flat.degenerate.all()  # a constant image has no map
 
 
-def test_controls_ignore_the_model(tmp_path) -> None:
+def test_the_map_cache_hands_controls_out_uncached(tmp_path) -> None:
     images = _images()
     cache = MapCache(tmp_path, ["a", "b", "c"], images, method_preset="paper", seed=0, batch_size=4)
-    torch.manual_seed(0)
-    first = build_network("compact", out_channels=2).eval()
-    second = build_network("resnet-compact", out_channels=2).eval()
+    model = build_network("compact", out_channels=2).eval()
     for control in CONTROLS:
-        assert np.array_equal(cache.maps(first, control, None).maps, cache.maps(second, control, None).maps)
+        assert np.array_equal(cache.maps(model, control, None).maps, control_maps(images, control).maps)
         assert CONTROL_LABELS[control].startswith("Control: ")
-    assert not any(tmp_path.iterdir())  # controls cost less than a file: never cached
+    assert not any(tmp_path.iterdir()) and cache.computed == 0  # they cost less than a file
+    cache.maps(model, "gradient", None)
+    assert cache.computed == 1 and len(list(tmp_path.iterdir())) == 1  # a method's maps are cached
 
 
 def test_unknown_controls_and_bad_shapes_are_refused() -> None:

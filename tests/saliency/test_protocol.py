@@ -15,7 +15,7 @@ def test_the_paper_preset_is_the_papers_protocol() -> None:
     paper = get_protocol("paper")
     assert paper.data_range == 2.0 and paper.agreement_line == PAPER_LINE == 0.5
     assert paper.localization_statistic == "trapezoid" and not paper.localization_test
-    assert paper.randomization_rule == "min" and paper.replicates == 3 and paper.prior == "training"
+    assert paper.randomization_rule == "min" and paper.replicates == 3
     assert "range 2" in paper.rule("randomization", 0.05) and ">= 0.5" in paper.rule("repeatability", 0.05)
 
 
@@ -48,8 +48,12 @@ def test_calibration_reads_the_fitted_relation_at_the_line() -> None:
 
 
 def test_calibration_refuses_to_place_a_line_the_pairs_do_not_reach() -> None:
-    reference = np.linspace(0.7, 1.0, 50)  # every pair far above 0.5
-    assert math.isnan(calibrate_line(reference, reference)["value"])
+    reference = np.linspace(0.7, 1.0, 50)  # every pair far above 0.5: the line lies below all of them
+    above = calibrate_line(reference, reference - 0.2)
+    assert math.isnan(above["value"]) and above["side"] == "above"
+    assert calibrate_line(reference - 0.6, reference)["side"] == "below"
+    straddling = calibrate_line([0.1, 0.2, 0.8, 0.9], [0.0, 0.1, 0.7, 0.8])  # too few pairs near 0.5
+    assert math.isnan(straddling["value"]) and straddling["side"] == ""
     with pytest.raises(ValueError, match="3 reference SSIMs for 2"):
         calibrate_line([0.1, 0.2, 0.3], [0.1, 0.2])
     nan_pairs = calibrate_line([np.nan] * 30 + [0.5] * 12, [0.4] * 42)
