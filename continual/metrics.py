@@ -447,7 +447,7 @@ class AccuracyMatrix:
         return float(np.mean(self.values[stage]))
 
     def joint_gap(self, joint: AccuracyMatrix | float | ArrayLike) -> float:
-        """Gap to joint training: ``mean_d R_joint[d] - mean_d R[L][d]`` (positive = below the upper bound).
+        """Gap to joint training: ``mean_d R_joint[d] - mean_d R[L][d]`` (positive = below the pooled reference).
 
         Args:
             joint: the joint (A+B pooled) model: its matrix (last stage used), its per-domain

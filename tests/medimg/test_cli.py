@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,5 +87,5 @@ def test_demo_generates_missing_data_and_checks_conversion(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "brain" / "nifti").is_dir()
     assert "1/1 studies have every required selection" in result.output  # the brain study
-    assert "NO" not in result.output
+    assert not re.search(r"│ NO +│", result.output)  # the conversion check's "matches" column
     assert len(list((tmp_path / "out" / "brain_nifti").rglob("*.nii.gz"))) == 4
