@@ -238,7 +238,9 @@ def _saliency(data: Path, out: Path, console: Console, *, quiet: bool) -> bool:
         progress=not quiet,
     )
     rows = pass_matrix_rows(result.matrix, result.criteria, result.non_discriminating)
-    table = Table(title="medimg saliency audit pneumonia sample_data/cxr (preset paper; pass/fail; rules in the report)")
+    table = Table(
+        title="medimg saliency audit pneumonia sample_data/cxr (preset paper; pass/fail; rules in the report)"
+    )
     for column in rows[0] if rows else []:
         table.add_column(column)
     for row in rows:
