@@ -34,9 +34,11 @@ whole federation, the leave-one-out federations and the local-only models) and K
   on k (the personalised model under FedBN, else the shared one) and L_s(k) local-only model k on
   k; ``local_gain_relative`` = ``local_gain`` / mean_s mean_k L_s(k). Roth et al.'s +6.3%.
 * ``generalizability_gain`` = (G_FL - G_local) / G_local, with G_FL = mean_s mean_h H_s(h), H_s(h)
-  the federation of every site but h scored on h (never seen), and G_local = mean_s mean over
-  ordered pairs (k, h != k) of local-only model k on h (never seen). Both terms score only models on
-  sites they never trained on; each site is the unseen site equally often on both sides. Roth et
+  the federation of every site but h scored on h (never seen), and G_local = mean_s mean_h of the
+  mean over k != h of local-only model k on h (never seen). Both terms score only models on sites
+  they never trained on, over the same held-out sites: a site where either side is undefined (e.g.
+  a resampled test set with one class, where kappa is NaN) leaves both sides, so the difference
+  stays paired. With every score defined, G_local is the mean over ordered pairs (k, h != k). Roth et
   al.'s +45.8% is this ratio with their federated model trained on every site (their exact formula
   is not published); ours holds the site out, so it measures generalisation to a new institution.
   ``generalizability_gain_absolute`` = G_FL - G_local. The headline uses each model's BN as
@@ -73,6 +75,7 @@ __all__ = [
     "ROLES",
     "Score",
     "bootstrap",
+    "bootstrap_draws",
     "claim_status",
     "combine",
     "replicate",
@@ -100,7 +103,7 @@ BN_SOURCES: dict[str, str] = {
 }
 
 #: BN of each side of the generalisation comparison: (held-out federation, local model on an unseen site).
-_AS_TRAINED = ({"federation_mean", "initial_frozen"}, {"training_site"})
+_AS_TRAINED = ({"federation_mean", "initial_frozen"}, {"training_site", "initial_frozen"})
 _TTA = ({"tta"}, {"tta"})
 
 #: The claims and the quantity each one rests on (the absolute difference; its sign is the claim's).
@@ -174,14 +177,16 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
         own.update({str(r["site"]): float(r["score"]) for r in pick("personalised_own")})
         local = {str(r["site"]): float(r["score"]) for r in pick("local_own")}
         paired = [own[k] - local[k] for k in own if k in local]
+        heldout, unseen = _paired_unseen(pick("heldout", _AS_TRAINED[0]), pick("local_unseen", _AS_TRAINED[1]))
+        heldout_tta, unseen_tta = _paired_unseen(pick("heldout", _TTA[0]), pick("local_unseen", _TTA[1]))
         q = {
             "federated_own": _nanmean(own.values()),
             "local_own": _nanmean(local.values()),
             "local_gain": _nanmean(paired),
-            "heldout": _nanmean(r["score"] for r in pick("heldout", _AS_TRAINED[0])),
-            "local_unseen": _nanmean(r["score"] for r in pick("local_unseen", _AS_TRAINED[1])),
-            "heldout_tta": _nanmean(r["score"] for r in pick("heldout", _TTA[0])),
-            "local_unseen_tta": _nanmean(r["score"] for r in pick("local_unseen", _TTA[1])),
+            "heldout": heldout,
+            "local_unseen": unseen,
+            "heldout_tta": heldout_tta,
+            "local_unseen_tta": unseen_tta,
             "personalised_own": _nanmean(r["score"] for r in pick("personalised_own")),
             "federated_shared_own": _nanmean(r["score"] for r in pick("federated_own")),
             "pooled_own": _nanmean(r["score"] for r in pick("pooled_own")),
@@ -190,8 +195,25 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
     return out
 
 
+def _paired_unseen(heldout: Sequence[Mapping[str, Any]], unseen: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """(G_FL, G_local) of one seed over the held-out sites where both are defined.
+
+    Per site h: the held-out federation's score on h, and the mean over local models of their
+    scores on h (NaN scores left out). A site where either is undefined is dropped from both sides.
+    Without held-out rows (no leave-one-out): (NaN, the mean over every local model and unseen site).
+    """
+    if not heldout:
+        return math.nan, _nanmean(r["score"] for r in unseen)
+    held = {str(r["site"]): float(r["score"]) for r in heldout}
+    local = {h: _nanmean(float(r["score"]) for r in unseen if str(r["site"]) == h) for h in held}
+    sites = [h for h in held if math.isfinite(held[h]) and math.isfinite(local[h])]
+    return _nanmean(held[h] for h in sites), _nanmean(local[h] for h in sites)
+
+
 def _ratio(num: float, den: float) -> float:
-    return num / den if math.isfinite(num) and math.isfinite(den) and den != 0 else math.nan
+    """num / den; NaN where undefined or where den <= 0 (a relative gain over a score at or below
+    chance, e.g. a negative kappa, would flip its sign)."""
+    return num / den if math.isfinite(num) and math.isfinite(den) and den > 0 else math.nan
 
 
 def combine(per_seed: Mapping[int, Mapping[str, float]], seeds: Sequence[int] | None = None) -> dict[str, float]:
@@ -306,10 +328,36 @@ def bootstrap(
     Raises:
         ValueError: labels and patient keys of different lengths, ``n_boot < 1``, bad ``alpha``.
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    draws = bootstrap_draws(scores, groups, score_fn, n_boot=n_boot, seed=seed)
+    return {key: _interval(arr, alpha) for key, arr in draws.items()}
+
+
+def _interval(draws: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The ``alpha/2`` and ``1 - alpha/2`` percentiles of the defined draws; (NaN, NaN) if none is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(draws, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def bootstrap_draws(
+    scores: Sequence[Score],
+    groups: Mapping[str, Sequence[Any]],
+    score_fn: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Every quantity of :func:`combine` on each of ``n_boot`` bootstrap replicates (NaN where a
+    replicate leaves it undefined); :func:`bootstrap` takes their percentiles.
+
+    Raises:
+        ValueError: labels and patient keys of different lengths, ``n_boot < 1``.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     _check_scores(scores, groups)
     positions = _site_positions(groups)
     all_seeds = sorted({s.seed for s in scores})
@@ -324,14 +372,7 @@ def bootstrap(
             indices[site] = np.concatenate([patients[i] for i in picks]) if patients else np.zeros(0, int)
         for key, value in replicate(scores, score_fn, indices, drawn_seeds).items():
             values.setdefault(key, []).append(value)
-    out = {}
-    for key, vals in values.items():
-        arr = np.asarray(vals, dtype=np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = np.nanpercentile(arr, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-        out[key] = (float(lo), float(hi))
-    return out
+    return {key: np.asarray(vals, dtype=np.float64) for key, vals in values.items()}
 
 
 def summarise(
@@ -356,7 +397,8 @@ def summarise(
          for s in scores]
     )  # fmt: skip
     point = combine(per_seed)
-    intervals = bootstrap(scores, groups, score_fn, n_boot=n_boot, seed=seed)
+    draws = bootstrap_draws(scores, groups, score_fn, n_boot=n_boot, seed=seed)
+    intervals = {key: _interval(arr, 0.05) for key, arr in draws.items()}
     nan2 = (math.nan, math.nan)
     quantities = {k: {"value": point[k], "ci95": list(intervals.get(k, nan2))} for k in point}
     claims = {}
@@ -375,6 +417,7 @@ def summarise(
             "status": claim_status(ci),
             "relative": point[relative[claim]],
             "relative_ci95": list(intervals.get(relative[claim], nan2)),
+            "undefined_replicates": int(np.isnan(draws[key]).sum()) if key in draws else 0,
         }
     return {"quantities": quantities, "claims": claims, "per_seed": {str(k): v for k, v in per_seed.items()}}
 

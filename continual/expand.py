@@ -83,6 +83,24 @@ ARMS: dict[str, ArmSpec] = {
 }
 
 
+#: What a resumed arm must agree on with the ``last.pt`` it continues (beside the loop's own keys).
+_RESUME_KEYS = ("arm", "lambda", "trainable", "freeze_bn_stats", "select", "validation")
+
+
+def _check_resume(out_dir: Path, wanted: Mapping[str, Any]) -> None:
+    """Refuse to continue a ``last.pt`` written by another arm or another epoch-selection rule."""
+    from medimg.models import read_checkpoint
+
+    last = out_dir / "last.pt"
+    if not last.is_file():
+        return
+    saved = read_checkpoint(last, map_location="cpu")["meta"].get("training", {}).get("continual", {})
+    changed = [k for k in _RESUME_KEYS if saved.get(k) != wanted.get(k)]
+    if changed:
+        detail = ", ".join(f"{k}={saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
+        raise ValueError(f"{last} was written with other settings ({detail}); use another out_dir")
+
+
 def expand(
     model_a: torch.nn.Module,
     train_b: Any,
@@ -197,6 +215,7 @@ def expand(
         "select": select,
         "validation": "mean of new and old site" if spec.joint else "new site",
     }
+    _check_resume(Path(out_dir), meta["training"]["continual"])
     data = ConcatDataset([train_a, train_b]) if spec.joint else train_b
     try:
         result = train_classifier(

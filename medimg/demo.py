@@ -175,7 +175,9 @@ def _federated(out: Path, console: Console) -> bool:
     for line in summary_lines(summary):
         console.print(line, highlight=False, markup=False)
     console.print(
-        f"  heldout_<site>: the federation of the two other sites, scored on the site it never saw. Outputs: "
+        f"  heldout_<site>: the federation of the two other sites, scored on the site it never trained on (the "
+        "starting model learned institution A from other patients, so heldout_site_a is not a new-institution "
+        f"score). Outputs: "
         f"{out / 'federated'} (seed0/, cross_site.csv, summary.json, report.html). Tiny sites, 2 rounds, 1 seed: "
         "this shows the mechanics; the README has the measured table."
     )

@@ -333,6 +333,7 @@ def simulate_federation(
         "sites": [str(Path(d)) for d in site_dirs],
         "site_names": site_names(site_dirs),
         "weights": str(weights) if weights else None,
+        "weights_data": _weights_data(weights),
         "architecture": architecture,
         "image_size": list(image_size) if image_size else None,
         "rounds": rounds,
@@ -350,8 +351,19 @@ def simulate_federation(
         fed = train_seed(settings, engine=engine, baselines=baselines, leave_one_out=leave_one_out, quiet=quiet)
         scores += score_seed(fed, Path(settings["out"]), baselines=baselines, leave_one_out=leave_one_out)
     assert fed is not None
-    run = {**base, "seeds": seeds, "leave_one_out": leave_one_out, "engine": engine, "out": str(out)}
+    run = {**base, "seeds": seeds, "leave_one_out": leave_one_out, "baselines": baselines, "engine": engine,
+           "out": str(out)}  # fmt: skip
     return write_outputs(fed, scores, out, settings=run, n_boot=n_boot)
+
+
+def _weights_data(weights: str | Path | None) -> str | None:
+    """The training data a starting checkpoint records (``training.data``), if any."""
+    if not weights:
+        return None
+    from medimg.models import read_checkpoint
+
+    data = read_checkpoint(weights)["meta"].get("training", {}).get("data")
+    return str(data) if data else None
 
 
 def _train_federation(fed: Federation, settings: Mapping[str, Any], *, engine: str, quiet: bool) -> Path:

@@ -93,12 +93,14 @@ def score_seed(fed: Any, seed_dir: Path, *, baselines: bool, leave_one_out: bool
         for k in names:
             add(seed_dir / f"federated_{k}.pt", f"federated_{k}", "personalised_own", "site_own", [k])
     if baselines:
+        frozen = fed.config.bn_policy == "global_frozen"  # the baselines train under the same BN policy
+        own_bn, unseen_bn = (shared_bn, shared_bn) if frozen else ("site_own", "training_site")
         for k in names:
             others = [h for h in names if h != k]
-            add(seed_dir / f"local_{k}.pt", f"local_{k}", "local_own", "site_own", [k])
-            add(seed_dir / f"local_{k}.pt", f"local_{k}", "local_unseen", "training_site", others)
+            add(seed_dir / f"local_{k}.pt", f"local_{k}", "local_own", own_bn, [k])
+            add(seed_dir / f"local_{k}.pt", f"local_{k}", "local_unseen", unseen_bn, others)
             add(seed_dir / f"local_{k}.pt", f"local_{k}", "local_unseen", "tta", others)
-        add(seed_dir / "pooled.pt", "pooled", "pooled_own", "pooled", names)
+        add(seed_dir / "pooled.pt", "pooled", "pooled_own", shared_bn if frozen else "pooled", names)
     if leave_one_out:
         for h in names:
             path = seed_dir / f"heldout_{h}" / "federated.pt"
@@ -180,8 +182,14 @@ def build_summary(
             {"federated_heldout": "heldout_tta", "local_unseen": "local_unseen_tta"},
         ),
         "bn_compared": {
-            "local_gain": {"federated": "site_own (personalised)" if fedbn else shared_bn, "local": "site_own"},
-            "generalizability_gain": {"federated_heldout": shared_bn, "local_unseen": "training_site"},
+            "local_gain": {
+                "federated": "site_own (personalised)" if fedbn else shared_bn,
+                "local": "initial_frozen" if shared_bn == "initial_frozen" else "site_own",
+            },
+            "generalizability_gain": {
+                "federated_heldout": shared_bn,
+                "local_unseen": shared_bn if shared_bn == "initial_frozen" else "training_site",
+            },
             "generalizability_gain_tta": {"federated_heldout": "tta", "local_unseen": "tta"},
         },
         "personalised_own_site": q["personalised_own"] if fedbn else None,
@@ -202,9 +210,19 @@ def build_summary(
         "paper": PAPER,
         "settings": {k: v for k, v in settings.items() if k != "cache_dir"},
     }
+    if settings.get("weights") and settings.get("leave_one_out"):
+        summary["initial_weights_note"] = (
+            f"every model started from {settings['weights']} (trained on "
+            f"{settings.get('weights_data') or 'data not recorded in it'}): a held-out site is unseen by this "
+            "run's training only; if those weights learned from a held-out institution, its score there "
+            "overstates generalisation"
+        )
     if summary["generalizability_gain"] is None:
+        ran = settings.get("leave_one_out") and settings.get("baselines", True)
         summary["generalizability_note"] = (
-            "needs --leave-one-out and the local-only baselines: only models scored on sites they never "
+            "undefined on these test splits (no held-out site where both sides have a defined score)"
+            if ran
+            else "needs --leave-one-out and the local-only baselines: only models scored on sites they never "
             "trained on count"
         )
     return summary
@@ -257,6 +275,8 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
         )
     if summary.get("generalizability_note"):
         lines.append(f"  generalisation gain: {summary['generalizability_note']}")
+    if summary.get("initial_weights_note"):
+        lines.append(f"  note: {summary['initial_weights_note']}")
     if summary.get("personalised_own_site"):
         lines.append(
             "  personalised own-site score (FedBN, each site with its own BN; not generalisation): "

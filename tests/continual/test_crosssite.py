@@ -70,6 +70,27 @@ def test_gains_by_hand_on_a_score_table() -> None:
     assert combine(per_seed, [1, 1])["local_gain"] == pytest.approx(0.15)
 
 
+def test_generalisation_is_paired_over_the_held_out_sites() -> None:
+    """A site where the held-out federation's score is undefined (NaN) leaves both sides: the local
+    models' scores there do not count either. Breaking it: the unpaired means (G_local over every
+    pair, 0.2 here) compare the federation at site a alone with the local models at a and b."""
+    rows = [
+        {"seed": 0, "role": "local_unseen", "bn": "training_site", "site": "b", "score": 0.1},
+        {"seed": 0, "role": "local_unseen", "bn": "training_site", "site": "a", "score": 0.3},
+        {"seed": 0, "role": "heldout", "bn": "federation_mean", "site": "a", "score": 0.5},
+        {"seed": 0, "role": "heldout", "bn": "federation_mean", "site": "b", "score": float("nan")},
+    ]
+    q = seed_quantities(rows)[0]
+    assert q["heldout"] == pytest.approx(0.5) and q["local_unseen"] == pytest.approx(0.3)
+    assert combine({0: q})["generalizability_gain_absolute"] == pytest.approx(0.2)
+    # without held-out rows the local models' mean over every unseen site is still reported
+    q = seed_quantities(rows[:2])[0]
+    assert math.isnan(q["heldout"]) and q["local_unseen"] == pytest.approx(0.2)
+    # a relative gain over a local score at or below zero is undefined, not sign-flipped
+    rows[1]["score"] = -0.1
+    assert math.isnan(combine(seed_quantities(rows))["generalizability_gain"])
+
+
 def test_claim_status_rule() -> None:
     """Breaking it: calling an interval that includes zero 'met'."""
     assert claim_status([0.01, 0.2]) == "met"

@@ -97,6 +97,20 @@ def test_joint_trains_on_both_sites_and_keeps_the_best_mean_of_both_validations(
     assert training["continual"]["validation"] == "mean of new and old site"
 
 
+def test_a_rerun_never_continues_a_run_with_another_selection_rule(tmp_path: Path) -> None:
+    """Breaking it: resuming a ``last.pt`` kept by the new site's validation metric under the
+    ce_penalty rule would mix two rules' epochs in one run."""
+    torch.manual_seed(0)
+    model = build_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
+    train, val = bright_square_dataset(16, seed=1), bright_square_dataset(8, seed=2)
+    common = {"config": TrainConfig(epochs=1, batch_size=8, lr=1e-2, monitor="roc_auc"),
+              "metric_fn": roc_auc_metric, "checkpoint_meta": toy_meta()}  # fmt: skip
+    expand(model, train, val, arm="finetune", out_dir=tmp_path, **common)
+    with pytest.raises(ValueError, match=r"select='metric' there, 'ce_penalty' now"):
+        expand(model, train, val, arm="finetune", out_dir=tmp_path, select="ce_penalty", **common)
+    expand(model, train, val, arm="finetune", out_dir=tmp_path, **common)  # the same settings resume
+
+
 def test_only_the_joint_arm_sees_old_site_data(tmp_path: Path) -> None:
     model = build_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
     data = bright_square_dataset(8, seed=1)
