@@ -91,9 +91,9 @@ quality: $(STAMP)
 	$(MEDIMG) sample-data build/quality --seed 200 --only brain --count 5
 	$(MEDIMG) evaluate brats build/quality/brain/nifti --weights sample_data/weights/brats.pt -o build/quality/brats
 
-# Domain expansion (issue 8) and federated training (issue 9) on fresh generated institutions
-# (seed 300; the learning rate and lambdas were chosen on the demo-training institutions, seed 100),
-# as quoted in the README (about 40 minutes on 2 cores).
+# Domain expansion (issue 8) on fresh generated institutions (seed 300; the learning rate and
+# lambdas were chosen on the demo-training institutions, seed 100), as quoted in the README (about
+# 35 minutes on one core).
 CQ := build/continual-quality
 CQM := $(CQ)/data/mammo
 continual-quality: $(STAMP)
@@ -116,7 +116,7 @@ continual-quality: $(STAMP)
 
 # Federated training (issues 9 and 15) on the same three generated institutions as continual-quality
 # (seed 300): FedBN and FedAvg with leave-one-out held-out federations, 3 seeds each, bootstrap
-# intervals, as quoted in the README (several hours on 2 cores; a rerun resumes).
+# intervals, as quoted in the README (about 50 minutes per BN policy on one core; a rerun resumes).
 FQ := build/federated-quality
 FQ_SITES := --site $(CQM)/site_a --site $(CQM)/site_b --site $(CQM)/site_c
 federated-quality: $(STAMP)
