@@ -71,7 +71,7 @@ def test_audit_scores_attention_as_a_ninth_method(gated: Path, tmp_path: Path) -
     stages = {r["stage"] for r in _rows(tmp_path / "randomization.csv") if r["method"] == "attention"}
     assert {"logits", "gate"} <= stages and "stem" not in stages  # the paper never randomises the stem
     summary = _rows(tmp_path / "summary.csv")
-    assert {r["method"] for r in summary} == {"attention", "gradcam"}
+    assert {r["method"] for r in summary} == {"attention", "gradcam", "edge_control", "image_control"}  # + controls
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert "read-out" in settings["methods"]["attention"]
     assert "Attention (trainable)" in (tmp_path / "report.html").read_text()
