@@ -127,7 +127,7 @@ federated-quality: $(STAMP)
 		--seeds 0,1,2 --engine inprocess -o $(FQ)/fedavg
 
 # Domain expansion on five times larger generated sites (1,000 images each), as quoted in the
-# README (about 60 minutes on 2 cores).
+# README (about 35 minutes on one core).
 CQL := build/continual-quality-big
 continual-quality-large: $(STAMP)
 	test -d $(CQL)/data/mammo || $(MEDIMG) sample-data $(CQL)/data --seed 300 --only mammo --count mammo=250
