@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARMS", "SELECTIONS", "ArmSpec", "expand", "two_site_metric"]
+__all__ = ["ARMS", "SELECTIONS", "ArmSpec", "ce_penalty_metric", "expand", "two_site_metric"]
 
 #: How :func:`expand` picks the epoch it keeps (never with old-site data).
 SELECTIONS: tuple[str, ...] = ("metric", "ce_penalty")
@@ -188,7 +188,7 @@ def expand(
     if select == "ce_penalty":
         import dataclasses
 
-        metric_fn = _ce_penalty_metric(metric_fn, penalty)
+        metric_fn = ce_penalty_metric(metric_fn, penalty)
         config = dataclasses.replace(config, monitor="neg_ce_penalty")
     if spec.joint:
         metric_fn = two_site_metric(metric_fn, len(val_b))
@@ -254,7 +254,7 @@ def expand(
     }
 
 
-def _ce_penalty_metric(metric_fn: Callable[..., Mapping[str, float]], penalty: Any) -> Callable[..., dict[str, float]]:
+def ce_penalty_metric(metric_fn: Callable[..., Mapping[str, float]], penalty: Any) -> Callable[..., dict[str, float]]:
     """``metric_fn`` plus ``neg_ce_penalty`` = -(mean validation cross-entropy + EWC penalty at the
     current weights): the training loop keeps its highest value, i.e. the lowest CE + penalty."""
     import numpy as np

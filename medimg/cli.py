@@ -312,7 +312,8 @@ def run(
     """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
     outputs, errors.csv, report.html."""
     from medimg.models import CheckpointError
-    from pipelines.runner import default_weights, run_pipeline, summarize_errors
+    from pipelines.run_report import summarize_errors
+    from pipelines.runner import default_weights, run_pipeline
 
     task = _pipeline(pipeline)
     if hasattr(task, "configure"):

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["percent", "run_demo"]
+__all__ = ["percent", "run_demo", "small_sites"]
 
 _DATASETS = {"cxr": "chest_xray", "mammo": "mammography", "brain/dicom": "brain_mr"}
 
@@ -121,7 +121,7 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 SMALL_SITES_SEED = 11
 
 
-def _small_sites(out: Path) -> Path:
+def small_sites(out: Path) -> Path:
     """The demo's three small generated institutions (``OUT/continual/data/mammo/site_*``), made once."""
     from medimg.synth import generate_sample_data
 
@@ -153,7 +153,7 @@ def _federated(out: Path, console: Console) -> bool:
     weights = _site_a_weights(console)
     if weights is None:
         return False
-    sites = _small_sites(out)
+    sites = small_sites(out)
     # The engine-free loop (the same client and server functions Flower runs) spares four Ray start-ups
     # (the federation of all sites and the three held-out ones) and keeps the demo short.
     summary = simulate_federation(
@@ -194,7 +194,7 @@ def _continual(out: Path, console: Console) -> bool:
     weights = _site_a_weights(console)
     if weights is None:
         return False
-    sites = _small_sites(out)
+    sites = small_sites(out)
     rows = compare_arms(
         "density", sites / "site_a", sites / "site_c", weights, out / "continual",
         arms=("old-only", "finetune", "ewc-gbn"), lambdas=(3000.0,), epochs=2, batch_size=8,
@@ -358,7 +358,8 @@ def _brats(data: Path, out: Path, console: Console) -> bool:
 def _pipelines(data: Path, out: Path, console: Console) -> bool:
     """Both 2-D pipelines with the demo weights shipped in sample_data/weights/."""
     from pipelines import get_pipeline
-    from pipelines.runner import default_weights, run_pipeline, summarize_errors
+    from pipelines.run_report import summarize_errors
+    from pipelines.runner import default_weights, run_pipeline
 
     ok = True
     for name, folder in (("pneumonia", data / "cxr"), ("density", data / "mammo")):

@@ -68,17 +68,19 @@ from medimg.writers import atomic_path, write_csv
 __all__ = [
     "LOSSES",
     "SEGMENTATION_LOSSES",
-    "MetricFn",
-    "Predictor",
-    "SegmentationMetricFn",
-    "TrainConfig",
-    "TrainResult",
+    "check_model_matches_meta",
     "init_distributed",
     "is_distributed",
+    "MetricFn",
+    "Predictor",
     "progress_bar",
     "rank",
+    "segmentation_loss",
+    "SegmentationMetricFn",
     "train_classifier",
     "train_segmenter",
+    "TrainConfig",
+    "TrainResult",
     "world_size",
 ]
 
@@ -322,7 +324,7 @@ def _classification_loss(loss: str, class_weights: list[float] | None, device: t
     return lambda logits, labels: focal(logits, labels[:, None])
 
 
-def _segmentation_loss(loss: str, class_weights: list[float] | None, device: torch.device) -> Criterion:
+def segmentation_loss(loss: str, class_weights: list[float] | None, device: torch.device) -> Criterion:
     """``criterion(logits (B, R, *spatial), masks (B, R, *spatial) 0/1) -> scalar``: sigmoid Dice, or Dice + BCE.
 
     ``"dice"`` is the MONAI BraTS tutorial's loss (MONAI ``DiceLoss`` on sigmoids, squared
@@ -408,7 +410,7 @@ def _classification_task(metric_fn: MetricFn) -> _Task:
             raise ValueError(
                 f"class_weights has {len(config.class_weights)} entries for a network with {n_classes} classes"
             )
-        _check_model_matches_meta(model, meta)
+        check_model_matches_meta(model, meta)
 
     return _Task(
         kind="classification",
@@ -471,12 +473,12 @@ def _segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> _
                 f"{n_regions} output channels; name one region per channel"
             )
         if meta["architecture"] in ARCHITECTURES:  # others cannot be rebuilt by medimg.models, so not checked
-            _check_model_matches_meta(model, meta)
+            check_model_matches_meta(model, meta)
 
     return _Task(
         kind="segmentation",
         losses=SEGMENTATION_LOSSES,
-        make_criterion=_segmentation_loss,
+        make_criterion=segmentation_loss,
         split_batch=_segmentation_batch,
         validate=validate,
         check=check,
@@ -484,7 +486,7 @@ def _segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> _
     )
 
 
-def _check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
+def check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
     """Fail before training when ``meta`` would rebuild a network the weights do not fit."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         try:

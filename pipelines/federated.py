@@ -21,226 +21,16 @@ with the same settings (delete one to train it again).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from pipelines.federation import Federation, federation_meta, load_federation, save_server, site_names, write_rounds
 
-from medimg.writers import write_csv
-from pipelines.base import Pipeline
-
-__all__ = [
-    "Federation",
-    "evaluate_dataset",
-    "load_federation",
-    "save_server",
-    "simulate_federation",
-    "site_names",
-    "train_seed",
-    "write_rounds",
-]
+__all__ = ["ENGINES", "simulate_federation", "train_seed"]
 
 ENGINES = ("flower", "inprocess")
-
-
-@dataclass
-class Federation:
-    """A pipeline's federation: settings, architecture metadata, initial state and the sites."""
-
-    pipeline: Pipeline
-    meta: dict[str, Any]
-    initial_state: dict[str, Any]
-    sites: list[Any]
-    site_dirs: list[str]
-    config: Any
-    settings: dict[str, Any] = field(default_factory=dict)
-    #: per site: the patient (exam) of each test image, in the test split's order
-    test_groups: dict[str, list[str]] = field(default_factory=dict)
-    #: per site: its training and validation images through the inference transforms (test-time BN)
-    unlabelled: dict[str, Any] = field(default_factory=dict)
-
-    def make_model(self) -> Any:
-        from medimg.models import build_network
-
-        return build_network(self.meta["architecture"], **self.meta["network"])
-
-    def evaluate(self, model: Any, dataset: Any) -> dict[str, float]:
-        return evaluate_dataset(self.pipeline, model, dataset)
-
-
-def evaluate_dataset(pipeline: Pipeline, model: Any, dataset: Any, *, batch_size: int = 16) -> dict[str, float]:
-    """The pipeline's metrics (e.g. accuracy, linear kappa) of ``model`` on a dataset of labelled items."""
-    from pipelines.training import predict_dataset
-
-    labels, probs = predict_dataset(model, dataset, batch_size=batch_size)
-    return pipeline.metrics(labels, probs.astype(np.float64))
-
-
-def site_names(site_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Unique short names for the site folders (folder name, with its parent's if needed)."""
-    names = [Path(d).name or str(d) for d in site_dirs]
-    if len(set(names)) < len(names):
-        names = [f"{Path(d).parent.name}-{Path(d).name}" for d in site_dirs]
-    if len(set(names)) < len(names):
-        names = [f"site{i}-{n}" for i, n in enumerate(names)]
-    return [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
-
-
-def _from_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings from a Flower run config (flat scalars; lists and null may come JSON-encoded)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, str) and (value[:1] in "[{" or value == "null"):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
-
-
-def load_federation(
-    settings: Mapping[str, Any], *, only_site: int | None = None, site_dir: str | None = None
-) -> Federation:
-    """Build the federation from its settings (as :func:`simulate_federation` records them).
-
-    Args:
-        settings: ``pipeline``, ``sites`` (folders), ``weights`` (initial checkpoint or None),
-            ``architecture``, ``image_size``, ``seed``, ``cache_dir`` and the :class:`FedConfig`
-            fields (``rounds``, ``local_epochs``, ``batch_size``, ``lr``, ``proximal_mu``, ``bn_policy``).
-            Flower run configs (JSON-encoded lists) are accepted.
-        only_site: load only this site's data (a client).
-        site_dir: load this folder as the only site (a deployed SuperNode's own data).
-
-    Raises:
-        DatasetError: a site folder that does not have the pipeline's layout or has < 3 patients.
-        ValueError: bad settings.
-    """
-    import torch
-    from torch.utils.data import ConcatDataset
-
-    from continual.federated import FedConfig, Site
-    from medimg.models import build_network, load_checkpoint
-    from pipelines import get_pipeline
-    from pipelines.continual_expansion import site_splits
-    from pipelines.training import site_dataset
-
-    s = _from_run_config(settings)
-    pipeline = get_pipeline(str(s["pipeline"]))
-    if pipeline.unit == "study":
-        raise ValueError(f"federated training is for 2-D classification pipelines; {pipeline.name!r} segments volumes")
-    if s.get("weights"):
-        model, meta = load_checkpoint(s["weights"], pipeline=pipeline.name)
-    else:
-        architecture = str(s.get("architecture") or "compact")
-        image_size = s.get("image_size")
-        meta = {
-            "pipeline": pipeline.name,
-            "architecture": architecture,
-            "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)},
-            "labels": list(pipeline.labels),
-            "preprocessing": pipeline.preprocessing(architecture, tuple(image_size) if image_size else None),
-            "training": {},
-        }
-        torch.manual_seed(int(s.get("seed", 0)))
-        model = build_network(architecture, **meta["network"])
-    config = FedConfig(
-        rounds=int(s.get("rounds", 3)),
-        local_epochs=int(s.get("local_epochs", 1)),
-        batch_size=int(s.get("batch_size", 16)),
-        lr=float(s.get("lr", 1e-3)),
-        proximal_mu=float(s.get("proximal_mu", 0.0)),
-        bn_policy=str(s.get("bn_policy", "average")),
-        seed=int(s.get("seed", 0)),
-        monitor=pipeline.monitor,
-    )
-    if site_dir is not None:
-        dirs = [site_dir]
-    elif s.get("sites"):
-        dirs = [str(d) for d in s["sites"]]
-    elif only_site == -1 and int(s.get("num_sites", 0)) > 0:  # a deployed server knows how many sites, not where
-        dirs = [f"site{i}" for i in range(int(s["num_sites"]))]
-    else:
-        raise ValueError("the settings name no sites (give 'sites', or 'num_sites' for a deployed server)")
-    names = [str(n) for n in s["site_names"]] if s.get("site_names") and site_dir is None else site_names(dirs)
-    if len(names) != len(dirs):
-        raise ValueError(f"{len(names)} site names for {len(dirs)} site folders")
-    cache = s.get("cache_dir")
-    fed = Federation(pipeline, meta, {k: v.detach().clone() for k, v in model.state_dict().items()}, [], dirs, config,
-                     settings=dict(s))  # fmt: skip
-    for index, (name, folder) in enumerate(zip(names, dirs, strict=True)):
-        if only_site is not None and index != only_site:
-            fed.sites.append(Site(name=name, train=None, val=None, test=None))
-            continue
-        splits = site_splits(pipeline, folder)
-        sub = Path(cache) / name if cache else None
-
-        def dataset(part: str, train: bool = False, sub: Path | None = sub, splits: dict = splits) -> Any:
-            return site_dataset(pipeline, splits[part], meta["preprocessing"], train=train, cache_dir=sub)
-
-        fed.sites.append(Site(name=name, train=dataset("train", True), val=dataset("val"), test=dataset("test")))
-        fed.test_groups[name] = [str(item["patient_id"]) for item in splits["test"]]
-        # training + validation images through the inference transforms (own cache: the keys are the items)
-        plain = site_dataset(
-            pipeline, splits["train"], meta["preprocessing"], train=False, cache_dir=sub / "inference" if sub else None
-        )
-        fed.unlabelled[name] = ConcatDataset([plain, fed.sites[-1].val])
-    return fed
-
-
-def _checkpoint_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-    import copy
-
-    meta = copy.deepcopy(fed.meta)
-    meta.setdefault("training", {})["federated"] = {
-        "role": role,
-        "sites": list(fed.site_dirs),
-        "rounds": fed.config.rounds,
-        "local_epochs": fed.config.local_epochs,
-        "batch_size": fed.config.batch_size,
-        "lr": fed.config.lr,
-        "proximal_mu": fed.config.proximal_mu,
-        "bn_policy": fed.config.bn_policy,
-        "seed": fed.config.seed,
-        "initial_weights": fed.settings.get("weights"),
-        **dict(extra),
-    }
-    return meta
-
-
-def save_server(
-    fed: Federation,
-    server: Any,
-    path: Path,
-    role: str,
-    *,
-    personalised: bool = True,
-    trained_on: Sequence[str] | None = None,
-) -> None:
-    """The best global model to ``path``; under the ``local`` BN policy also each site's personalised
-    model (best global weights + that site's own BN) to ``<stem>_<site>.pt`` beside it.
-
-    ``trained_on``: the names of the sites whose images trained it (default: the federation's
-    sites), recorded in the checkpoint as ``training.federated.trained_on``.
-    """
-    from medimg.models import save_checkpoint
-
-    model = fed.make_model()
-    extra = {
-        "best_round": server.best_round,
-        "best_val_" + fed.config.monitor: server.best_value,
-        "trained_on": list(trained_on) if trained_on is not None else [s.name for s in fed.sites],
-    }
-    for name, state in server.site_models().items() if personalised and fed.config.bn_policy == "local" else ():
-        model.load_state_dict(state)
-        save_checkpoint(path.with_name(f"{path.stem}_{name}.pt"), model, _checkpoint_meta(fed, f"{role}:{name}", extra))
-    model.load_state_dict(server.best_state if server.best_state is not None else server.state)
-    save_checkpoint(path, model, _checkpoint_meta(fed, role, extra))
 
 
 def _run_inprocess(fed: Federation, sites: Sequence[Any], config: Any) -> Any:
@@ -439,17 +229,9 @@ def _check_reuse(fed: Federation, paths: Sequence[Path]) -> None:
         if not path.is_file():
             continue
         recorded = read_checkpoint(path)["meta"].get("training", {}).get("federated", {})
-        current = _checkpoint_meta(fed, "", {})["training"]["federated"]
+        current = federation_meta(fed, "", {})["training"]["federated"]
         changed = [k for k in _REUSE_KEYS if recorded.get(k) != current.get(k)]
         if changed:
             raise ValueError(
                 f"{path} was trained with other settings ({', '.join(changed)}); use another output folder"
             )
-
-
-def write_rounds(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    """``OUT/rounds.csv``: each site's validation of the global model after every round."""
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    write_csv(out / "rounds.csv", list(history), columns)

@@ -32,7 +32,7 @@ def _settings_key(settings: Mapping[str, Any], index: int, site_dir: str | None)
 
 def client_task(settings: Mapping[str, Any], index: int, site_dir: str | None = None) -> ClientTask:
     """The :class:`ClientTask` of site ``index`` (or of the folder ``site_dir`` on a deployed node)."""
-    from pipelines.federated import load_federation
+    from pipelines.federation import load_federation
 
     key = _settings_key(settings, index, site_dir)
     if key not in _TASKS:
@@ -49,7 +49,7 @@ def client_task(settings: Mapping[str, Any], index: int, site_dir: str | None = 
 def server_task(settings: Mapping[str, Any]) -> ServerTask:
     """The :class:`ServerTask`; at the end it writes ``OUT/federated.pt`` and ``OUT/rounds.csv``."""
     from continual.federated import bn_state_keys
-    from pipelines.federated import load_federation, save_server, write_rounds
+    from pipelines.federation import load_federation, save_server, write_rounds
 
     fed = load_federation(settings, only_site=-1)
     out = Path(str(fed.settings.get("out") or "."))

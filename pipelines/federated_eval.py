@@ -58,7 +58,7 @@ def score_seed(fed: Any, seed_dir: Path, *, baselines: bool, leave_one_out: bool
     """Score one seed's models (see the module docstring) on the sites' test splits.
 
     Args:
-        fed: the :class:`pipelines.federated.Federation` of all sites (its ``config.seed`` is the seed).
+        fed: the :class:`pipelines.federation.Federation` of all sites (its ``config.seed`` is the seed).
         seed_dir: the seed's folder (``federated.pt``, ``local_<site>.pt``, ``heldout_<site>/`` ...).
         baselines: score the local-only and pooled models.
         leave_one_out: score the held-out federations.

@@ -10,7 +10,7 @@ import numpy as np
 from medimg.report import Report
 from pipelines.base import Pipeline
 
-__all__ = ["run_report"]
+__all__ = ["run_report", "summarize_errors"]
 
 MAX_THUMBNAILS = 48
 
@@ -33,10 +33,17 @@ def _thumbnail(summary: Any, row: Mapping[str, Any]) -> np.ndarray | None:
     return image.T if image.ndim == 2 else None
 
 
+def summarize_errors(errors: list[Mapping[str, Any]]) -> dict[str, int]:
+    """Counts of errors and skips by reason category (text before the first colon)."""
+    out: dict[str, int] = {}
+    for e in errors:
+        key = f"{e['kind']}: {e['reason'].split(':')[0]}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Report:
     """Self-contained summary of one run."""
-    from pipelines.runner import summarize_errors
-
     report = Report(f"medimg run {pipeline.name}", subtitle=pipeline.description)
     report.heading("Run")
     report.table(

@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,12 +319,3 @@ def _write_study(
     if not errors:  # a study with failures gets no done marker: the next run retries it
         write_json(folder / "study.json", {"rows": rows})
     return rows
-
-
-def summarize_errors(errors: list[Mapping[str, Any]]) -> dict[str, int]:
-    """Counts of errors and skips by reason category (text before the first colon)."""
-    out: dict[str, int] = {}
-    for e in errors:
-        key = f"{e['kind']}: {e['reason'].split(':')[0]}"
-        out[key] = out.get(key, 0) + 1
-    return out

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from medimg.dicom.codecs import decode_support
 from medimg.dicom.index import InstanceHeader, QuarantineEntry
 
-__all__ = ["INDEXED_KEYWORDS", "header_from_dataset", "read_instance_header"]
+__all__ = ["INDEXED_KEYWORDS", "header_from_dataset", "jsonable", "read_instance_header"]
 
 #: Header keywords kept per instance: what selection rules, the index and loaders look at.
 #: Rules may name other keywords too; those are read from the first file on demand.
@@ -212,7 +212,7 @@ def _transfer_syntax(ds: Any) -> str:
     return uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     from pydicom.multival import MultiValue
     from pydicom.sequence import Sequence
     from pydicom.valuerep import PersonName
@@ -220,7 +220,7 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bytes, Sequence)):
         return None
     if isinstance(value, (MultiValue, list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -307,7 +307,7 @@ def _indexed_attributes(ds: Any) -> dict[str, Any]:
             vr = raw.VR or dict_vr
             done, value = _fast_value(raw, str(vr), little, plain_charset)
         if not done:
-            value = _jsonable(ds[tag].value)
+            value = jsonable(ds[tag].value)
         if value is not None and value != "":
             out[keyword] = value
     return out

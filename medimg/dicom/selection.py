@@ -263,11 +263,11 @@ def _read_keyword(path: str, keyword: str) -> Any:
     """Read one extra keyword from a file's header (for rules on non-indexed attributes)."""
     import pydicom
 
-    from medimg.dicom.header import _jsonable
+    from medimg.dicom.header import jsonable
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
-        return _jsonable(ds.get(keyword))
+        return jsonable(ds.get(keyword))
     except Exception:  # noqa: BLE001 - an unreadable value simply does not match
         return None
 

@@ -12,7 +12,7 @@ import torch
 from toy_classification import bright_square_dataset, roc_auc_metric, toy_meta
 
 from continual.ewc import estimate_fisher
-from continual.expand import _ce_penalty_metric, expand, two_site_metric
+from continual.expand import ce_penalty_metric, expand, two_site_metric
 from medimg.models import build_network, read_checkpoint
 from medimg.training import TrainConfig
 
@@ -21,10 +21,10 @@ def test_ce_penalty_metric_by_hand() -> None:
     y = np.array([0, 1, 1])
     prob = np.array([[0.8, 0.2], [0.4, 0.6], [0.1, 0.9]])
     ce = -(math.log(0.8) + math.log(0.6) + math.log(0.9)) / 3
-    out = _ce_penalty_metric(roc_auc_metric, lambda: torch.tensor(0.25))(y, prob)
+    out = ce_penalty_metric(roc_auc_metric, lambda: torch.tensor(0.25))(y, prob)
     assert out["neg_ce_penalty"] == pytest.approx(-(ce + 0.25))
     assert "roc_auc" in out
-    assert _ce_penalty_metric(roc_auc_metric, None)(y, prob)["neg_ce_penalty"] == pytest.approx(-ce)
+    assert ce_penalty_metric(roc_auc_metric, None)(y, prob)["neg_ce_penalty"] == pytest.approx(-ce)
 
 
 def test_expand_keeps_the_epoch_with_the_lowest_ce_plus_penalty(tmp_path: Path) -> None:

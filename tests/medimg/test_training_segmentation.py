@@ -27,7 +27,7 @@ from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd,
 from toy_classification import bright_square_dataset, roc_auc_metric, toy_meta
 
 from medimg.models import build_network, read_checkpoint
-from medimg.training import TrainConfig, _segmentation_loss, train_classifier, train_segmenter
+from medimg.training import TrainConfig, segmentation_loss, train_classifier, train_segmenter
 
 SIZE, PATCH = 24, 16
 REGIONS = ["TC", "WT", "ET"]
@@ -219,7 +219,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path) -> Non
 
 def test_dicece_is_dice_plus_per_channel_binary_cross_entropy() -> None:
     torch.manual_seed(0)
-    criterion = _segmentation_loss("dicece", None, torch.device("cpu"))
+    criterion = segmentation_loss("dicece", None, torch.device("cpu"))
     logits, masks = torch.randn(2, 3, 8, 8, 8), (torch.rand(2, 3, 8, 8, 8) > 0.7).float()
     # the "dice" loss (MONAI's BraTS tutorial settings) plus per-channel BCE, not DiceCELoss's
     # softmax cross-entropy over overlapping channels
@@ -233,7 +233,7 @@ def test_an_empty_region_in_a_patch_costs_the_same_whatever_is_predicted() -> No
     """MONAI's default smoothing scores an empty region 1 - 1e-5 / (sum(p) + 1e-5): ~0 when nothing
     is predicted, ~1 otherwise, so patches without the (small) region reward never predicting it.
     Our Dice term (no numerator smoothing) costs such a patch 1 whatever the prediction."""
-    criterion = _segmentation_loss("dice", None, torch.device("cpu"))
+    criterion = segmentation_loss("dice", None, torch.device("cpu"))
     empty = torch.zeros(1, 1, 4, 4, 4)
     nothing, something = torch.full((1, 1, 4, 4, 4), -30.0), torch.full((1, 1, 4, 4, 4), 2.0)
     assert float(criterion(nothing, empty)) == pytest.approx(1.0)

@@ -219,9 +219,9 @@ def test_train_never_uses_the_dataset_test_split(sites: dict[str, Path]) -> None
 
 def test_the_demo_sites_have_two_classes_in_every_split(tmp_path: Path) -> None:
     # Otherwise the demo's continual and federated tables show undefined kappas.
-    from medimg.demo import _small_sites
+    from medimg.demo import small_sites
 
-    sites = _small_sites(tmp_path)
+    sites = small_sites(tmp_path)
     pipeline = get_pipeline("density")
     for site in ("site_a", "site_b", "site_c"):
         splits = site_splits(pipeline, sites / site)

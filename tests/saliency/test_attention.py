@@ -188,13 +188,13 @@ def test_deepcopy_after_a_training_forward_and_blocks_include_the_gate() -> None
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    from medimg.training import _check_model_matches_meta
+    from medimg.training import check_model_matches_meta
 
     model = wrapped("compact", heads=2, activation="softmax", hidden=4, dropout_prob=0.1).eval()
     info = meta(model)
     assert info["network"]["wrapper"] == {"name": "attention", "heads": 2, "activation": "softmax", "hidden": 4}
     assert info["network"]["dropout_prob"] == 0.1
-    _check_model_matches_meta(model, info)  # the training-time reference comparison (on the meta device)
+    check_model_matches_meta(model, info)  # the training-time reference comparison (on the meta device)
     path = save_checkpoint(tmp_path / "attention.pt", model, info)
     loaded, loaded_meta = load_checkpoint(path, architecture="compact")
     assert isinstance(loaded, AttentionClassifier) and loaded_meta["architecture"] == "compact"
