@@ -101,6 +101,62 @@ def _check_resume(out_dir: Path, wanted: Mapping[str, Any]) -> None:
         raise ValueError(f"{last} was written with other settings ({detail}); use another out_dir")
 
 
+def _check_arm(arm: str, select: str, *, fisher: Any, train_a: Any, val_a: Any) -> ArmSpec:
+    """The arm's spec, after refusing settings it cannot run with (see :func:`expand`'s Raises)."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}; choose from {list(SELECTIONS)}")
+    spec = ARMS[arm]
+    if spec.ewc and fisher is None:
+        raise ValueError(f"arm {arm!r} needs the Fisher estimated at the old site")
+    if spec.joint and (train_a is None or val_a is None):
+        raise ValueError("the joint arm needs the old site's training and validation data")
+    if val_a is not None and not spec.joint:
+        raise ValueError(f"arm {arm!r} never selects on old-site data: val_a is for the joint arm only")
+    return spec
+
+
+def _auxiliary_terms(
+    model: torch.nn.Module,
+    model_a: torch.nn.Module,
+    spec: ArmSpec,
+    fisher: Any,
+    lam: float,
+    lwf_temperature: float,
+    lwf_alpha: float,
+) -> tuple[list[Callable[[Any], torch.Tensor]], list[Any], Any]:
+    """The arm's loss terms beside the cross-entropy: ``(terms, forward hooks to remove, EWC penalty or None)``."""
+    terms: list[Callable[[Any], torch.Tensor]] = []
+    hooks: list[Any] = []
+    penalty = None
+    if spec.ewc:
+        from continual.ewc import EWCPenalty
+
+        penalty = EWCPenalty(model, fisher, lam)
+        terms.append(lambda batch: penalty())
+    if spec.lwf:
+        from continual.lwf import LwFLoss
+
+        distill = LwFLoss(model_a, temperature=lwf_temperature, alpha=lwf_alpha)
+        captured: dict[str, torch.Tensor] = {}
+        hooks.append(
+            model.register_forward_hook(lambda _m, inputs, output: captured.update(x=inputs[0], logits=output))
+        )
+        terms.append(lambda batch: distill(captured["logits"], captured["x"]))
+    return terms, hooks, penalty
+
+
+def _load_best(model: torch.nn.Module, result: Any) -> None:
+    """Load the best epoch's weights (if the loop kept one) and put the model in eval mode."""
+    best = result.best_checkpoint if result.best_checkpoint and Path(result.best_checkpoint).is_file() else None
+    if best is not None:
+        from medimg.models import read_checkpoint
+
+        model.load_state_dict(read_checkpoint(best)["state_dict"])
+    model.eval()
+
+
 def expand(
     model_a: torch.nn.Module,
     train_b: Any,
@@ -157,17 +213,7 @@ def expand(
     from continual.bn import check_postconditions, freeze_bn_stats, set_trainable, snapshot_bn_stats
     from medimg.training import train_classifier
 
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown selection {select!r}; choose from {list(SELECTIONS)}")
-    spec = ARMS[arm]
-    if spec.ewc and fisher is None:
-        raise ValueError(f"arm {arm!r} needs the Fisher estimated at the old site")
-    if spec.joint and (train_a is None or val_a is None):
-        raise ValueError("the joint arm needs the old site's training and validation data")
-    if val_a is not None and not spec.joint:
-        raise ValueError(f"arm {arm!r} never selects on old-site data: val_a is for the joint arm only")
+    spec = _check_arm(arm, select, fisher=fisher, train_a=train_a, val_a=val_a)
     model = copy.deepcopy(model_a)
     info: dict[str, Any] = {"arm": arm, "lambda": float(lam) if spec.ewc else 0.0}
     if not spec.train:
@@ -177,14 +223,7 @@ def expand(
     anchor_bn = snapshot_bn_stats(model)
     set_trainable(model, spec.trainable)
     handle = freeze_bn_stats(model) if spec.freeze_bn_stats else None
-    terms: list[Callable[[Any], torch.Tensor]] = []
-    hooks: list[Any] = []
-    penalty = None
-    if spec.ewc:
-        from continual.ewc import EWCPenalty
-
-        penalty = EWCPenalty(model, fisher, lam)
-        terms.append(lambda batch: penalty())
+    terms, hooks, penalty = _auxiliary_terms(model, model_a, spec, fisher, lam, lwf_temperature, lwf_alpha)
     if select == "ce_penalty":
         import dataclasses
 
@@ -193,15 +232,6 @@ def expand(
     if spec.joint:
         metric_fn = two_site_metric(metric_fn, len(val_b))
         val_b = ConcatDataset([val_b, val_a])
-    if spec.lwf:
-        from continual.lwf import LwFLoss
-
-        distill = LwFLoss(model_a, temperature=lwf_temperature, alpha=lwf_alpha)
-        captured: dict[str, torch.Tensor] = {}
-        hooks.append(
-            model.register_forward_hook(lambda _m, inputs, output: captured.update(x=inputs[0], logits=output))
-        )
-        terms.append(lambda batch: distill(captured["logits"], captured["x"]))
     if terms:
         model.auxiliary_loss = lambda batch: sum(term(batch) for term in terms)  # type: ignore[assignment]
     meta = copy.deepcopy(dict(checkpoint_meta))
@@ -236,12 +266,7 @@ def expand(
             handle.remove()
         if terms:
             del model.auxiliary_loss
-    best = result.best_checkpoint if result.best_checkpoint and Path(result.best_checkpoint).is_file() else None
-    if best is not None:
-        from medimg.models import read_checkpoint
-
-        model.load_state_dict(read_checkpoint(best)["state_dict"])
-    model.eval()
+    _load_best(model, result)
     check_postconditions(
         model, anchor_params, anchor_bn, freeze_bn_stats=spec.freeze_bn_stats and not spec.joint,
         trainable=spec.trainable,
