@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,68 @@ def resume_study(folder: Path, overwrite: bool, summary: RunSummary) -> bool:
     return True
 
 
+def _load_batch(
+    pipeline: Pipeline,
+    batch: list[tuple[int, dict[str, Any]]],
+    transform: Any,
+    results: dict[int, list[tuple[dict, ImageResult | None]]],
+    job_errors: dict[int, list[dict[str, Any]]],
+) -> tuple[list[Any], list[tuple[int, dict[str, Any]]]]:
+    """Load and transform a batch of ``(job, item)``; an image that fails is recorded as an error of
+    its job (and a missing result), never raised. Returns the tensors and their ``(job, item)``."""
+    tensors, ok = [], []
+    for j, item in batch:
+        try:
+            tensors.append(pipeline.load(item, transform))
+            ok.append((j, item))
+        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+            ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+            reason = f"cannot load: {exc}"
+            job_errors[j].append({"kind": "error", **ids, "path": item["source_file"], "reason": reason})
+            results[j].append((item, None))
+    return tensors, ok
+
+
+def _write_run_json(
+    pipeline: Pipeline,
+    dicom_dir: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    summary: RunSummary,
+    outputs: list[Path],
+) -> None:
+    """``OUT/run.json``: input, weights (path, SHA-256, architecture, training), settings, versions,
+    counts, timings and the files written."""
+    from medimg.models import file_sha256
+
+    out = summary.out
+    write_json(
+        out / "run.json",
+        {
+            "pipeline": pipeline.name,
+            "input": str(dicom_dir),
+            "weights": {
+                "path": str(weights),
+                "sha256": file_sha256(weights),
+                "architecture": meta["architecture"],
+                "training": meta.get("training", {}),
+            },
+            "settings": {
+                "batch_size": settings["batch_size"],
+                "device": settings["device"],
+                "preprocessing": meta["preprocessing"],
+                "overwrite": settings["overwrite"],
+                "selection_rules": pipeline.rules,
+            },
+            "versions": _versions(),
+            "counts": summary.counts,
+            "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
+            "outputs": [str(p.relative_to(out)) for p in outputs] + ["results.csv", "errors.csv"],
+        },
+    )
+
+
 def run_pipeline(
     pipeline: Pipeline,
     dicom_dir: str | os.PathLike[str],
@@ -197,7 +259,7 @@ def run_pipeline(
     """
 
     from medimg.dicom import scan_folder
-    from medimg.models import file_sha256, load_checkpoint
+    from medimg.models import load_checkpoint
 
     start = time.perf_counter()
     out = Path(out)
@@ -224,17 +286,8 @@ def run_pipeline(
     done_images = 0
     for b in range(0, len(pending), batch_size):
         batch = pending[b : b + batch_size]
-        tensors, ok = [], []
         t = time.perf_counter()
-        for j, item in batch:
-            try:
-                tensors.append(pipeline.load(item, transform))
-                ok.append((j, item))
-            except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-                ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
-                reason = f"cannot load: {exc}"
-                job_errors[j].append({"kind": "error", **ids, "path": item["source_file"], "reason": reason})
-                results[j].append((item, None))
+        tensors, ok = _load_batch(pipeline, batch, transform, results, job_errors)
         timings["load_transform"] += time.perf_counter() - t
         if tensors:
             outputs = pipeline.infer(model, tensors, [item for _, item in ok], meta, device=device, timings=timings)
@@ -270,30 +323,8 @@ def run_pipeline(
         skipped=sum(1 for e in summary.errors if e["kind"] == "skipped"),
     )
     summary.timings["total"] = time.perf_counter() - start
-    write_json(
-        out / "run.json",
-        {
-            "pipeline": pipeline.name,
-            "input": str(dicom_dir),
-            "weights": {
-                "path": str(weights),
-                "sha256": file_sha256(weights),
-                "architecture": meta["architecture"],
-                "training": meta.get("training", {}),
-            },
-            "settings": {
-                "batch_size": batch_size,
-                "device": device,
-                "preprocessing": meta["preprocessing"],
-                "overwrite": overwrite,
-                "selection_rules": pipeline.rules,
-            },
-            "versions": _versions(),
-            "counts": summary.counts,
-            "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
-            "outputs": [str(p.relative_to(out)) for p in outputs] + ["results.csv", "errors.csv"],
-        },
-    )
+    settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
+    _write_run_json(pipeline, dicom_dir, weights, meta, settings, summary, outputs)
     if write_report:
         from pipelines.run_report import run_report
 
