@@ -127,9 +127,8 @@ def train_pipeline(
         pipelines.base.DatasetError: the data folder does not have the pipeline's layout, or a
             split would be empty.
     """
-    from medimg.models import build_network, load_checkpoint, save_checkpoint
+    from medimg.models import build_network
     from medimg.training import TrainConfig, train_classifier
-    from pipelines.base import DatasetError
 
     if pipeline.unit == "study":  # 3-D segmentation (brats)
         if attention is not None:
@@ -154,19 +153,7 @@ def train_pipeline(
             quiet=quiet,
         )
     run_dir = Path(run_dir)
-    items = pipeline.load_dataset(data_dir)
-    # The dataset's own test split (e.g. VinDr-Mammo's) stays unseen: continual and federated
-    # evaluation measure on it.
-    held_out = sum(is_held_out_test(item) for item in items)
-    items = [item for item in items if not is_held_out_test(item)]
-    is_val = patient_split([item["patient_id"] for item in items], seed=seed, val_fraction=val_fraction)
-    train_items = [item for item, v in zip(items, is_val, strict=True) if not v]
-    val_items = [item for item, v in zip(items, is_val, strict=True) if v]
-    if not train_items or not val_items:
-        raise DatasetError(
-            f"{data_dir}: {len(items)} image(s) outside the dataset's test split are too few for a training and a "
-            "validation split"
-        )
+    train_items, val_items, held_out = _training_split(pipeline, data_dir, seed, val_fraction)
     counts = Counter(int(item["label"]) for item in train_items)
     n_classes = len(pipeline.labels)
     # Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
@@ -175,19 +162,7 @@ def train_pipeline(
 
     preprocessing = pipeline.preprocessing(architecture, image_size)
     network: dict[str, Any] = {"spatial_dims": 2, "in_channels": 1, "out_channels": n_classes}
-    gate: dict[str, Any] | None = None
-    supervised: set[str] | None = None
-    if attention is not None:
-        import saliency.attention  # noqa: F401  (registers the "attention" network wrapper)
-
-        unknown = set(attention) - set(ATTENTION_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown attention setting(s) {sorted(unknown)}; known: {sorted(ATTENTION_DEFAULTS)}")
-        gate = {**ATTENTION_DEFAULTS, **attention}
-        network["wrapper"] = {"name": "attention", "heads": int(gate["heads"]), "activation": gate["activation"]}
-        if float(gate["box_fraction"]) > 0:
-            supervised = box_supervised_patients(train_items, float(gate["box_fraction"]), seed)
-            gate["box_supervised_images"] = len(supervised)
+    gate, supervised = _attention_gate(attention, network, train_items, seed)
     meta = {
         "pipeline": pipeline.name,
         "architecture": architecture,
@@ -244,17 +219,65 @@ def train_pipeline(
     )
     from medimg.training import rank
 
-    if rank() != 0:  # under torchrun only rank 0 writes
-        return result
-    if len(pipeline.labels) == 2 and result.best_checkpoint is not None and Path(result.best_checkpoint).is_file():
-        # Operating point for run/evaluate: Youden's J on the validation split, stored in the checkpoint.
-        from medimg.evaluation import youden_threshold
-
-        best, best_meta = load_checkpoint(result.best_checkpoint, pipeline=pipeline.name)
-        y, prob = predict_items(best, val_items, pipeline, best_meta["preprocessing"], batch_size=batch_size)
-        best_meta["training"]["operating_threshold"] = float(youden_threshold(y, prob[:, 1]))
-        save_checkpoint(result.best_checkpoint, best, best_meta)
+    if rank() == 0:  # under torchrun only rank 0 writes
+        _store_operating_threshold(pipeline, result, val_items, batch_size)
     return result
+
+
+def _training_split(
+    pipeline: Pipeline, data_dir: str | os.PathLike[str], seed: int, val_fraction: float
+) -> tuple[list[dict], list[dict], int]:
+    """``(train_items, val_items, n_held_out)``: the dataset's own test split (e.g. VinDr-Mammo's)
+    stays unseen (continual and federated evaluation measure on it); the rest is split by patient."""
+    from pipelines.base import DatasetError
+
+    items = pipeline.load_dataset(data_dir)
+    held_out = sum(is_held_out_test(item) for item in items)
+    items = [item for item in items if not is_held_out_test(item)]
+    is_val = patient_split([item["patient_id"] for item in items], seed=seed, val_fraction=val_fraction)
+    train_items = [item for item, v in zip(items, is_val, strict=True) if not v]
+    val_items = [item for item, v in zip(items, is_val, strict=True) if v]
+    if not train_items or not val_items:
+        raise DatasetError(
+            f"{data_dir}: {len(items)} image(s) outside the dataset's test split are too few for a training and a "
+            "validation split"
+        )
+    return train_items, val_items, held_out
+
+
+def _attention_gate(
+    attention: Mapping[str, Any] | None, network: dict[str, Any], train_items: list[dict], seed: int
+) -> tuple[dict[str, Any] | None, set[str] | None]:
+    """The gate's settings (None without ``attention``) and the box-supervised patients (None when
+    no box supervises the map); adds the attention wrapper to ``network``."""
+    if attention is None:
+        return None, None
+    import saliency.attention  # noqa: F401  (registers the "attention" network wrapper)
+
+    unknown = set(attention) - set(ATTENTION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown attention setting(s) {sorted(unknown)}; known: {sorted(ATTENTION_DEFAULTS)}")
+    gate = {**ATTENTION_DEFAULTS, **attention}
+    network["wrapper"] = {"name": "attention", "heads": int(gate["heads"]), "activation": gate["activation"]}
+    supervised = None
+    if float(gate["box_fraction"]) > 0:
+        supervised = box_supervised_patients(train_items, float(gate["box_fraction"]), seed)
+        gate["box_supervised_images"] = len(supervised)
+    return gate, supervised
+
+
+def _store_operating_threshold(pipeline: Pipeline, result: Any, val_items: list[dict], batch_size: int) -> None:
+    """Binary pipelines: the operating point for run/evaluate (Youden's J on the validation split),
+    stored in the best checkpoint."""
+    if len(pipeline.labels) != 2 or result.best_checkpoint is None or not Path(result.best_checkpoint).is_file():
+        return
+    from medimg.evaluation import youden_threshold
+    from medimg.models import load_checkpoint, save_checkpoint
+
+    best, best_meta = load_checkpoint(result.best_checkpoint, pipeline=pipeline.name)
+    y, prob = predict_items(best, val_items, pipeline, best_meta["preprocessing"], batch_size=batch_size)
+    best_meta["training"]["operating_threshold"] = float(youden_threshold(y, prob[:, 1]))
+    save_checkpoint(result.best_checkpoint, best, best_meta)
 
 
 def predict_items(
