@@ -752,6 +752,67 @@ def _xrai(
 # public entry point
 
 
+def _checked_inputs(
+    method: str, settings: MethodSettings | None, images: torch.Tensor | np.ndarray, batch_size: int
+) -> tuple[MethodSettings, torch.Tensor]:
+    """The method's settings (its paper preset by default) and the images as a tensor, after
+    refusing what :func:`explain` cannot explain (see its Raises)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    settings = settings if settings is not None else method_settings(method)
+    if settings.method != method:
+        raise ValueError(f"settings are for {settings.method!r}, not {method!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = torch.as_tensor(images)
+    if images.ndim not in (4, 5) or images.shape[0] == 0:
+        raise ValueError(f"images must be (B, C, H, W) or (B, C, D, H, W) with B >= 1, got shape {tuple(images.shape)}")
+    if method == "xrai" and images.ndim == 5:
+        raise ValueError(
+            "XRAI is 2-D only: its candidate regions come from Felzenszwalb segmentation of a 2-D image; "
+            f"got a 3-D input of shape {tuple(images.shape)}. Use another method or explain 2-D slices"
+        )
+    return settings, images
+
+
+def _gradient(
+    work: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, settings: MethodSettings, *, batch_size: int
+) -> torch.Tensor:
+    """Vanilla gradient (captum ``Saliency``), raw."""
+    from captum.attr import Saliency
+
+    saliency = Saliency(work)
+    with _quiet():
+        return _chunked(
+            images, targets, batch_size, lambda x, t: saliency.attribute(x, target=t, abs=settings.abs_gradient)
+        )
+
+
+def _captum_guided_gradcam(
+    work: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    settings: MethodSettings,
+    *,
+    layer: str | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Guided Grad-CAM as captum combines it (``GuidedGradCam``), raw."""
+    from captum.attr import GuidedGradCam
+
+    _warn_without_relu_modules(work)
+    module, to_input = _resolve_layer(work, layer)
+    ggc = GuidedGradCam(work, module)
+    mode = _interpolation_mode(settings, images.ndim - 2)
+    with _quiet():
+        return _chunked(
+            images,
+            targets,
+            batch_size,
+            lambda x, t: ggc.attribute(x, target=t, interpolate_mode=mode, attribute_to_layer_input=to_input),
+        )
+
+
 def explain(
     model: torch.nn.Module,
     images: torch.Tensor | np.ndarray,
@@ -788,21 +849,7 @@ def explain(
         ValueError: unknown method, mismatching settings, bad image shape or targets, XRAI on a
             3-D input, or no Grad-CAM layer found.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    settings = settings if settings is not None else method_settings(method)
-    if settings.method != method:
-        raise ValueError(f"settings are for {settings.method!r}, not {method!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images = torch.as_tensor(images)
-    if images.ndim not in (4, 5) or images.shape[0] == 0:
-        raise ValueError(f"images must be (B, C, H, W) or (B, C, D, H, W) with B >= 1, got shape {tuple(images.shape)}")
-    if method == "xrai" and images.ndim == 5:
-        raise ValueError(
-            "XRAI is 2-D only: its candidate regions come from Felzenszwalb segmentation of a 2-D image; "
-            f"got a 3-D input of shape {tuple(images.shape)}. Use another method or explain 2-D slices"
-        )
+    settings, images = _checked_inputs(method, settings, images, batch_size)
     work = _working_copy(model)
     images = images.detach().to(_device(work), torch.float32)
     targets = _resolve_targets(work, images, target, batch_size)
@@ -814,13 +861,7 @@ def explain(
 
     pp = settings.postprocess
     if method == "gradient":
-        from captum.attr import Saliency
-
-        saliency = Saliency(work)
-        with _quiet():
-            raw = _chunked(
-                images, targets, batch_size, lambda x, t: saliency.attribute(x, target=t, abs=settings.abs_gradient)
-            )
+        raw = _gradient(work, images, targets, settings, batch_size=batch_size)
     elif method in ("smoothgrad", "integrated_gradients", "smoothgrad_ig"):
         compute = _captum_attribution if settings.implementation == "captum" else _batched_attribution
         raw = compute(work, images, targets, settings, batch_size=batch_size, seed=seed)
@@ -829,19 +870,7 @@ def explain(
     elif method == "guided_backprop":
         raw = _guided_backprop(work, images, targets, batch_size=batch_size)
     elif method == "guided_gradcam" and settings.combine == "captum":
-        from captum.attr import GuidedGradCam
-
-        _warn_without_relu_modules(work)
-        module, to_input = _resolve_layer(work, layer)
-        ggc = GuidedGradCam(work, module)
-        mode = _interpolation_mode(settings, images.ndim - 2)
-        with _quiet():
-            raw = _chunked(
-                images,
-                targets,
-                batch_size,
-                lambda x, t: ggc.attribute(x, target=t, interpolate_mode=mode, attribute_to_layer_input=to_input),
-            )
+        raw = _captum_guided_gradcam(work, images, targets, settings, layer=layer, batch_size=batch_size)
     elif method == "guided_gradcam":
         gbp_maps, _ = postprocess(
             _guided_backprop(work, images, targets, batch_size=batch_size), settings.component_postprocess
