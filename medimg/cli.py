@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from medimg import __version__
+from medimg.progress import tracked
 
 app = typer.Typer(
     name="medimg",
@@ -51,30 +52,6 @@ class Dataset(str, Enum):
     cxr = "cxr"
     mammo = "mammo"
     brain = "brain"
-
-
-def _progress(quiet: bool, description: str):  # type: ignore[no-untyped-def]
-    """A rich progress bar and a ``(done, total)`` callback driving it (no-ops when quiet)."""
-    from contextlib import nullcontext
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if quiet:
-        return nullcontext(), None
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return bar, update
 
 
 @app.command("sample-data")
@@ -148,7 +125,7 @@ def scan(
     """Index a DICOM folder (headers only): patients, studies, series, and the quarantine."""
     from medimg.dicom import scan_folder
 
-    bar, update = _progress(quiet or as_json, "Reading headers")
+    bar, update = tracked(not (quiet or as_json), "Reading headers")
     with bar:
         result = scan_folder(folder, workers=workers, progress=update)
     if as_json:
@@ -241,7 +218,7 @@ def convert(
     except RuleError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    bar, update = _progress(quiet, "Converting")
+    bar, update = tracked(not quiet, "Converting")
     with bar:
         result = convert_folder(
             folder, out, rules=rule_set, voi=True if voi else None, overwrite=overwrite, progress=update
@@ -336,7 +313,7 @@ def run(
             err_console.print(f"[red]error:[/red] no --weights given and no demo weights for '{task.name}' found")
             raise typer.Exit(2)
         err_console.print(f"[yellow]note:[/yellow] using the demo weights {weights}: valid for synthetic phantoms only")
-    bar, update = _progress(quiet, f"Running {task.name}")
+    bar, update = tracked(not quiet, f"Running {task.name}")
     try:
         with bar:
             summary = run_pipeline(
@@ -545,7 +522,7 @@ def uncertainty_score(
 
     from uncertainty.scoring import score_submission, summarize, write_results
 
-    bar, update = _progress(quiet, "Scoring cases")
+    bar, update = tracked(not quiet, "Scoring cases")
     with bar:
         result = score_submission(
             submission,
@@ -684,7 +661,7 @@ def uncertainty_rank(
             written = ("ranking.csv", "pairwise_p_values.csv", "errors.csv", "report.html")
         else:
             assert teams_dir is not None and truth is not None
-            bar, update = _progress(quiet, "Scoring teams")
+            bar, update = tracked(not quiet, "Scoring teams")
             with bar:
                 board = build_leaderboard(
                     teams_dir,

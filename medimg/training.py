@@ -50,8 +50,6 @@ import torch.distributed as dist
 from monai.data import DataLoader, MetaTensor
 from monai.losses import DiceLoss, FocalLoss
 from monai.metrics import compute_dice
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import Dataset, DistributedSampler
 
 from medimg.models import (
@@ -63,6 +61,7 @@ from medimg.models import (
     unwrap_model,
     validate_meta,
 )
+from medimg.progress import progress_bar
 from medimg.writers import atomic_path, write_csv
 
 __all__ = [
@@ -73,7 +72,6 @@ __all__ = [
     "is_distributed",
     "MetricFn",
     "Predictor",
-    "progress_bar",
     "rank",
     "segmentation_loss",
     "SegmentationMetricFn",
@@ -577,22 +575,6 @@ def _check_config(config: TrainConfig, loss: str, losses: tuple[str, ...]) -> No
         raise ValueError(f"seed must be non-negative, not {config.seed}")
 
 
-def progress_bar(enabled: bool) -> Progress | None:
-    """The training progress bar (rich, on stderr, transient; a ``status`` field), or None."""
-    if not enabled:
-        return None
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -893,7 +875,7 @@ def _train(
         return {**meta, "training": training}
 
     epochs_run = 0
-    progress = progress_bar(is_main and not quiet and start_epoch < config.epochs)
+    progress = progress_bar(is_main and not quiet and start_epoch < config.epochs, status=True)
     if progress is not None:
         progress.start()
         if start_epoch:

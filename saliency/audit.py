@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medimg.progress import progress_bar
 from medimg.writers import write_csv, write_json
 from saliency.audit_maps import ATTENTION, ATTENTION_READOUT, MapCache, has_attention
 from saliency.audit_result import AuditResult
@@ -625,16 +626,6 @@ def _settings(
     }
 
 
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    )
-
-
 def _write_tables(out: Path, result: AuditResult) -> None:
     from saliency.audit_rows import LOCALIZATION_COLUMNS, PAIR_COLUMNS, RANDOMIZATION_COLUMNS
 
@@ -692,7 +683,7 @@ def run_audit(
     plan = _plan(data, models, config)
     plan.notes[:0] = list(notes)
     total = len(plan.methods) * (len(plan.roles) + sum(len(s) for s in plan.stages.values())) + len(plan.variants)
-    bar = _progress_bar(progress)
+    bar = progress_bar(progress)
     task = bar.add_task("saliency maps", total=total) if bar else None
     cache = MapCache(
         out / "cache", data.ids, data.images, method_preset=config.method_preset, seed=config.seed,

@@ -64,7 +64,7 @@ from torch import nn
 
 from medimg import __version__ as medimg_version
 from medimg.models import CheckpointError, load_error_detail, load_medimg_file
-from medimg.training import progress_bar
+from medimg.progress import progress_bar
 from medimg.writers import atomic_path
 
 __all__ = [
@@ -302,7 +302,7 @@ def train_localizer(
 
     history: list[dict[str, float]] = []
     started_all = time.perf_counter()
-    bar_view = progress_bar(progress)
+    bar_view = progress_bar(progress, status=True)
     if bar_view is not None:
         bar_view.start()
     try:
