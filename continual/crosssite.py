@@ -62,12 +62,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from medimg.stats import finite_mean
 
 __all__ = [
     "BN_SOURCES",
@@ -147,11 +149,6 @@ class Score:
             raise ValueError(f"{self.model} trained on {self.site}: it cannot be scored there as {self.role!r}")
 
 
-def _nanmean(values: Iterable[float]) -> float:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
 def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
     """Per seed, the means each gain is built from (NaN scores are left out of the means).
 
@@ -180,16 +177,16 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
         heldout, unseen = _paired_unseen(pick("heldout", _AS_TRAINED[0]), pick("local_unseen", _AS_TRAINED[1]))
         heldout_tta, unseen_tta = _paired_unseen(pick("heldout", _TTA[0]), pick("local_unseen", _TTA[1]))
         q = {
-            "federated_own": _nanmean(own.values()),
-            "local_own": _nanmean(local.values()),
-            "local_gain": _nanmean(paired),
+            "federated_own": finite_mean(own.values()),
+            "local_own": finite_mean(local.values()),
+            "local_gain": finite_mean(paired),
             "heldout": heldout,
             "local_unseen": unseen,
             "heldout_tta": heldout_tta,
             "local_unseen_tta": unseen_tta,
-            "personalised_own": _nanmean(r["score"] for r in pick("personalised_own")),
-            "federated_shared_own": _nanmean(r["score"] for r in pick("federated_own")),
-            "pooled_own": _nanmean(r["score"] for r in pick("pooled_own")),
+            "personalised_own": finite_mean(r["score"] for r in pick("personalised_own")),
+            "federated_shared_own": finite_mean(r["score"] for r in pick("federated_own")),
+            "pooled_own": finite_mean(r["score"] for r in pick("pooled_own")),
         }
         out[seed] = q
     return out
@@ -203,11 +200,11 @@ def _paired_unseen(heldout: Sequence[Mapping[str, Any]], unseen: Sequence[Mappin
     Without held-out rows (no leave-one-out): (NaN, the mean over every local model and unseen site).
     """
     if not heldout:
-        return math.nan, _nanmean(r["score"] for r in unseen)
+        return math.nan, finite_mean(r["score"] for r in unseen)
     held = {str(r["site"]): float(r["score"]) for r in heldout}
-    local = {h: _nanmean(float(r["score"]) for r in unseen if str(r["site"]) == h) for h in held}
+    local = {h: finite_mean(float(r["score"]) for r in unseen if str(r["site"]) == h) for h in held}
     sites = [h for h in held if math.isfinite(held[h]) and math.isfinite(local[h])]
-    return _nanmean(held[h] for h in sites), _nanmean(local[h] for h in sites)
+    return finite_mean(held[h] for h in sites), finite_mean(local[h] for h in sites)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -232,7 +229,7 @@ def combine(per_seed: Mapping[int, Mapping[str, float]], seeds: Sequence[int] | 
     """
     chosen = list(per_seed) if seeds is None else list(seeds)
     keys = sorted({k for q in per_seed.values() for k in q})
-    mean = {k: _nanmean(per_seed[s][k] for s in chosen) for k in keys}
+    mean = {k: finite_mean(per_seed[s][k] for s in chosen) for k in keys}
     out = dict(mean)
     out["local_gain_relative"] = _ratio(mean.get("local_gain", math.nan), mean.get("local_own", math.nan))
     for suffix in ("", "_tta"):
@@ -258,8 +255,8 @@ def _site_positions(groups: Mapping[str, Sequence[Any]]) -> dict[str, list[np.nd
     """Per site, the test-split positions of each patient (the bootstrap's resampling unit)."""
     out: dict[str, list[np.ndarray]] = {}
     for site, keys in groups.items():
-        keys = np.asarray([str(k) for k in keys])
-        out[site] = [np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())]
+        ids = np.asarray([str(k) for k in keys])
+        out[site] = [np.flatnonzero(ids == g) for g in dict.fromkeys(ids.tolist())]
     return out
 
 

@@ -128,15 +128,13 @@ def site_metrics(
     classes = np.union1d(y, pred) if labels is None else np.asarray(list(labels), dtype=np.int64)
     if classes.ndim != 1 or classes.size == 0 or np.unique(classes).size != classes.size:
         raise ValueError(f"labels must be distinct class indices, got {labels!r}")
-    # Positions of y and pred in `classes`, which keeps the caller's order (as sklearn does).
-    k = classes.size
-    sorter = np.argsort(classes)
-    yi, pi = (sorter[np.minimum(np.searchsorted(classes, v, sorter=sorter), k - 1)] for v in (y, pred))
-    for values, positions in ((y, yi), (pred, pi)):
-        unknown = values[classes[positions] != values]
+    for values in (y, pred):
+        unknown = values[~np.isin(values, classes)]
         if unknown.size:
             raise ValueError(f"class {int(unknown[0])} is not among labels {classes.tolist()}")
-    confusion = np.bincount(yi * k + pi, minlength=k * k).reshape(k, k)
+    from sklearn.metrics import confusion_matrix
+
+    confusion = confusion_matrix(y, pred, labels=classes)  # rows = truth, in the caller's class order
     result = {
         "accuracy": float(np.mean(y == pred)),
         "kappa_linear": cohen_kappa(confusion, weights="linear"),
@@ -545,7 +543,8 @@ def arm_row(
             for when in ("before", "after"):
                 row[f"{site}_{short}_{when}"] = float(parts[f"{site}_{when}"][key])
     matrix = AccuracyMatrix(
-        [[old_before[metric], new_before[metric]], [old_after[metric], new_after[metric]]], metric=metric
+        np.array([[old_before[metric], new_before[metric]], [old_after[metric], new_after[metric]]], dtype=np.float64),
+        metric=metric,
     )
     row["forgetting"] = matrix.forgetting(0)
     row["relative_forgetting"] = matrix.relative_forgetting(0)

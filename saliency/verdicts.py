@@ -5,6 +5,7 @@ model); output: the rows of ``summary.csv`` (:data:`SUMMARY_COLUMNS`) and the pa
 Every rule comes from :class:`saliency.protocol.AuditProtocol`, so a threshold is only compared with
 the statistic it was made for. The controls of :mod:`saliency.controls` are judged by the same
 rules; a criterion that a control passes is marked not discriminating (:func:`non_discriminating`).
+``finite_mean`` is :func:`medimg.stats.finite_mean`, re-exported for the audit modules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medimg.stats import finite_mean
 from saliency.protocol import AuditProtocol
 
 __all__ = [
@@ -59,13 +61,6 @@ INFORMATIVE = "informative (not a pass criterion)"
 def is_informative(row: Mapping[str, Any]) -> bool:
     """Whether a summary row only informs (a baseline beside the verdict) rather than carrying one."""
     return row["rule"] == INFORMATIVE
-
-
-def finite_mean(values: Sequence[float] | np.ndarray) -> float:
-    """Mean of the finite values (NaN when there are none)."""
-    array = np.asarray(values, dtype=float)
-    array = array[np.isfinite(array)]
-    return float(array.mean()) if array.size else math.nan
 
 
 def method_label(method: str) -> str:

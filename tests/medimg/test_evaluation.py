@@ -1,10 +1,16 @@
-"""Tests for classification metrics, bootstrap intervals, plots and report sections (``medimg.evaluation``)."""
+"""Tests for classification metrics, bootstrap intervals, plots and report sections (``medimg.evaluation``).
+
+The kernels behind the bootstrap are checked against scikit-learn in test_evaluation_kernels.py;
+their speed is measured by tests/benchmarks/bench_evaluation.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import time
+import subprocess
+import sys
+import warnings
 
 import matplotlib
 import numpy as np
@@ -258,6 +264,53 @@ def test_calibration_curve_by_hand() -> None:
         calibration_curve(y, prob + 0.1)
 
 
+def test_calibration_curve_counts_follow_sklearn_bins() -> None:
+    from sklearn.calibration import calibration_curve as sklearn_calibration_curve
+
+    # Values on every edge of 10 bins (0.3, 0.6, 0.7 are float edges' neighbours), plus random ones.
+    rng = np.random.default_rng(0)
+    prob = np.r_[np.linspace(0.0, 1.0, 11), np.round(rng.random(200), 2)]
+    y = (rng.random(prob.size) < prob).astype(int)
+    for n_bins in (1, 3, 10):
+        mean_predicted, fraction_positive, counts = calibration_curve(y, prob, n_bins=n_bins)
+        expected_fraction, expected_mean = sklearn_calibration_curve(y, prob, n_bins=n_bins)
+        np.testing.assert_array_equal(mean_predicted, expected_mean)
+        np.testing.assert_array_equal(fraction_positive, expected_fraction)
+        assert counts.sum() == prob.size and counts.size == mean_predicted.size
+        # Each bin's count reproduces its mean from the sorted probabilities.
+        bounds = np.r_[0, np.cumsum(counts)]
+        means = [np.sort(prob)[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        np.testing.assert_allclose(means, mean_predicted, rtol=1e-12)
+    # Right-closed bins: a probability on an inner edge belongs to the bin below it.
+    _, _, counts = calibration_curve([0, 1, 0, 1], [0.3, 0.3, 0.5, 0.7], n_bins=10)
+    np.testing.assert_array_equal(counts, [2, 1, 1])
+
+
+def test_curves_of_one_class_are_nan_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fpr, tpr, _ = roc_curve([0, 0, 0], [0.1, 0.5, 0.9])
+        assert np.isnan(tpr).all() and not np.isnan(fpr).any()
+        precision, recall, _ = pr_curve([0, 0, 0], [0.1, 0.5, 0.9])
+        assert np.isnan(recall[:-1]).all() and recall[-1] == 0.0 and not np.isnan(precision).any()
+        precision, recall, _ = pr_curve([1, 1], [0.1, 0.5])
+        np.testing.assert_array_equal(precision, [1.0, 1.0, 1.0])
+        np.testing.assert_array_equal(recall, [1.0, 0.5, 0.0])
+        for fig in (plot_roc([1, 1], [0.2, 0.7], threshold=0.5), plot_pr([0, 0], [0.2, 0.7])):
+            assert "nan" in legend_texts(fig.axes[0])[0]
+            plt.close(fig)
+        fig = plot_calibration([1, 1, 1], [0.2, 0.7, 0.9])
+        assert "AUC = nan" in legend_texts(fig.axes[0])[1]
+        plt.close(fig)
+
+
+def test_import_does_not_load_sklearn() -> None:
+    # scikit-learn takes about a second to import: only the functions that use it import it.
+    code = "import sys, medimg.evaluation; print(any(m.startswith('sklearn') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_youden_threshold() -> None:
     # ROC points: 0.8 -> (0, .5) J .5; 0.4 -> (.5, .5) J 0; 0.35 -> (.5, 1) J .5; 0.1 -> (1, 1) J 0.
     assert youden_threshold(SK_Y, SK_SCORE) == 0.8  # tie: the highest threshold
@@ -439,13 +492,6 @@ def test_evaluate_binary_is_json_able_and_uses_threshold() -> None:
     result = evaluate_multiclass(y, prob, labels=DENSITY, n_boot=50)
     assert json.loads(json.dumps(result)) == result
     assert result["labels"] == DENSITY and result["n_boot"] == 50
-
-
-def test_evaluate_binary_runtime() -> None:
-    y, score = binary_data(500, 0)
-    start = time.perf_counter()
-    evaluate_binary(y, score, n_boot=1000)
-    assert time.perf_counter() - start < 3.0  # about 0.15 s on one core
 
 
 # --------------------------------------------------------------------------------------------
