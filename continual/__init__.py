@@ -6,4 +6,110 @@ Modules: :mod:`continual.bn` (BN statistics snapshot, freezing, BN-affine traini
 post-conditions), :mod:`continual.ewc` (Fisher diagonal at the old site, EWC penalty),
 :mod:`continual.lwf` (Learning without Forgetting), :mod:`continual.metrics` (forgetting
 metrics), :mod:`continual.expand` (the arms of a domain-expansion experiment).
+
+The entry points are importable from here (``from continual import EWCPenalty, estimate_fisher,
+freeze_bn_stats``), each imported on first use. The domain-expansion driver itself is
+:func:`continual.expand.expand` (its module has the same name, so it is not re-exported here).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "ARMS",
+    "AccuracyMatrix",
+    "ArmSpec",
+    "BNFreezeHandle",
+    "EWCPenalty",
+    "FISHER_MODES",
+    "FedConfig",
+    "Fisher",
+    "LwFLoss",
+    "SELECTIONS",
+    "ServerState",
+    "Site",
+    "adapt_bn_statistics",
+    "aggregate_states",
+    "bn_modules",
+    "check_postconditions",
+    "client_update",
+    "distillation_loss",
+    "estimate_fisher",
+    "ewc_penalty",
+    "forgetting_reduction",
+    "freeze_bn_stats",
+    "recompute_bn_stats",
+    "set_trainable",
+    "simulate_inprocess",
+    "site_metrics",
+    "snapshot_bn_stats",
+    "snapshot_params",
+    "summarise_arms",
+]
+
+#: Public name -> the module it comes from, imported when the name is first used (PEP 562).
+_EXPORTS: dict[str, str] = {
+    "BNFreezeHandle": "continual.bn",
+    "bn_modules": "continual.bn",
+    "check_postconditions": "continual.bn",
+    "freeze_bn_stats": "continual.bn",
+    "recompute_bn_stats": "continual.bn",
+    "set_trainable": "continual.bn",
+    "snapshot_bn_stats": "continual.bn",
+    "snapshot_params": "continual.bn",
+    "FISHER_MODES": "continual.ewc",
+    "EWCPenalty": "continual.ewc",
+    "Fisher": "continual.ewc",
+    "estimate_fisher": "continual.ewc",
+    "ewc_penalty": "continual.ewc",
+    "LwFLoss": "continual.lwf",
+    "distillation_loss": "continual.lwf",
+    "ARMS": "continual.expand",
+    "SELECTIONS": "continual.expand",
+    "ArmSpec": "continual.expand",
+    "AccuracyMatrix": "continual.metrics",
+    "forgetting_reduction": "continual.metrics",
+    "site_metrics": "continual.metrics",
+    "summarise_arms": "continual.metrics",
+    "FedConfig": "continual.federated",
+    "ServerState": "continual.federated",
+    "Site": "continual.federated",
+    "aggregate_states": "continual.federated",
+    "client_update": "continual.federated",
+    "simulate_inprocess": "continual.federated",
+    "adapt_bn_statistics": "continual.crosssite",
+}
+
+if TYPE_CHECKING:
+    from continual.bn import (
+        BNFreezeHandle,
+        bn_modules,
+        check_postconditions,
+        freeze_bn_stats,
+        recompute_bn_stats,
+        set_trainable,
+        snapshot_bn_stats,
+        snapshot_params,
+    )
+    from continual.crosssite import adapt_bn_statistics
+    from continual.ewc import FISHER_MODES, EWCPenalty, Fisher, estimate_fisher, ewc_penalty
+    from continual.expand import ARMS, SELECTIONS, ArmSpec
+    from continual.federated import FedConfig, ServerState, Site, aggregate_states, client_update, simulate_inprocess
+    from continual.lwf import LwFLoss, distillation_loss
+    from continual.metrics import AccuracyMatrix, forgetting_reduction, site_metrics, summarise_arms
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -280,6 +280,27 @@ def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
         RuntimeError: a BN layer is frozen by :func:`freeze_bn_stats` (remove the handle first).
         ValueError: ``batches`` is empty.
     """
+    modules = _recomputable_layers(model)
+    moments = {name: _Moments() for name in modules}
+    hooks = [m.register_forward_pre_hook(moments[name].observe) for name, m in modules.items()]
+    try:
+        samples, n_batches = _forward_in_bn_train_mode(model, batches)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if n_batches == 0:
+        raise ValueError("recompute_bn_stats got no batches")
+    for name, m in modules.items():
+        moments[name].write_to(m, n_batches)
+    return samples
+
+
+def _recomputable_layers(model: torch.nn.Module) -> dict[str, _BatchNorm]:
+    """The BN layers that track running statistics.
+
+    Raises:
+        RuntimeError: one of them is frozen by :func:`freeze_bn_stats`.
+    """
     modules = {name: m for name, m in bn_modules(model).items() if m.track_running_stats}
     frozen = [name or "<root>" for name, m in modules.items() if is_bn_frozen(m)]
     if frozen:
@@ -287,31 +308,53 @@ def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
             f"cannot recompute BN statistics: layer(s) {', '.join(frozen[:5])} are frozen by freeze_bn_stats; "
             "remove its handle first"
         )
-    tensor = next(iter(model.parameters()), None)
+    return modules
+
+
+@dataclass
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations (``M2``, float64) of a BN layer's inputs so far."""
+
+    count: int = 0
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
+
+    def observe(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook: merge the moments of this input (Chan et al.'s pairwise update)."""
+        x = args[0].detach().double()
+        dims = [d for d in range(x.ndim) if d != 1]
+        n = x.numel() // x.shape[1]
+        mean = x.mean(dim=dims)
+        m2 = ((x - mean.view(1, -1, *([1] * (x.ndim - 2)))) ** 2).sum(dim=dims)
+        if self.count == 0 or self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+        else:
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean, self.m2 = self.mean + delta * n / total, self.m2 + m2 + delta**2 * self.count * n / total
+            self.count = total
+
+    def write_to(self, module: _BatchNorm, n_batches: int) -> None:
+        """Population mean, unbiased variance and batch count into the layer's buffers (left alone if never reached)."""
+        mean, var, tracked = module.running_mean, module.running_var, module.num_batches_tracked
+        if self.count == 0 or self.mean is None or self.m2 is None or mean is None or var is None or tracked is None:
+            return
+        mean.copy_(self.mean.to(mean.dtype))
+        var.copy_((self.m2 / max(self.count - 1, 1)).to(var.dtype))
+        tracked.fill_(n_batches)
+
+
+def _forward_in_bn_train_mode(model: torch.nn.Module, batches: Iterable[Any]) -> tuple[int, int]:
+    """One forward pass over ``batches`` with only the BN layers in train mode; modes restored afterwards.
+
+    Returns:
+        ``(samples, batches)`` seen. Images go to the device of the model's first parameter (or buffer).
+    """
+    tensor: torch.Tensor | None = next(iter(model.parameters()), None)
     if tensor is None:
         tensor = next(iter(model.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
     modes = {m: m.training for m in model.modules()}
-    moments: dict[str, list[Any]] = {name: [0, None, None] for name in modules}  # count, mean, M2
-
-    def make_hook(name: str) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().double()
-            dims = [d for d in range(x.ndim) if d != 1]
-            n = x.numel() // x.shape[1]
-            mean = x.mean(dim=dims)
-            m2 = ((x - mean.view(1, -1, *([1] * (x.ndim - 2)))) ** 2).sum(dim=dims)
-            count, mean_a, m2_a = moments[name]
-            if count == 0:
-                moments[name] = [n, mean, m2]
-            else:
-                total = count + n
-                delta = mean - mean_a
-                moments[name] = [total, mean_a + delta * n / total, m2_a + m2 + delta**2 * count * n / total]
-
-        return hook
-
-    hooks = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
     samples = n_batches = 0
     try:
         for m in model.modules():
@@ -322,20 +365,9 @@ def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
             samples += images.shape[0]
             n_batches += 1
     finally:
-        for hook in hooks:
-            hook.remove()
         for m, mode in modes.items():
             m.training = mode
-    if n_batches == 0:
-        raise ValueError("recompute_bn_stats got no batches")
-    for name, m in modules.items():
-        count, mean, m2 = moments[name]
-        if count == 0:  # the layer was not reached by the forward pass: leave it as it was
-            continue
-        m.running_mean.copy_(mean.to(m.running_mean.dtype))
-        m.running_var.copy_((m2 / max(count - 1, 1)).to(m.running_var.dtype))
-        m.num_batches_tracked.fill_(n_batches)
-    return samples
+    return samples, n_batches
 
 
 def _diff_summary(name: str, actual: torch.Tensor, expected: torch.Tensor) -> str:

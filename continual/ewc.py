@@ -378,12 +378,7 @@ def _estimate(
     bn_eval: bool | None,
     batched: bool,
 ) -> Fisher:
-    if mode not in FISHER_MODES:
-        raise ValueError(f"Fisher mode must be one of {', '.join(FISHER_MODES)}; got {mode!r}")
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive integer or None; got {max_samples!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    _check_settings(mode, max_samples, batch_size)
     if bn_eval is None:
         bn_eval = mode != "qtim_logit_sum"
     bns = bn_modules(model)
@@ -392,12 +387,59 @@ def _estimate(
     first = next(iter(model.parameters()), None)
     if first is None:
         raise ValueError("the model has no parameters")
-    device = first.device
     estimator = _Estimator(
         model, logprob=mode != "qtim_logit_sum", sampled=mode == "true_fisher", bn_eval=bn_eval, chunk=batch_size
     )
     if not estimator.names:
         raise ValueError("no parameter of the model has requires_grad=True: nothing to estimate a Fisher for")
+    acc = _accumulate(
+        model, estimator, data, max_samples=max_samples, seed=seed, batch_size=batch_size, device=first.device,
+        bn_eval=bn_eval, batched=batched,
+    )  # fmt: skip
+    return _fisher(
+        model, estimator.names, acc, mode=mode, seed=seed, bn_eval=bn_eval, max_samples=max_samples,
+        batch_size=batch_size, batched=batched,
+    )  # fmt: skip
+
+
+def _check_settings(mode: str, max_samples: int | None, batch_size: int) -> None:
+    if mode not in FISHER_MODES:
+        raise ValueError(f"Fisher mode must be one of {', '.join(FISHER_MODES)}; got {mode!r}")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive integer or None; got {max_samples!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+
+
+@dataclass
+class _SquaredGradientSums:
+    """What a pass over the data accumulated: per-parameter sums (float64) and what they cover."""
+
+    sums: dict[str, torch.Tensor]
+    n_samples: int
+    n_batches: int
+    n_classes: int | None
+    subset: str = "all"
+
+
+def _accumulate(
+    model: torch.nn.Module,
+    estimator: _Estimator,
+    data: Any,
+    *,
+    max_samples: int | None,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    bn_eval: bool,
+    batched: bool,
+) -> _SquaredGradientSums:
+    """Sum the squared per-sample gradients over the batches of ``data`` (:func:`_iter_batches`) with the BN
+    layers in eval (``bn_eval``) or train mode and every other module in eval mode; modes are restored afterwards.
+
+    Raises:
+        ValueError: labels outside ``[0, K)``, or no samples at all.
+    """
     modes = {m: m.training for m in model.modules()}
     generator = torch.Generator().manual_seed(seed)
     info: dict[str, Any] = {}
@@ -434,29 +476,46 @@ def _estimate(
             m.training = training
     if sums is None or n_samples == 0:
         raise ValueError("the data held no samples: cannot estimate a Fisher")
+    return _SquaredGradientSums(sums, n_samples, n_batches, n_classes, subset=info.get("subset", "all"))
+
+
+def _fisher(
+    model: torch.nn.Module,
+    names: list[str],
+    acc: _SquaredGradientSums,
+    *,
+    mode: str,
+    seed: int,
+    bn_eval: bool,
+    max_samples: int | None,
+    batch_size: int,
+    batched: bool,
+) -> Fisher:
+    """The :class:`Fisher` of the sums (divided by the sample count unless ``qtim_logit_sum``), with its
+    anchor (copies of the parameters) and its meta (how it was made)."""
     normalisation = "sum" if mode == "qtim_logit_sum" else "mean"
     named = dict(model.named_parameters())
     values = {}
-    for name in estimator.names:
-        total = sums[name] if normalisation == "sum" else sums[name] / n_samples
+    for name in names:
+        total = acc.sums[name] if normalisation == "sum" else acc.sums[name] / acc.n_samples
         values[name] = total.to(named[name].dtype).cpu()
-    anchor = {name: named[name].detach().cpu().clone() for name in estimator.names}
+    anchor = {name: named[name].detach().cpu().clone() for name in names}
     meta = {
         "mode": mode,
         "normalisation": normalisation,
-        "n_samples": n_samples,
-        "n_batches": n_batches,
+        "n_samples": acc.n_samples,
+        "n_batches": acc.n_batches,
         "seed": seed,
         "bn_eval": bn_eval,
         "max_samples": max_samples,
-        "subset": info.get("subset", "all"),
+        "subset": acc.subset,
         "batch_size": batch_size,
         "differentiated": "log_softmax(logits)[target]" if mode != "qtim_logit_sum" else "logits[target]",
         "labels": "sampled from softmax(logits)" if mode == "true_fisher" else "dataset",
         "algorithm": ("vmap" if bn_eval else "shared forward") if batched else "loop",
-        "n_classes": n_classes,
-        "parameters": list(estimator.names),
-        "shapes": {name: list(named[name].shape) for name in estimator.names},
+        "n_classes": acc.n_classes,
+        "parameters": list(names),
+        "shapes": {name: list(named[name].shape) for name in names},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),
         "medimg_version": __version__,

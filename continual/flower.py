@@ -23,7 +23,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 __all__ = [
     "INSTALL_HINT",
@@ -83,7 +87,7 @@ def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def make_client_app(load_task: Callable[[Any], ClientTask]) -> Any:
+def make_client_app(load_task: Callable[[Any], ClientTask]) -> ClientApp:
     """A Flower ``ClientApp``; ``load_task(context)`` gives the node's :class:`ClientTask`.
 
     It is called for every message (a deployed SuperNode starts a fresh ClientApp process per
@@ -212,7 +216,7 @@ def _strategy_class() -> type:
     return MedimgFedAvg
 
 
-def make_server_app(load_task: Callable[[Any], ServerTask]) -> Any:
+def make_server_app(load_task: Callable[[Any], ServerTask]) -> ServerApp:
     """A Flower ``ServerApp`` running :class:`MedimgFedAvg` for ``config.rounds`` rounds on every node.
 
     ``load_task(context)`` gives the :class:`ServerTask`; its ``finish`` gets the final

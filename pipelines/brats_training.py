@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from pipelines.brats import (
     labels_to_channels,
     load_case,
 )
+
+if TYPE_CHECKING:
+    from medimg.training import TrainResult
 
 __all__ = ["evaluate_brats", "train_brats"]
 
@@ -149,7 +152,7 @@ def train_brats(
     note: str = "",
     loss: str = "dice",
     quiet: bool = False,
-) -> Any:
+) -> TrainResult:
     """Train a BraTS segmenter; see the module docstring. ``loss``: ``dice`` (MONAI DiceLoss, as
     the BraTS bundle) or ``dicece`` (DiceLoss + per-channel BCE: learns thin regions such as the
     enhancing rim faster). Returns the ``TrainResult``."""

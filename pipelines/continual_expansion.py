@@ -16,13 +16,16 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medimg.writers import write_csv, write_json
 from pipelines.base import DatasetError, Pipeline, is_held_out_test
 from pipelines.training import site_dataset
+
+if TYPE_CHECKING:
+    from continual.ewc import Fisher
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "layer_reset_rows", "site_splits"]
 
@@ -103,7 +106,7 @@ def estimate_site_fisher(
     mode: str = "empirical_logprob",
     max_samples: int | None = None,
     seed: int = 0,
-) -> Any:
+) -> Fisher:
     """Estimate the Fisher diagonal of ``weights`` on the old site's training split; save it to ``out``."""
     from continual.ewc import estimate_fisher
     from medimg.models import file_sha256, load_checkpoint
@@ -261,24 +264,80 @@ def compare_arms(
     ``OUT/reset.csv`` (layer-reset attribution of the first seed's models, :func:`layer_reset_rows`),
     ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``); the
     decoded training and validation images are cached once for all runs in ``OUT/cache``."""
-    from continual.expand import ARMS
-    from continual.metrics import arm_row, summarise_arms
+    from continual.metrics import summarise_arms
+    from continual.report import write_compare_report
 
     out = Path(out)
-    fisher_path = out / "fisher.pt"
-    if not fisher_path.is_file():
-        estimate_site_fisher(pipeline_name, data_a, weights, fisher_path, mode=fisher_mode)
-    else:
-        from continual.ewc import Fisher
+    fisher_path = _fisher_file(out / "fisher.pt", pipeline_name, data_a, weights, fisher_mode)
+    rows, trained = _run_arms(
+        pipeline_name, data_a, data_b, weights, out, fisher_path, arms=arms, lambdas=lambdas, seeds=seeds,
+        epochs=epochs, batch_size=batch_size, lr=lr, select=select, quiet=quiet,
+    )  # fmt: skip
+    write_csv(out / "arms.csv", rows, list(rows[0]) if rows else [])
+    summary = summarise_arms(rows)
+    write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
+    reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained)
+    if reset:
+        write_csv(out / "reset.csv", reset, list(reset[0]))
+    write_compare_report(out, rows, summary, reset=reset, settings={
+        "pipeline": pipeline_name, "old": str(data_a), "new": str(data_b), "weights": str(weights),
+        "lambdas": list(lambdas), "seeds": list(seeds), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "fisher_mode": fisher_mode, "select": select,
+    })  # fmt: skip
+    return rows
 
-        found = Fisher.load(fisher_path).meta.get("mode")
-        if found != fisher_mode:
-            raise ValueError(f"{fisher_path} holds a {found!r} Fisher, not {fisher_mode!r}: use another output folder")
-    chosen = list(arms or ARMS)
+
+def _fisher_file(
+    path: Path,
+    pipeline_name: str,
+    data_a: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    fisher_mode: str,
+) -> Path:
+    """``path``, holding the old site's Fisher of ``weights``: estimated when missing (a rerun reuses it).
+
+    Raises:
+        ValueError: ``path`` holds a Fisher of another mode.
+    """
+    from continual.ewc import Fisher
+
+    if not path.is_file():
+        estimate_site_fisher(pipeline_name, data_a, weights, path, mode=fisher_mode)
+        return path
+    found = Fisher.load(path).meta.get("mode")
+    if found != fisher_mode:
+        raise ValueError(f"{path} holds a {found!r} Fisher, not {fisher_mode!r}: use another output folder")
+    return path
+
+
+def _run_arms(
+    pipeline_name: str,
+    data_a: str | os.PathLike[str],
+    data_b: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    out: Path,
+    fisher_path: Path,
+    *,
+    arms: Sequence[str],
+    lambdas: Sequence[float],
+    seeds: Sequence[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    select: str,
+    quiet: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Adapt ``weights`` with every arm (EWC arms at every lambda) for every seed, each run in
+    ``OUT/runs/<arm>-l<lambda>-s<seed>``: the ``arms.csv`` rows, and the first seed's trained runs
+    (``{"arm", "lambda", "seed", "checkpoint"}``) for the layer-reset attribution."""
+    from continual.expand import ARMS
+    from continual.metrics import arm_row
+
     rows: list[dict[str, Any]] = []
     before: dict[str, Any] | None = None
     naive: dict[int, dict[str, Any]] = {}  # per seed: the naive fine-tuning result (reference of the gaps)
     trained: list[dict[str, Any]] = []  # the first seed's adapted models, for the layer-reset attribution
+    chosen = list(arms or ARMS)
     for seed in seeds:
         for arm in chosen:
             for lam in lambdas if ARMS[arm].ewc else (0.0,):
@@ -291,35 +350,14 @@ def compare_arms(
                 before = {k: result[k] for k in ("new_before", "old_before")}  # the old model, measured once
                 reference = naive.get(seed, {})
                 row = arm_row(
-                    arm,
-                    lam if ARMS[arm].ewc else None,
-                    seed,
-                    old_before=result["old_before"],
-                    old_after=result["old_after"],
-                    new_before=result["new_before"],
-                    new_after=result["new_after"],
-                    naive_old_after=reference.get("old_after"),
-                    naive_new_after=reference.get("new_after"),
-                )
+                    arm, lam if ARMS[arm].ewc else None, seed, old_before=result["old_before"],
+                    old_after=result["old_after"], new_before=result["new_before"], new_after=result["new_after"],
+                    naive_old_after=reference.get("old_after"), naive_new_after=reference.get("new_after"),
+                )  # fmt: skip
                 if arm == "finetune":
                     naive[seed] = result
                 if seed == seeds[0] and ARMS[arm].train:
-                    trained.append(
-                        {"arm": arm, "lambda": row["lambda"], "seed": seed, "checkpoint": result["checkpoint"]}
-                    )
+                    checkpoint = result["checkpoint"]
+                    trained.append({"arm": arm, "lambda": row["lambda"], "seed": seed, "checkpoint": checkpoint})
                 rows.append(row)
-    columns = list(rows[0]) if rows else []
-    write_csv(out / "arms.csv", rows, columns)
-    summary = summarise_arms(rows)
-    write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
-    reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained)
-    if reset:
-        write_csv(out / "reset.csv", reset, list(reset[0]))
-    from continual.report import write_compare_report
-
-    write_compare_report(out, rows, summary, reset=reset, settings={
-        "pipeline": pipeline_name, "old": str(data_a), "new": str(data_b), "weights": str(weights),
-        "lambdas": list(lambdas), "seeds": list(seeds), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "fisher_mode": fisher_mode, "select": select,
-    })  # fmt: skip
-    return rows
+    return rows, trained

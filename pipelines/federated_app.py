@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continual.flower import ClientTask, ServerTask, make_client_app, make_server_app
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 __all__ = ["client_app", "client_app_for", "client_task", "server_app", "server_app_for", "server_task"]
 
@@ -72,13 +76,13 @@ def _node_site(context: Any) -> tuple[int, str | None]:
     return index, str(site_dir) if site_dir else None
 
 
-def client_app_for(settings: Mapping[str, Any]) -> Any:
+def client_app_for(settings: Mapping[str, Any]) -> ClientApp:
     """A ClientApp bound to ``settings`` (simulation: the run config is not passed by the engine)."""
     frozen = dict(settings)
     return make_client_app(lambda context: client_task(frozen, *_node_site(context)))
 
 
-def server_app_for(settings: Mapping[str, Any]) -> Any:
+def server_app_for(settings: Mapping[str, Any]) -> ServerApp:
     """A ServerApp bound to ``settings``."""
     frozen = dict(settings)
     return make_server_app(lambda context: server_task(frozen))

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medimg.writers import write_csv, write_json
+
+if TYPE_CHECKING:
+    from continual.crosssite import Score
+    from pipelines.federation import Federation
 
 __all__ = ["build_summary", "score_seed", "summary_lines", "write_outputs"]
 
@@ -45,7 +49,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def _trained_on(meta: Mapping[str, Any], fed: Any) -> tuple[str, ...]:
+def _trained_on(meta: Mapping[str, Any], fed: Federation) -> tuple[str, ...]:
     """The site names a checkpoint was trained on (recorded by ``save_server``; else its site folders)."""
     record = meta.get("training", {}).get("federated", {})
     if record.get("trained_on") is not None:
@@ -54,7 +58,7 @@ def _trained_on(meta: Mapping[str, Any], fed: Any) -> tuple[str, ...]:
     return tuple(by_dir.get(str(d), str(d)) for d in record.get("sites", []))
 
 
-def score_seed(fed: Any, seed_dir: Path, *, baselines: bool, leave_one_out: bool) -> list[Any]:
+def score_seed(fed: Federation, seed_dir: Path, *, baselines: bool, leave_one_out: bool) -> list[Score]:
     """Score one seed's models (see the module docstring) on the sites' test splits.
 
     Args:
@@ -73,8 +77,8 @@ def score_seed(fed: Any, seed_dir: Path, *, baselines: bool, leave_one_out: bool
 
     names = [s.name for s in fed.sites]
     tests = {s.name: s.test for s in fed.sites}
-    shared_bn = "initial_frozen" if fed.config.bn_policy == "global_frozen" else "federation_mean"
-    scores: list[Any] = []
+    shared_bn = _shared_bn(fed)
+    scores: list[Score] = []
 
     def add(path: Path, model_name: str, role: str, bn: str, sites: Sequence[str]) -> None:
         model, meta = load_checkpoint(path, pipeline=fed.pipeline.name)
@@ -109,7 +113,7 @@ def score_seed(fed: Any, seed_dir: Path, *, baselines: bool, leave_one_out: bool
     return scores
 
 
-def _rows(fed: Any, scores: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _rows(fed: Federation, scores: Sequence[Score]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``cross_site.csv`` rows (metrics per score) and ``predictions.csv`` rows (per image)."""
     rows, predictions = [], []
     for s in scores:
@@ -143,7 +147,7 @@ def _claim(result: Mapping[str, Any], claim: str, terms: Mapping[str, str]) -> d
 
 
 def build_summary(
-    fed: Any, scores: Sequence[Any], *, settings: Mapping[str, Any], n_boot: int = 1000
+    fed: Federation, scores: Sequence[Score], *, settings: Mapping[str, Any], n_boot: int = 1000
 ) -> dict[str, Any]:
     """The ``summary.json`` content: claims with 95% intervals and statuses, quantities, the mean matrix.
 
@@ -162,10 +166,7 @@ def build_summary(
 
     result = summarise(scores, fed.test_groups, score_fn, n_boot=n_boot, seed=0)
     q = result["quantities"]
-    shared_bn = "initial_frozen" if fed.config.bn_policy == "global_frozen" else "federation_mean"
-    matrix: dict[str, dict[str, list[float]]] = {}
-    for s in scores:
-        matrix.setdefault(f"{s.model} [{s.bn}]", {}).setdefault(s.site, []).append(score_fn(s.y_true, s.y_prob))
+    shared_bn = _shared_bn(fed)
     fedbn = fed.config.bn_policy == "local"
     summary: dict[str, Any] = {
         "metric": monitor,
@@ -181,55 +182,88 @@ def build_summary(
             "generalizability_gain_tta",
             {"federated_heldout": "heldout_tta", "local_unseen": "local_unseen_tta"},
         ),
-        "bn_compared": {
-            "local_gain": {
-                "federated": "site_own (personalised)" if fedbn else shared_bn,
-                "local": "initial_frozen" if shared_bn == "initial_frozen" else "site_own",
-            },
-            "generalizability_gain": {
-                "federated_heldout": shared_bn,
-                "local_unseen": shared_bn if shared_bn == "initial_frozen" else "training_site",
-            },
-            "generalizability_gain_tta": {"federated_heldout": "tta", "local_unseen": "tta"},
-        },
+        "bn_compared": _bn_compared(shared_bn, fedbn),
         "personalised_own_site": q["personalised_own"] if fedbn else None,
         "pooled_own_site": q["pooled_own"] if math.isfinite(q["pooled_own"]["value"]) else None,
         "quantities": q,
         "per_seed": result["per_seed"],
-        "bootstrap": {
-            "replicates": n_boot,
-            "seed": 0,
-            "confidence": 0.95,
-            "resampled": "the seeds (with replacement), and at every site the test split's patients/exams "
-            "(with replacement, all images of a patient together, the same draw for every model and seed)",
-            "status": "met: the interval lies above 0; reversed: below 0; not shown: it includes 0",
-        },
-        "matrix": {label: {site: _nanmean(v) for site, v in row.items()} for label, row in matrix.items()},
+        "bootstrap": _bootstrap_settings(n_boot),
+        "matrix": _mean_matrix(scores, score_fn),
         "roles": ROLES,
         "bn_sources": BN_SOURCES,
         "paper": PAPER,
         "settings": {k: v for k, v in settings.items() if k != "cache_dir"},
     }
+    summary.update(_summary_notes(settings, undefined_gain=summary["generalizability_gain"] is None))
+    return summary
+
+
+def _shared_bn(fed: Federation) -> str:
+    """The BN statistics of the federation's shared model: the frozen initial ones, or the federation's mean."""
+    return "initial_frozen" if fed.config.bn_policy == "global_frozen" else "federation_mean"
+
+
+def _bn_compared(shared_bn: str, fedbn: bool) -> dict[str, dict[str, str]]:
+    """For each claim, the BN statistics each side of the comparison used."""
+    return {
+        "local_gain": {
+            "federated": "site_own (personalised)" if fedbn else shared_bn,
+            "local": "initial_frozen" if shared_bn == "initial_frozen" else "site_own",
+        },
+        "generalizability_gain": {
+            "federated_heldout": shared_bn,
+            "local_unseen": shared_bn if shared_bn == "initial_frozen" else "training_site",
+        },
+        "generalizability_gain_tta": {"federated_heldout": "tta", "local_unseen": "tta"},
+    }
+
+
+def _bootstrap_settings(n_boot: int) -> dict[str, Any]:
+    """How the intervals were made (the ``bootstrap`` entry of ``summary.json``)."""
+    return {
+        "replicates": n_boot,
+        "seed": 0,
+        "confidence": 0.95,
+        "resampled": "the seeds (with replacement), and at every site the test split's patients/exams "
+        "(with replacement, all images of a patient together, the same draw for every model and seed)",
+        "status": "met: the interval lies above 0; reversed: below 0; not shown: it includes 0",
+    }
+
+
+def _mean_matrix(
+    scores: Sequence[Score], score_fn: Callable[[np.ndarray, np.ndarray], float]
+) -> dict[str, dict[str, float]]:
+    """``{"<model> [<bn>]": {site: mean score over the seeds (NaNs left out)}}``."""
+    matrix: dict[str, dict[str, list[float]]] = {}
+    for s in scores:
+        matrix.setdefault(f"{s.model} [{s.bn}]", {}).setdefault(s.site, []).append(score_fn(s.y_true, s.y_prob))
+    return {label: {site: _nanmean(v) for site, v in row.items()} for label, row in matrix.items()}
+
+
+def _summary_notes(settings: Mapping[str, Any], *, undefined_gain: bool) -> dict[str, str]:
+    """``initial_weights_note`` (a held-out site the initial weights may have seen) and ``generalizability_note``
+    (why the generalisation gain is undefined), where they apply."""
+    notes = {}
     if settings.get("weights") and settings.get("leave_one_out"):
-        summary["initial_weights_note"] = (
+        notes["initial_weights_note"] = (
             f"every model started from {settings['weights']} (trained on "
             f"{settings.get('weights_data') or 'data not recorded in it'}): a held-out site is unseen by this "
             "run's training only; if those weights learned from a held-out institution, its score there "
             "overstates generalisation"
         )
-    if summary["generalizability_gain"] is None:
+    if undefined_gain:
         ran = settings.get("leave_one_out") and settings.get("baselines", True)
-        summary["generalizability_note"] = (
+        notes["generalizability_note"] = (
             "undefined on these test splits (no held-out site where both sides have a defined score)"
             if ran
             else "needs --leave-one-out and the local-only baselines: only models scored on sites they never "
             "trained on count"
         )
-    return summary
+    return notes
 
 
 def write_outputs(
-    fed: Any, scores: Sequence[Any], out: Path, *, settings: Mapping[str, Any], n_boot: int = 1000
+    fed: Federation, scores: Sequence[Score], out: Path, *, settings: Mapping[str, Any], n_boot: int = 1000
 ) -> dict[str, Any]:
     """``OUT/cross_site.csv``, ``predictions.csv``, ``summary.json`` and ``report.html``; return the summary."""
     from continual.report import write_federated_report

@@ -15,12 +15,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medimg.writers import write_csv
 from pipelines.base import Pipeline
+
+if TYPE_CHECKING:
+    import torch
+
+    from continual.federated import FedConfig, Site
 
 __all__ = [
     "Federation",
@@ -41,21 +46,23 @@ class Federation:
     pipeline: Pipeline
     meta: dict[str, Any]
     initial_state: dict[str, Any]
-    sites: list[Any]
+    sites: list[Site]
     site_dirs: list[str]
-    config: Any
+    config: FedConfig
     settings: dict[str, Any] = field(default_factory=dict)
     #: per site: the patient (exam) of each test image, in the test split's order
     test_groups: dict[str, list[str]] = field(default_factory=dict)
     #: per site: its training and validation images through the inference transforms (test-time BN)
     unlabelled: dict[str, Any] = field(default_factory=dict)
 
-    def make_model(self) -> Any:
+    def make_model(self) -> torch.nn.Module:
+        """A fresh network of the federation's architecture (random initialisation)."""
         from medimg.models import build_network
 
         return build_network(self.meta["architecture"], **self.meta["network"])
 
-    def evaluate(self, model: Any, dataset: Any) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, dataset: Any) -> dict[str, float]:
+        """The pipeline's metrics of ``model`` on ``dataset`` (:func:`evaluate_dataset`)."""
         return evaluate_dataset(self.pipeline, model, dataset)
 
 
@@ -107,35 +114,62 @@ def load_federation(
         DatasetError: a site folder that does not have the pipeline's layout or has < 3 patients.
         ValueError: bad settings.
     """
-    import torch
-    from torch.utils.data import ConcatDataset
-
-    from continual.federated import FedConfig, Site
-    from medimg.models import build_network, load_checkpoint
-    from pipelines import get_pipeline
-    from pipelines.continual_expansion import site_splits
-    from pipelines.training import site_dataset
+    from continual.federated import Site
 
     s = settings_from_run_config(settings)
-    pipeline = get_pipeline(str(s["pipeline"]))
+    pipeline = _classification_pipeline(str(s["pipeline"]))
+    model, meta = _initial_model(pipeline, s)
+    config = _fed_config(pipeline, s)
+    dirs, names = _site_folders(s, only_site=only_site, site_dir=site_dir)
+    cache = s.get("cache_dir")
+    fed = Federation(pipeline, meta, {k: v.detach().clone() for k, v in model.state_dict().items()}, [], dirs, config,
+                     settings=dict(s))  # fmt: skip
+    for index, (name, folder) in enumerate(zip(names, dirs, strict=True)):
+        if only_site is not None and index != only_site:
+            fed.sites.append(Site(name=name, train=None, val=None, test=None))
+        else:
+            _add_site(fed, name, folder, Path(cache) / name if cache else None)
+    return fed
+
+
+def _classification_pipeline(name: str) -> Pipeline:
+    """The pipeline called ``name``; ValueError for a segmentation pipeline (federated training classifies)."""
+    from pipelines import get_pipeline
+
+    pipeline = get_pipeline(name)
     if pipeline.unit == "study":
         raise ValueError(f"federated training is for 2-D classification pipelines; {pipeline.name!r} segments volumes")
+    return pipeline
+
+
+def _initial_model(pipeline: Pipeline, s: Mapping[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The starting model and its checkpoint metadata: ``weights`` when given, else a fresh ``architecture``
+    (default ``compact``) initialised with ``seed``."""
+    import torch
+
+    from medimg.models import build_network, load_checkpoint
+
     if s.get("weights"):
-        model, meta = load_checkpoint(s["weights"], pipeline=pipeline.name)
-    else:
-        architecture = str(s.get("architecture") or "compact")
-        image_size = s.get("image_size")
-        meta = {
-            "pipeline": pipeline.name,
-            "architecture": architecture,
-            "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)},
-            "labels": list(pipeline.labels),
-            "preprocessing": pipeline.preprocessing(architecture, tuple(image_size) if image_size else None),
-            "training": {},
-        }
-        torch.manual_seed(int(s.get("seed", 0)))
-        model = build_network(architecture, **meta["network"])
-    config = FedConfig(
+        return load_checkpoint(s["weights"], pipeline=pipeline.name)
+    architecture = str(s.get("architecture") or "compact")
+    image_size = s.get("image_size")
+    meta: dict[str, Any] = {
+        "pipeline": pipeline.name,
+        "architecture": architecture,
+        "network": {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)},
+        "labels": list(pipeline.labels),
+        "preprocessing": pipeline.preprocessing(architecture, tuple(image_size) if image_size else None),
+        "training": {},
+    }
+    torch.manual_seed(int(s.get("seed", 0)))
+    return build_network(architecture, **meta["network"]), meta
+
+
+def _fed_config(pipeline: Pipeline, s: Mapping[str, Any]) -> FedConfig:
+    """The :class:`continual.federated.FedConfig` of the settings (their defaults where absent)."""
+    from continual.federated import FedConfig
+
+    return FedConfig(
         rounds=int(s.get("rounds", 3)),
         local_epochs=int(s.get("local_epochs", 1)),
         batch_size=int(s.get("batch_size", 16)),
@@ -145,6 +179,11 @@ def load_federation(
         seed=int(s.get("seed", 0)),
         monitor=pipeline.monitor,
     )
+
+
+def _site_folders(s: Mapping[str, Any], *, only_site: int | None, site_dir: str | None) -> tuple[list[str], list[str]]:
+    """``(folders, names)`` of the sites: ``site_dir`` alone, else ``sites``, else ``site0`` ... for a deployed
+    server (``only_site == -1``) that knows ``num_sites`` only; names from ``site_names`` or :func:`site_names`."""
     if site_dir is not None:
         dirs = [site_dir]
     elif s.get("sites"):
@@ -156,27 +195,30 @@ def load_federation(
     names = [str(n) for n in s["site_names"]] if s.get("site_names") and site_dir is None else site_names(dirs)
     if len(names) != len(dirs):
         raise ValueError(f"{len(names)} site names for {len(dirs)} site folders")
-    cache = s.get("cache_dir")
-    fed = Federation(pipeline, meta, {k: v.detach().clone() for k, v in model.state_dict().items()}, [], dirs, config,
-                     settings=dict(s))  # fmt: skip
-    for index, (name, folder) in enumerate(zip(names, dirs, strict=True)):
-        if only_site is not None and index != only_site:
-            fed.sites.append(Site(name=name, train=None, val=None, test=None))
-            continue
-        splits = site_splits(pipeline, folder)
-        sub = Path(cache) / name if cache else None
+    return dirs, names
 
-        def dataset(part: str, train: bool = False, sub: Path | None = sub, splits: dict = splits) -> Any:
-            return site_dataset(pipeline, splits[part], meta["preprocessing"], train=train, cache_dir=sub)
 
-        fed.sites.append(Site(name=name, train=dataset("train", True), val=dataset("val"), test=dataset("test")))
-        fed.test_groups[name] = [str(item["patient_id"]) for item in splits["test"]]
-        # training + validation images through the inference transforms (own cache: the keys are the items)
-        plain = site_dataset(
-            pipeline, splits["train"], meta["preprocessing"], train=False, cache_dir=sub / "inference" if sub else None
-        )
-        fed.unlabelled[name] = ConcatDataset([plain, fed.sites[-1].val])
-    return fed
+def _add_site(fed: Federation, name: str, folder: str, cache: Path | None) -> None:
+    """Load one site's splits into ``fed``: its train/val/test datasets, test patients and unlabelled images."""
+    from torch.utils.data import ConcatDataset
+
+    from continual.federated import Site
+    from pipelines.continual_expansion import site_splits
+    from pipelines.training import site_dataset
+
+    pipeline, preprocessing = fed.pipeline, fed.meta["preprocessing"]
+    splits = site_splits(pipeline, folder)
+
+    def dataset(part: str, train: bool = False) -> Any:
+        return site_dataset(pipeline, splits[part], preprocessing, train=train, cache_dir=cache)
+
+    fed.sites.append(Site(name=name, train=dataset("train", True), val=dataset("val"), test=dataset("test")))
+    fed.test_groups[name] = [str(item["patient_id"]) for item in splits["test"]]
+    # training + validation images through the inference transforms (own cache: the keys are the items)
+    plain = site_dataset(
+        pipeline, splits["train"], preprocessing, train=False, cache_dir=cache / "inference" if cache else None
+    )
+    fed.unlabelled[name] = ConcatDataset([plain, fed.sites[-1].val])
 
 
 def federation_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -257,8 +257,6 @@ def run_pipeline(
     Raises:
         medimg.models.CheckpointError: the weights are missing or not for this pipeline.
     """
-
-    from medimg.dicom import scan_folder
     from medimg.models import load_checkpoint
 
     start = time.perf_counter()
@@ -268,17 +266,54 @@ def run_pipeline(
     model, meta = load_checkpoint(weights, pipeline=pipeline.name, map_location=device)
     model.eval().to(device)
     transform = pipeline.transforms(meta["preprocessing"], train=False)
+    jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary)
+    timings = _process_jobs(
+        pipeline, jobs, model, meta, transform, summary, batch_size=batch_size, device=device, progress=progress
+    )
+    outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
+    summary.timings["total"] = time.perf_counter() - start
+    settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
+    _write_run_json(pipeline, dicom_dir, weights, meta, settings, summary, outputs)
+    if write_report:
+        from pipelines.run_report import run_report
+
+        run_report(pipeline, summary, meta).write(out / "report.html")
+    return summary
+
+
+def _scan_and_plan(
+    pipeline: Pipeline, dicom_dir: str | os.PathLike[str], overwrite: bool, workers: int | None, summary: RunSummary
+) -> tuple[list[tuple], int]:
+    """The jobs ``(study, folder, items)`` still to do and the number of studies found; the pipeline's own
+    file plan when it has one, else a header scan and :func:`_plan`. Times it as ``timings["scan"]``."""
+    from medimg.dicom import scan_folder
 
     t = time.perf_counter()
-    planned = pipeline.plan_files(Path(dicom_dir), out, overwrite, summary)
+    planned = pipeline.plan_files(Path(dicom_dir), summary.out, overwrite, summary)
     if planned is None:
         scan = scan_folder(dicom_dir, workers=workers)
-        jobs = _plan(pipeline, scan, out, overwrite, summary)
+        jobs = _plan(pipeline, scan, summary.out, overwrite, summary)
         n_studies = len(scan.studies)
     else:
         jobs, n_studies = planned, len(planned) + summary.counts.get("studies_resumed", 0)
     summary.timings["scan"] = time.perf_counter() - t
+    return jobs, n_studies
 
+
+def _process_jobs(
+    pipeline: Pipeline,
+    jobs: list[tuple],
+    model: Any,
+    meta: Mapping[str, Any],
+    transform: Any,
+    summary: RunSummary,
+    *,
+    batch_size: int,
+    device: str,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, float]:
+    """Load, infer and write every job's images in batches of ``batch_size``; a study's files are written
+    as soon as its last image is done. Returns the time spent per stage (seconds)."""
     pending = [(j, item) for j, (_, _, items) in enumerate(jobs) for item in items]
     results: dict[int, list[tuple[dict, ImageResult | None]]] = {j: [] for j in range(len(jobs))}
     job_errors: dict[int, list[dict[str, Any]]] = {j: [] for j in range(len(jobs))}
@@ -304,8 +339,22 @@ def run_pipeline(
                 summary.errors.extend(job_errors[j])
                 summary.counts["images_processed"] = summary.counts.get("images_processed", 0) + len(rows)
         timings["write"] += time.perf_counter() - t
+    return timings
 
+
+def _write_results(
+    pipeline: Pipeline,
+    meta: Mapping[str, Any],
+    summary: RunSummary,
+    timings: dict[str, float],
+    *,
+    n_studies: int,
+    n_processed: int,
+) -> list[Path]:
+    """``results.csv`` (rows sorted by the pipeline's id columns), the pipeline's run-level files and
+    ``errors.csv``; completes the summary's counts and timings. Returns the pipeline's files."""
     t = time.perf_counter()
+    out = summary.out
     summary.rows.sort(key=lambda r: tuple(str(r.get(c, "")) for c in pipeline.id_columns))
     columns = pipeline.id_columns + pipeline.result_columns
     write_csv(out / "results.csv", summary.rows, columns)
@@ -317,19 +366,12 @@ def run_pipeline(
     summary.counts.setdefault("studies_resumed", 0)
     summary.counts.update(
         studies=n_studies,
-        studies_processed=len(jobs),
+        studies_processed=n_processed,
         images=len(summary.rows),
         errors=sum(1 for e in summary.errors if e["kind"] == "error"),
         skipped=sum(1 for e in summary.errors if e["kind"] == "skipped"),
     )
-    summary.timings["total"] = time.perf_counter() - start
-    settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
-    _write_run_json(pipeline, dicom_dir, weights, meta, settings, summary, outputs)
-    if write_report:
-        from pipelines.run_report import run_report
-
-        run_report(pipeline, summary, meta).write(out / "report.html")
-    return summary
+    return outputs
 
 
 def _write_study(

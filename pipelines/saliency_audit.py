@@ -21,11 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.base import DatasetError, Pipeline
+
+if TYPE_CHECKING:
+    import torch
+
+    from saliency.audit import AuditData, AuditModel, AuditResult
 
 __all__ = ["OTHER_ARCHITECTURE", "audit_pipeline", "load_audit_data", "localizer_baseline", "training_prior"]
 
@@ -66,7 +71,7 @@ def load_audit_data(
     preprocessing: dict[str, Any],
     *,
     max_images: int | None = None,
-) -> Any:
+) -> AuditData:
     """The :class:`saliency.audit.AuditData` of a 2-D pipeline's dataset folder (see the module docstring).
 
     The prior is left to :func:`training_prior` (None here: leave-one-out over the audited images).
@@ -129,7 +134,7 @@ def training_prior(
 
 def _resolve_prior(
     pipeline: Pipeline,
-    data: Any,
+    data: AuditData,
     preprocessing: dict[str, Any],
     prior: str,
     folder: Path | None,
@@ -152,7 +157,7 @@ def _resolve_prior(
 
 def _localizer_training_set(
     pipeline: Pipeline, data_dir: str | os.PathLike[str], preprocessing: dict[str, Any], exclude: set[str]
-) -> tuple[Any, np.ndarray]:
+) -> tuple[torch.Tensor, np.ndarray]:
     """Images and box masks (empty for negatives) of a training folder, minus the audited patients."""
     import torch
 
@@ -166,7 +171,7 @@ def _localizer_training_set(
 
 def localizer_baseline(
     pipeline: Pipeline,
-    data: Any,
+    data: AuditData,
     preprocessing: dict[str, Any],
     out: Path,
     *,
@@ -220,13 +225,10 @@ def _train_missing(
     Returns ``best.pt``, or ``last.pt`` when no epoch had a finite validation metric (e.g. a
     validation split of one class: then no epoch can be preferred).
     """
-    from pipelines.training import train_pipeline
+    from pipelines.training import TrainPipelineConfig, train_pipeline
 
     training = meta.get("training", {})
-    result = train_pipeline(
-        pipeline,
-        train_data,
-        run_dir,
+    config = TrainPipelineConfig(
         architecture=architecture,
         image_size=tuple(meta["preprocessing"]["image_size"]),
         epochs=int(training.get("epochs", 20)),
@@ -236,10 +238,11 @@ def _train_missing(
         note=f"trained by the saliency audit ({architecture}, seed {seed})",
         quiet=quiet,
     )
+    result = train_pipeline(pipeline, train_data, run_dir, config)
     return Path(result.best_checkpoint or result.last_checkpoint)
 
 
-def _layer(model: Any, architecture: str) -> str:
+def _layer(model: torch.nn.Module, architecture: str) -> str:
     """The Grad-CAM layer: the model's own (a gated model names it) or the architecture's."""
     from medimg.models import gradcam_layer
 
@@ -251,7 +254,7 @@ def _load_models(
     weights: str | os.PathLike[str],
     meta: dict[str, Any],
     roles: Sequence[tuple[str, str | os.PathLike[str]]],
-) -> list[Any]:
+) -> list[AuditModel]:
     """AuditModels of the replicates, the other architecture and the variants; checks that they share the grid."""
     from medimg.models import load_checkpoint
     from saliency.audit import AuditModel
@@ -304,6 +307,97 @@ def _missing_models(
     return replicas, other_arch
 
 
+def _check_request(pipeline: Pipeline, name: str, preset: str, prior: str) -> None:
+    """Refuse what cannot be audited before any model or image is loaded: a 3-D pipeline, an unknown preset or prior."""
+    from saliency.protocol import get_protocol
+
+    if pipeline.unit != "image":
+        raise ValueError(f"the saliency audit explains 2-D classifiers; {name!r} is a segmentation pipeline")
+    get_protocol(preset)  # an unknown preset fails here
+    if prior not in ("training", "leave-one-out"):
+        raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
+
+
+def _training_folder(meta: Mapping[str, Any], train_data: str | os.PathLike[str] | None) -> Path | None:
+    """``train_data``, else the folder the weights record they were trained on (never the audited folder)."""
+    recorded = train_data or meta.get("training", {}).get("data")
+    return Path(recorded) if recorded else None
+
+
+def _reference_models(
+    model: torch.nn.Module, meta: Mapping[str, Any], weights: str | os.PathLike[str], seed: int
+) -> list[AuditModel]:
+    """The ``trained`` model and its ``untrained`` twin (its architecture, randomly initialised with ``seed``)."""
+    import torch
+
+    from medimg.models import build_network
+    from saliency.audit import AuditModel
+
+    arch = meta["architecture"]
+    torch.manual_seed(seed)
+    untrained = build_network(arch, **meta["network"]).eval()
+    return [
+        AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights)),
+        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}"),
+    ]
+
+
+def _comparison_models(
+    pipeline: Pipeline,
+    weights: str | os.PathLike[str],
+    meta: dict[str, Any],
+    out: Path,
+    source: Path | None,
+    *,
+    replicas: Sequence[str | os.PathLike[str]],
+    other_arch: str | os.PathLike[str] | None,
+    other_architecture: str | None,
+    variants: Mapping[str, str | os.PathLike[str]] | None,
+    train_replicas: bool,
+    wanted: int,
+    seed: int,
+    quiet: bool,
+) -> list[AuditModel]:
+    """The replicates (``replica1`` ...), the other architecture and the variants; with ``train_replicas``
+    the missing replicates (up to ``wanted`` models in all) and the other architecture are trained first."""
+    replica_paths = [Path(p) for p in replicas]
+    other_path = Path(other_arch) if other_arch else None
+    if train_replicas:
+        replica_paths, other_path = _missing_models(
+            pipeline, meta, out, source, replicas=replica_paths, other_arch=other_path,
+            other_architecture=other_architecture, wanted=wanted, seed=seed, quiet=quiet,
+        )  # fmt: skip
+    roles: list[tuple[str, str | os.PathLike[str]]] = [(f"replica{i}", p) for i, p in enumerate(replica_paths, 1)]
+    roles += [("other", other_path)] if other_path is not None else []
+    roles += [(f"variant:{label}", path) for label, path in (variants or {}).items()]
+    return _load_models(pipeline, weights, meta, roles)
+
+
+def _add_localizer_baseline(
+    pipeline: Pipeline,
+    data: AuditData,
+    preprocessing: dict[str, Any],
+    out: Path,
+    source: Path | None,
+    *,
+    localizers: Sequence[str | os.PathLike[str]],
+    train: bool,
+    epochs: int,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Set ``data.localizer`` / ``data.localizer_replica`` (:func:`localizer_baseline`); ``train``: train the
+    missing localisers on ``source``, the training folder."""
+    if train and (source is None or not source.is_dir()):
+        raise DatasetError(f"{source or 'the weights record no training folder'}: no training boxes for "
+                           "--train-localizer (pass --train-data)")  # fmt: skip
+    data.localizer, data.localizer_replica, located = localizer_baseline(
+        pipeline, data, preprocessing, out, localizers=localizers, train_data=source if train else None,
+        epochs=epochs, seed=seed, progress=progress,
+    )  # fmt: skip
+    data.description += f"; supervised localiser: {located}"
+
+
 def audit_pipeline(
     pipeline_name: str,
     data_dir: str | os.PathLike[str],
@@ -330,7 +424,7 @@ def audit_pipeline(
     localizer_epochs: int = 30,
     variants: Mapping[str, str | os.PathLike[str]] | None = None,
     progress: bool = True,
-) -> Any:
+) -> AuditResult:
     """Audit the saliency maps of a 2-D pipeline's model on ``data_dir``; returns the ``AuditResult``.
 
     ``preset`` is the protocol (:mod:`saliency.protocol`: ``paper`` or ``calibrated``),
@@ -350,69 +444,32 @@ def audit_pipeline(
             an unknown preset or prior.
         medimg.models.CheckpointError: unreadable or foreign weights.
     """
-    import torch
-
-    from medimg.models import build_network, load_checkpoint
+    from medimg.models import load_checkpoint
     from pipelines import get_pipeline
-    from saliency.audit import CRITERIA, AuditConfig, AuditModel, run_audit
-    from saliency.protocol import get_protocol
+    from saliency.audit import CRITERIA, AuditConfig, run_audit
 
     pipeline = get_pipeline(pipeline_name)
-    if pipeline.unit != "image":
-        raise ValueError(f"the saliency audit explains 2-D classifiers; {pipeline_name!r} is a segmentation pipeline")
+    _check_request(pipeline, pipeline_name, preset, prior)
     config = AuditConfig(
-        methods=tuple(methods),
-        criteria=tuple(criteria) or CRITERIA,
-        preset=preset,
-        method_preset=method_preset,
-        include_stem=include_stem,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    get_protocol(preset)  # an unknown preset fails here, before any model or image is loaded
-    if prior not in ("training", "leave-one-out"):
-        raise ValueError(f"unknown prior {prior!r}; choose 'training' or 'leave-one-out'")
+        methods=tuple(methods), criteria=tuple(criteria) or CRITERIA, preset=preset, method_preset=method_preset,
+        include_stem=include_stem, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
     out = Path(out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
-    arch = meta["architecture"]
     data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images)
-    recorded = train_data or meta.get("training", {}).get("data")  # never the audited folder by default
-    source = Path(recorded) if recorded else None
-    folder = Path(prior_data) if prior_data else source
-    notes = _resolve_prior(pipeline, data, meta["preprocessing"], prior, folder)
-    torch.manual_seed(seed)
-    untrained = build_network(arch, **meta["network"]).eval()
-    models = [
-        AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights)),
-        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}"),
-    ]
-    replica_paths = [Path(p) for p in replicas]
-    other_path = Path(other_arch) if other_arch else None
-    if train_replicas:
-        replica_paths, other_path = _missing_models(
-            pipeline, meta, out, source, replicas=replica_paths, other_arch=other_path,
-            other_architecture=other_architecture, wanted=config.protocol.replicates, seed=seed, quiet=not progress,
-        )  # fmt: skip
-    roles = [(f"replica{i}", p) for i, p in enumerate(replica_paths, start=1)]
-    roles += [("other", other_path)] if other_path is not None else []
-    roles += [(f"variant:{label}", path) for label, path in (variants or {}).items()]
-    models += _load_models(pipeline, weights, meta, roles)
-    if train_localizer and (source is None or not source.is_dir()):
-        raise DatasetError(f"{source or 'the weights record no training folder'}: no training boxes for "
-                           "--train-localizer (pass --train-data)")  # fmt: skip
+    source = _training_folder(meta, train_data)
+    notes = _resolve_prior(pipeline, data, meta["preprocessing"], prior, Path(prior_data) if prior_data else source)
+    models = _reference_models(model, meta, weights, seed)
+    models += _comparison_models(
+        pipeline, weights, meta, out, source, replicas=replicas, other_arch=other_arch,
+        other_architecture=other_architecture, variants=variants, train_replicas=train_replicas,
+        wanted=config.protocol.replicates, seed=seed, quiet=not progress,
+    )  # fmt: skip
     if localizers or train_localizer:
-        data.localizer, data.localizer_replica, located = localizer_baseline(
-            pipeline, data, meta["preprocessing"], out, localizers=localizers,
-            train_data=source if train_localizer else None, epochs=localizer_epochs, seed=seed, progress=progress,
+        _add_localizer_baseline(
+            pipeline, data, meta["preprocessing"], out, source, localizers=localizers, train=train_localizer,
+            epochs=localizer_epochs, seed=seed, progress=progress,
         )  # fmt: skip
-        data.description += f"; supervised localiser: {located}"
-    return run_audit(
-        data,
-        models,
-        config,
-        out,
-        title=f"Saliency trust audit: {pipeline.name} ({arch})",
-        progress=progress,
-        notes=notes,
-        extra_settings={"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)},
-    )
+    title = f"Saliency trust audit: {pipeline.name} ({meta['architecture']})"
+    settings = {"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)}
+    return run_audit(data, models, config, out, title=title, progress=progress, notes=notes, extra_settings=settings)

@@ -9,10 +9,71 @@
   augmentation, Monte-Carlo dropout, ensembles), needs torch.
 
 Generic over any model; never imports ``pipelines``. The scoring modules never import torch
-(importing this package does not either).
+(importing this package does not either): the names that need torch or matplotlib
+(:func:`estimate_uncertainty`, the reports) are importable from here but imported on first use.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from uncertainty.leaderboard import Leaderboard, build_leaderboard, rank_from_scores
 from uncertainty.qubrats import REGIONS, CaseScore, RegionScore, score_case, thresholds
+from uncertainty.ranking import Ranking, rank_teams
 from uncertainty.scoring import SubmissionScores, score_submission
 
-__all__ = ["REGIONS", "CaseScore", "RegionScore", "SubmissionScores", "score_case", "score_submission", "thresholds"]
+__all__ = [
+    "REGIONS",
+    "SUPPORTED_METHODS",
+    "CaseScore",
+    "Leaderboard",
+    "Ranking",
+    "RegionScore",
+    "SubmissionScores",
+    "UncertaintyResult",
+    "build_leaderboard",
+    "estimate_uncertainty",
+    "predictive_entropy_map",
+    "rank_from_scores",
+    "rank_teams",
+    "ranking_report",
+    "score_case",
+    "score_report",
+    "score_submission",
+    "thresholds",
+]
+
+#: Public names that need torch (estimation) or matplotlib (reports) -> their module, imported when
+#: the name is first used (PEP 562).
+_EXPORTS: dict[str, str] = {
+    "SUPPORTED_METHODS": "uncertainty.estimation",
+    "UncertaintyResult": "uncertainty.estimation",
+    "estimate_uncertainty": "uncertainty.estimation",
+    "predictive_entropy_map": "uncertainty.estimation",
+    "ranking_report": "uncertainty.report",
+    "score_report": "uncertainty.report",
+}
+
+if TYPE_CHECKING:
+    from uncertainty.estimation import (
+        SUPPORTED_METHODS,
+        UncertaintyResult,
+        estimate_uncertainty,
+        predictive_entropy_map,
+    )
+    from uncertainty.report import ranking_report, score_report
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

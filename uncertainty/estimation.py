@@ -205,6 +205,32 @@ def estimate_uncertainty(
             layers (p > 0) for MC dropout; a prediction of the wrong shape or with values
             outside [0, 1].
     """
+    model_list = _checked_inputs(image, models, method=method, samples=samples, regions=regions)
+    with torch.no_grad(), _modes_restored(model_list):
+        if method == "tta":
+            combos = _validated_flips(flip_axes, image.ndim - 2)[:samples]
+            total, count = _tta_sum(predict, model_list[0], image, regions, combos)
+        elif method == "mc-dropout":
+            total, count = _mc_dropout_sum(predict, model_list[0], image, regions, samples=samples, seed=seed)
+        else:
+            for model in model_list:
+                model.eval()
+            total, count = _running_sum((predict(model, image) for model in model_list), image, regions)
+
+    mean = total.div_(count)[0]
+    maps = {region: predictive_entropy_map(mean[channel]) for region, channel in regions.items()}
+    return UncertaintyResult(mean_probability=mean, maps=maps, method=method, samples=count)
+
+
+def _checked_inputs(
+    image: torch.Tensor,
+    models: torch.nn.Module | Sequence[torch.nn.Module],
+    *,
+    method: str,
+    samples: int,
+    regions: Mapping[str, int],
+) -> list[torch.nn.Module]:
+    """The models as a list, after checking the method, their number, ``samples``, the image shape and ``regions``."""
     if method not in SUPPORTED_METHODS:
         raise ValueError(f"unknown uncertainty method {method!r}; expected one of {', '.join(SUPPORTED_METHODS)}")
     model_list = [models] if isinstance(models, torch.nn.Module) else list(models)
@@ -221,40 +247,48 @@ def estimate_uncertainty(
         )
     if not regions:
         raise ValueError("regions must name at least one region")
-    spatial_dims = image.ndim - 2
+    return model_list
 
-    with torch.no_grad(), _modes_restored(model_list):
-        if method == "tta":
-            combos = _validated_flips(flip_axes, spatial_dims)[:samples]
-            model_list[0].eval()
-            predictions = (
-                _flip(predict(model_list[0], _flip(image, combo)), combo) if combo else predict(model_list[0], image)
-                for combo in combos
-            )
-            total, count = _running_sum(predictions, image, regions)
-        elif method == "mc-dropout":
-            model = model_list[0]
-            dropouts = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
-            if not dropouts:
-                raise ValueError(
-                    f"model {type(model).__name__} has no dropout layers (with p > 0); build it with "
-                    "dropout_prob > 0 (SegResNet: dropout_prob) or use tta/ensemble"
-                )
-            model.eval()
-            for layer in dropouts:
-                layer.train()
-            cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(seed)
-                total, count = _running_sum((predict(model, image) for _ in range(samples)), image, regions)
-        else:
-            for model in model_list:
-                model.eval()
-            total, count = _running_sum((predict(model, image) for model in model_list), image, regions)
 
-    mean = total.div_(count)[0]
-    maps = {region: predictive_entropy_map(mean[channel]) for region, channel in regions.items()}
-    return UncertaintyResult(mean_probability=mean, maps=maps, method=method, samples=count)
+def _tta_sum(
+    predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    regions: Mapping[str, int],
+    combos: Sequence[tuple[int, ...]],
+) -> tuple[torch.Tensor, int]:
+    """Test-time augmentation: the model in eval mode on the image flipped by each combination, flipped back."""
+    model.eval()
+    predictions = (
+        _flip(predict(model, _flip(image, combo)), combo) if combo else predict(model, image) for combo in combos
+    )
+    return _running_sum(predictions, image, regions)
+
+
+def _mc_dropout_sum(
+    predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    regions: Mapping[str, int],
+    *,
+    samples: int,
+    seed: int,
+) -> tuple[torch.Tensor, int]:
+    """Monte Carlo dropout: ``samples`` seeded passes with only the dropout layers in train mode; the caller's
+    RNG state (CPU and initialised CUDA devices) is unchanged afterwards."""
+    dropouts = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
+    if not dropouts:
+        raise ValueError(
+            f"model {type(model).__name__} has no dropout layers (with p > 0); build it with "
+            "dropout_prob > 0 (SegResNet: dropout_prob) or use tta/ensemble"
+        )
+    model.eval()
+    for layer in dropouts:
+        layer.train()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return _running_sum((predict(model, image) for _ in range(samples)), image, regions)
 
 
 @contextmanager

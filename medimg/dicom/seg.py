@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.sr.codedict import codes
@@ -28,6 +28,10 @@ from pydicom.sr.coding import Code
 
 from medimg import __version__
 from medimg.writers import atomic_path
+
+if TYPE_CHECKING:
+    import highdicom as hd
+    from pydicom import Dataset
 
 __all__ = [
     "BRATS_SEGMENTS",
@@ -142,8 +146,6 @@ def write_seg(
     memory only: missing type 2 patient/study attributes become empty, a missing SliceThickness
     becomes the spacing between slice positions.
     """
-    import highdicom as hd
-
     out_path = Path(out_path)
     paths = [os.fspath(p) for p in source_files]
     seg_key = str(seg_type).lower()
@@ -152,18 +154,46 @@ def write_seg(
     specs = _segment_specs(label_values, segment_names)
     if not paths:
         raise ValueError(f"{out_path}: no source files given")
+    datasets, frames = _sources_and_frames(labels, paths, specs, out_path)
+    seg = _segmentation(
+        datasets,
+        frames,
+        _segment_descriptions(specs, algorithm_name, str(algorithm_version)),
+        segmentation_type=_SEG_TYPES[seg_key],
+        series_number=series_number,
+        series_description=series_description,
+        out_path=out_path,
+        source_paths=paths,
+    )
+    with atomic_path(out_path) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return out_path
 
+
+def _sources_and_frames(
+    labels: Any, paths: Sequence[str], specs: Sequence[SegmentSpec], out_path: Path
+) -> tuple[list[Dataset], np.ndarray]:
+    """The source headers (checked against the label grid, completed in memory) and the (Z, rows, cols)
+    frames of segment numbers."""
     array = _as_label_array(labels)
     datasets = [_read_header(p) for p in paths]
     _check_grid(array, datasets, paths)
     _check_unique_instances(datasets, paths)
     frames = _encode(array, [s.label for s in specs], out_path)  # (Z, rows, cols) segment numbers
     _complete_sources(datasets)
+    return datasets, frames
+
+
+def _segment_descriptions(
+    specs: Sequence[SegmentSpec], algorithm_name: str, algorithm_version: str
+) -> list[hd.seg.SegmentDescription]:
+    """One SegmentDescription per spec, numbered from 1, each by the AUTOMATIC "Artificial Intelligence" algorithm."""
+    import highdicom as hd
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, family=codes.DCM.ArtificialIntelligence, version=str(algorithm_version)
+        name=algorithm_name, family=codes.DCM.ArtificialIntelligence, version=algorithm_version
     )
-    descriptions = [
+    return [
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=spec.name,
@@ -174,11 +204,31 @@ def write_seg(
         )
         for number, spec in enumerate(specs, start=1)
     ]
+
+
+def _segmentation(
+    datasets: Sequence[Dataset],
+    frames: np.ndarray,
+    descriptions: Sequence[hd.seg.SegmentDescription],
+    *,
+    segmentation_type: str,
+    series_number: int,
+    series_description: str,
+    out_path: Path,
+    source_paths: Sequence[str],
+) -> hd.seg.Segmentation:
+    """The SEG instance of a new series on the sources (see :func:`write_seg` for its attributes).
+
+    Raises:
+        ValueError: highdicom rejects the sources or the frames (the message names ``out_path`` and their folder).
+    """
+    import highdicom as hd
+
     try:
-        seg = hd.seg.Segmentation(
+        return hd.seg.Segmentation(
             source_images=datasets,
             pixel_array=frames,
-            segmentation_type=_SEG_TYPES[seg_key],
+            segmentation_type=segmentation_type,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
             series_number=int(series_number),
@@ -194,12 +244,9 @@ def write_seg(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ValueError(
-            f"{out_path}: cannot build a DICOM SEG on the {len(paths)} source file(s) under "
-            f"{os.path.dirname(paths[0]) or '.'}: {type(exc).__name__}: {exc}"
+            f"{out_path}: cannot build a DICOM SEG on the {len(source_paths)} source file(s) under "
+            f"{os.path.dirname(source_paths[0]) or '.'}: {type(exc).__name__}: {exc}"
         ) from exc
-    with atomic_path(out_path) as tmp:
-        seg.save_as(tmp, enforce_file_format=True)
-    return out_path
 
 
 def read_seg(
@@ -313,7 +360,7 @@ def _as_label_array(labels: Any) -> np.ndarray:
     return array
 
 
-def _read_header(path: str) -> Any:
+def _read_header(path: str) -> Dataset:
     import pydicom
 
     try:
