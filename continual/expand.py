@@ -117,7 +117,7 @@ def _check_arm(arm: str, select: str, *, fisher: Any, train_a: Any, val_a: Any) 
     return spec
 
 
-def _auxiliary_terms(
+def _extra_loss(
     model: torch.nn.Module,
     model_a: torch.nn.Module,
     spec: ArmSpec,
@@ -125,8 +125,12 @@ def _auxiliary_terms(
     lam: float,
     lwf_temperature: float,
     lwf_alpha: float,
-) -> tuple[list[Callable[[Any], torch.Tensor]], list[Any], Any]:
-    """The arm's loss terms beside the cross-entropy: ``(terms, forward hooks to remove, EWC penalty or None)``."""
+) -> tuple[Callable[[Any], torch.Tensor] | None, list[Any], Any]:
+    """The arm's loss beside the cross-entropy: ``(extra_loss or None, forward hooks to remove, EWC penalty or None)``.
+
+    ``extra_loss(batch)`` is the sum of the arm's terms (EWC penalty, LwF distillation of the
+    last forward pass), for :func:`medimg.training.train_classifier`'s ``extra_loss``.
+    """
     terms: list[Callable[[Any], torch.Tensor]] = []
     hooks: list[Any] = []
     penalty = None
@@ -144,7 +148,56 @@ def _auxiliary_terms(
             model.register_forward_hook(lambda _m, inputs, output: captured.update(x=inputs[0], logits=output))
         )
         terms.append(lambda batch: distill(captured["logits"], captured["x"]))
-    return terms, hooks, penalty
+    if not terms:
+        return None, hooks, penalty
+    return lambda batch: sum(term(batch) for term in terms), hooks, penalty  # type: ignore[return-value]
+
+
+def _selection(
+    select: str,
+    spec: ArmSpec,
+    metric_fn: Callable[..., Mapping[str, float]],
+    config: Any,
+    penalty: Any,
+    val_b: Any,
+    val_a: Any,
+) -> tuple[Callable[..., Mapping[str, float]], Any, Any]:
+    """``(metric_fn, config, validation data)`` that make the loop keep the epoch ``select`` asks for."""
+    if select == "ce_penalty":
+        import dataclasses
+
+        metric_fn = ce_penalty_metric(metric_fn, penalty)
+        config = dataclasses.replace(config, monitor="neg_ce_penalty")
+    if spec.joint:
+        from torch.utils.data import ConcatDataset
+
+        metric_fn = two_site_metric(metric_fn, len(val_b))
+        val_b = ConcatDataset([val_b, val_a])
+    return metric_fn, config, val_b
+
+
+def _arm_meta(
+    checkpoint_meta: Mapping[str, Any],
+    arm: str,
+    spec: ArmSpec,
+    lam: float,
+    fisher: Any,
+    lwf: dict[str, float],
+    select: str,
+) -> dict[str, Any]:
+    """``checkpoint_meta`` with the arm's settings under ``training.continual``."""
+    meta = copy.deepcopy(dict(checkpoint_meta))
+    meta.setdefault("training", {})["continual"] = {
+        "arm": arm,
+        "lambda": lam,
+        "trainable": spec.trainable,
+        "freeze_bn_stats": spec.freeze_bn_stats,
+        "fisher": dict(getattr(fisher, "meta", {}) or {}) if spec.ewc else None,
+        "lwf": lwf if spec.lwf else None,
+        "select": select,
+        "validation": "mean of new and old site" if spec.joint else "new site",
+    }
+    return meta
 
 
 def _load_best(model: torch.nn.Module, result: Any) -> None:
@@ -223,49 +276,22 @@ def expand(
     anchor_bn = snapshot_bn_stats(model)
     set_trainable(model, spec.trainable)
     handle = freeze_bn_stats(model) if spec.freeze_bn_stats else None
-    terms, hooks, penalty = _auxiliary_terms(model, model_a, spec, fisher, lam, lwf_temperature, lwf_alpha)
-    if select == "ce_penalty":
-        import dataclasses
-
-        metric_fn = ce_penalty_metric(metric_fn, penalty)
-        config = dataclasses.replace(config, monitor="neg_ce_penalty")
-    if spec.joint:
-        metric_fn = two_site_metric(metric_fn, len(val_b))
-        val_b = ConcatDataset([val_b, val_a])
-    if terms:
-        model.auxiliary_loss = lambda batch: sum(term(batch) for term in terms)  # type: ignore[assignment]
-    meta = copy.deepcopy(dict(checkpoint_meta))
-    meta.setdefault("training", {})["continual"] = {
-        "arm": arm,
-        "lambda": info["lambda"],
-        "trainable": spec.trainable,
-        "freeze_bn_stats": spec.freeze_bn_stats,
-        "fisher": dict(getattr(fisher, "meta", {}) or {}) if spec.ewc else None,
-        "lwf": {"temperature": lwf_temperature, "alpha": lwf_alpha} if spec.lwf else None,
-        "select": select,
-        "validation": "mean of new and old site" if spec.joint else "new site",
-    }
+    extra_loss, hooks, penalty = _extra_loss(model, model_a, spec, fisher, lam, lwf_temperature, lwf_alpha)
+    metric_fn, config, val_data = _selection(select, spec, metric_fn, config, penalty, val_b, val_a)
+    lwf = {"temperature": lwf_temperature, "alpha": lwf_alpha}
+    meta = _arm_meta(checkpoint_meta, arm, spec, info["lambda"], fisher, lwf, select)
     _check_resume(Path(out_dir), meta["training"]["continual"])
     data = ConcatDataset([train_a, train_b]) if spec.joint else train_b
     try:
         result = train_classifier(
-            model,
-            data,
-            val_b,
-            config=config,
-            out_dir=out_dir,
-            metric_fn=metric_fn,
-            checkpoint_meta=meta,
-            resume=True,
-            quiet=quiet,
-        )
+            model, data, val_data, config=config, out_dir=out_dir, metric_fn=metric_fn, checkpoint_meta=meta,
+            resume=True, quiet=quiet, extra_loss=extra_loss,
+        )  # fmt: skip
     finally:
         for hook in hooks:
             hook.remove()
         if handle is not None:
             handle.remove()
-        if terms:
-            del model.auxiliary_loss
     _load_best(model, result)
     check_postconditions(
         model, anchor_params, anchor_bn, freeze_bn_stats=spec.freeze_bn_stats and not spec.joint,

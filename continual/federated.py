@@ -233,7 +233,7 @@ class FedProxTerm:
     """FedProx's proximal term ``(mu / 2) * sum ||theta - theta_global||^2`` over trainable parameters.
 
     The global parameters are copied when the term is made (at the start of a round). Callable with
-    or without the batch, so it can be a model's ``auxiliary_loss`` in the shared training loop.
+    or without the batch, so it can be the ``extra_loss`` of the shared training loop.
     """
 
     def __init__(self, model: torch.nn.Module, mu: float) -> None:
@@ -289,8 +289,7 @@ def client_update(
         state = apply_local_bn(state, local_bn)
     model.load_state_dict(state)
     handle = freeze_bn_stats(model) if config.bn_policy == "global_frozen" else None
-    if config.proximal_mu > 0:
-        model.auxiliary_loss = FedProxTerm(model, config.proximal_mu)  # type: ignore[assignment]
+    proximal = FedProxTerm(model, config.proximal_mu) if config.proximal_mu > 0 else None
     train_config = TrainConfig(
         epochs=config.local_epochs,
         batch_size=config.batch_size,
@@ -310,12 +309,11 @@ def client_update(
                 checkpoint_meta=checkpoint_meta,
                 resume=False,
                 quiet=True,
+                extra_loss=proximal,
             )
     finally:
         if handle is not None:
             handle.remove()
-        if config.proximal_mu > 0:
-            del model.auxiliary_loss
     last = result.history[-1] if result.history else {}
     metrics = {f"local_{k}": float(v) for k, v in last.items() if k != "epoch" and _is_number(v)}
     new_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipelines.base import DatasetError, Pipeline
-
 __all__ = [
     "PIPELINES",
     "DatasetError",
@@ -34,8 +32,10 @@ __all__ = [
 ]
 
 #: Public name -> the module it comes from, imported when the name is first used (PEP 562), so
-#: ``import pipelines`` does not load torch or the tasks.
+#: ``import pipelines`` (and so the ``medimg`` command's start-up) loads neither numpy nor torch.
 _EXPORTS: dict[str, str] = {
+    "DatasetError": "pipelines.base",
+    "Pipeline": "pipelines.base",
     "RunSummary": "pipelines.runner",
     "run_pipeline": "pipelines.runner",
     "TrainPipelineConfig": "pipelines.training",
@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from pipelines.base import DatasetError, Pipeline
     from pipelines.continual_expansion import compare_arms, estimate_site_fisher, expand_site
     from pipelines.federated import simulate_federation
     from pipelines.runner import RunSummary, run_pipeline

@@ -18,6 +18,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from medimg.writers import write_csv, write_json
 from pipelines.base import Pipeline, is_held_out_test, patient_split
 
-__all__ = ["evaluate_pipeline", "predict_items", "train_pipeline"]
+__all__ = ["TrainPipelineConfig", "evaluate_pipeline", "predict_items", "train_pipeline"]
 
 
 def _dataset(items: list[dict], transform: Any, cache_dir: Path | None) -> Any:
@@ -93,32 +94,62 @@ def box_supervised_patients(items: Sequence[Mapping[str, Any]], fraction: float,
     return set(sorted(with_boxes, key=key)[:count])
 
 
+@dataclass(frozen=True)
+class TrainPipelineConfig:
+    """How :func:`train_pipeline` trains: one object that the CLI, the saliency audit and scripts
+    fill in and pass on (``dataclasses.replace`` makes a variant).
+
+    Attributes:
+        architecture: network name of :func:`medimg.models.build_network` (``medimg train`` picks
+            the pipeline's default when none is given).
+        image_size: network input size, ``(W, H)`` for 2-D pipelines or the ROI ``(X, Y, Z)`` for
+            brats; None: the architecture's default.
+        epochs: training epochs (>= 1).
+        batch_size: items per training batch (>= 1).
+        lr: AdamW learning rate.
+        seed: seed of the patient split, the initialisation and the augmentation.
+        val_fraction: fraction of patients in the validation split, in (0, 1).
+        cache: cache the decoded images on disk (``run_dir/cache``) so later epochs skip decoding.
+        resume: continue from ``run_dir/last.pt`` when it exists.
+        num_workers: DataLoader worker processes (2-D pipelines).
+        note: free text stored in the checkpoint (what the weights are valid for).
+        loss: brats: ``dice`` (None means dice) or ``dicece``; 2-D pipelines ignore it.
+        attention: wrap the classifier in the trainable attention gate of :mod:`saliency.attention`
+            (keys of :data:`ATTENTION_DEFAULTS`: heads, activation, regulariser and its weight, the
+            fraction of positive training images whose boxes supervise the map, and the box loss
+            weight); None: no gate. The settings are recorded in the checkpoint.
+        quiet: no progress bar.
+    """
+
+    architecture: str = "densenet121"
+    image_size: tuple[int, ...] | None = None
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    cache: bool = True
+    resume: bool = True
+    num_workers: int = 0
+    note: str = ""
+    loss: str | None = None
+    attention: Mapping[str, Any] | None = None
+    quiet: bool = False
+
+
 def train_pipeline(
     pipeline: Pipeline,
     data_dir: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],
-    *,
-    architecture: str = "densenet121",
-    image_size: tuple[int, int] | None = None,
-    epochs: int = 20,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    cache: bool = True,
-    resume: bool = True,
-    num_workers: int = 0,
-    note: str = "",
-    loss: str | None = None,
-    attention: Mapping[str, Any] | None = None,
-    quiet: bool = False,
+    config: TrainPipelineConfig | None = None,
 ) -> Any:
     """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
 
-    ``attention`` wraps the classifier in the trainable attention gate of
-    :mod:`saliency.attention` (keys of :data:`ATTENTION_DEFAULTS`: heads, activation, regulariser
-    and its weight, the fraction of positive training images whose boxes supervise the map, and
-    the box loss weight); the settings are recorded in the checkpoint.
+    Args:
+        pipeline: the task; a ``study`` pipeline (brats) trains a segmenter, the others a classifier.
+        data_dir: the dataset in the pipeline's public layout.
+        run_dir: run folder (``best.pt``, ``last.pt``, ``metrics.csv``, ``learning_curve.png``).
+        config: the training settings; None: the defaults of :class:`TrainPipelineConfig`.
 
     Returns:
         The :class:`medimg.training.TrainResult`.
@@ -126,46 +157,23 @@ def train_pipeline(
     Raises:
         pipelines.base.DatasetError: the data folder does not have the pipeline's layout, or a
             split would be empty.
+        ValueError: ``config.attention`` is set for a segmentation pipeline or has unknown keys.
     """
+    config = config if config is not None else TrainPipelineConfig()
+    if pipeline.unit == "study":  # 3-D segmentation (brats)
+        return _train_segmentation(pipeline, data_dir, run_dir, config)
     from medimg.models import build_network
     from medimg.training import TrainConfig, train_classifier
 
-    if pipeline.unit == "study":  # 3-D segmentation (brats)
-        if attention is not None:
-            raise ValueError(f"the attention gate wraps classifiers; {pipeline.name!r} is a segmentation pipeline")
-        from pipelines.brats_training import train_brats
-
-        return train_brats(
-            pipeline,
-            data_dir,
-            run_dir,
-            architecture=architecture,
-            roi_size=image_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            val_fraction=val_fraction,
-            cache=cache,
-            resume=resume,
-            note=note,
-            loss=loss or "dice",
-            quiet=quiet,
-        )
     run_dir = Path(run_dir)
-    train_items, val_items, held_out = _training_split(pipeline, data_dir, seed, val_fraction)
-    counts = Counter(int(item["label"]) for item in train_items)
-    n_classes = len(pipeline.labels)
-    # Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
-    raw = np.array([1.0 / counts[c] if counts[c] else 0.0 for c in range(n_classes)])
-    class_weights = (raw * n_classes / raw.sum()).tolist()
-
-    preprocessing = pipeline.preprocessing(architecture, image_size)
-    network: dict[str, Any] = {"spatial_dims": 2, "in_channels": 1, "out_channels": n_classes}
-    gate, supervised = _attention_gate(attention, network, train_items, seed)
+    train_items, val_items, held_out = _training_split(pipeline, data_dir, config.seed, config.val_fraction)
+    class_counts, class_weights = _class_balance(pipeline.labels, train_items)
+    preprocessing = pipeline.preprocessing(config.architecture, config.image_size)
+    network: dict[str, Any] = {"spatial_dims": 2, "in_channels": 1, "out_channels": len(pipeline.labels)}
+    gate, supervised = _attention_gate(config.attention, network, train_items, config.seed)
     meta = {
         "pipeline": pipeline.name,
-        "architecture": architecture,
+        "architecture": config.architecture,
         "network": network,
         "labels": list(pipeline.labels),
         "preprocessing": preprocessing,
@@ -173,36 +181,36 @@ def train_pipeline(
             "data": str(data_dir),
             "n_train": len(train_items),
             "n_val": len(val_items),
-            "train_class_counts": {pipeline.labels[c]: counts[c] for c in range(n_classes)},
+            "train_class_counts": class_counts,
             "class_weights": class_weights,
-            "split": {"seed": seed, "val_fraction": val_fraction, "unit": "patient", "held_out_test": held_out},
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "note": note,
+            "split": {
+                "seed": config.seed,
+                "val_fraction": config.val_fraction,
+                "unit": "patient",
+                "held_out_test": held_out,
+            },
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "note": config.note,
             **({"attention": gate} if gate is not None else {}),
         },
     }
-    cache_dir = run_dir / "cache" if cache else None
-    train_ds = _dataset(
-        _training_items(train_items, supervised),
-        pipeline.transforms(preprocessing, train=True, box_masks=supervised is not None),
-        cache_dir,
-    )
-    val_ds = _dataset(_training_items(val_items), pipeline.transforms(preprocessing, train=False), cache_dir)
-    model = build_network(architecture, **network)
+    cache_dir = run_dir / "cache" if config.cache else None
+    train_ds, val_ds = _split_datasets(pipeline, preprocessing, train_items, val_items, supervised, cache_dir)
+    model = build_network(config.architecture, **network)
     if gate is not None:
         model.configure_losses(
             regulariser=gate["regulariser"],
             regulariser_weight=float(gate["regulariser_weight"]),
             box_weight=float(gate["box_weight"]) if supervised else 0.0,
         )
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        num_workers=num_workers,
+    loop_config = TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        num_workers=config.num_workers,
         class_weights=class_weights,
         monitor=pipeline.monitor,
     )
@@ -210,18 +218,74 @@ def train_pipeline(
         model,
         train_ds,
         val_ds,
-        config=config,
+        config=loop_config,
         out_dir=run_dir,
         metric_fn=pipeline.metrics,
         checkpoint_meta=meta,
-        resume=resume,
-        quiet=quiet,
+        resume=config.resume,
+        quiet=config.quiet,
+        extra_loss=model.auxiliary_loss if gate is not None else None,  # the gate's regulariser, box loss
     )
     from medimg.training import rank
 
     if rank() == 0:  # under torchrun only rank 0 writes
-        _store_operating_threshold(pipeline, result, val_items, batch_size)
+        _store_operating_threshold(pipeline, result, val_items, config.batch_size)
     return result
+
+
+def _train_segmentation(
+    pipeline: Pipeline, data_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str], config: TrainPipelineConfig
+) -> Any:
+    """3-D segmentation (brats): :func:`pipelines.brats_training.train_brats` with ``config``'s settings."""
+    if config.attention is not None:
+        raise ValueError(f"the attention gate wraps classifiers; {pipeline.name!r} is a segmentation pipeline")
+    from pipelines.brats_training import train_brats
+
+    return train_brats(
+        pipeline,
+        data_dir,
+        run_dir,
+        architecture=config.architecture,
+        roi_size=config.image_size,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        cache=config.cache,
+        resume=config.resume,
+        note=config.note,
+        loss=config.loss or "dice",
+        quiet=config.quiet,
+    )
+
+
+def _split_datasets(
+    pipeline: Pipeline,
+    preprocessing: dict[str, Any],
+    train_items: list[dict],
+    val_items: list[dict],
+    supervised: set[str] | None,
+    cache_dir: Path | None,
+) -> tuple[Any, Any]:
+    """The training dataset (random transforms; box masks for the ``supervised`` patients) and the
+    validation dataset (inference transforms), both cached in ``cache_dir`` when given."""
+    train_ds = _dataset(
+        _training_items(train_items, supervised),
+        pipeline.transforms(preprocessing, train=True, box_masks=supervised is not None),
+        cache_dir,
+    )
+    val_ds = _dataset(_training_items(val_items), pipeline.transforms(preprocessing, train=False), cache_dir)
+    return train_ds, val_ds
+
+
+def _class_balance(labels: Sequence[str], train_items: list[dict]) -> tuple[dict[str, int], list[float]]:
+    """Training images per class name, and inverse-frequency class weights normalised to mean 1
+    (absent classes get weight 0)."""
+    counts = Counter(int(item["label"]) for item in train_items)
+    n_classes = len(labels)
+    raw = np.array([1.0 / counts[c] if counts[c] else 0.0 for c in range(n_classes)])
+    return {labels[c]: counts[c] for c in range(n_classes)}, (raw * n_classes / raw.sum()).tolist()
 
 
 def _training_split(

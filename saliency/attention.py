@@ -274,9 +274,11 @@ class AttentionClassifier(nn.Module):
     def auxiliary_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """``regulariser_weight * regulariser(A) + box_weight * BCE(A, boxes)`` for the last forward.
 
-        Called by :func:`medimg.training.train_classifier` after each training forward with the
-        collated batch; box supervision uses the batch's ``box_mask`` ``(B, 1, *spatial)`` and
-        ``box_weight`` ``(B,)`` (0 for images whose boxes are not used) when present.
+        Meant as the ``extra_loss`` of :func:`medimg.training.train_classifier`
+        (``extra_loss=model.auxiliary_loss``), which calls it after each training forward with the
+        collated batch; the loop does not look for it on the model. Box supervision uses the
+        batch's ``box_mask`` ``(B, 1, *spatial)`` and ``box_weight`` ``(B,)`` (0 for images whose
+        boxes are not used) when present.
         """
         if self.last_attention is None:
             raise RuntimeError("auxiliary_loss needs a forward pass first")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ from torch import nn
 
 from medimg import __version__ as medimg_version
 from medimg.models import CheckpointError, load_error_detail, load_medimg_file
-from medimg.progress import progress_bar
+from medimg.training import EpochSteps, progress_session, run_epochs
 from medimg.writers import atomic_path
 
 __all__ = [
@@ -237,6 +237,96 @@ def _criterion(loss: str) -> nn.Module:
     return nn.BCEWithLogitsLoss()
 
 
+def _check_data(
+    images: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray, config: LocalizerConfig, val_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N, C, *s) float32, masks (N, *s) bool)`` on the CPU, after checking them and the settings."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if config.epochs < 1 or config.batch_size < 1 or not config.lr > 0:
+        raise ValueError(f"epochs, batch_size and lr must be positive: {config}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction!r}")
+    x = _as_images(images).cpu()  # batches are gathered on the CPU and moved to config.device
+    y = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).cpu()
+    if y.ndim == x.ndim and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0], *x.shape[2:]):
+        raise ValueError(
+            f"masks must be (N, *spatial) on the image grid: got masks {tuple(y.shape)} for images {tuple(x.shape)}"
+        )
+    if y.dtype != torch.bool:
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("masks must be boolean or 0/1")
+        y = y != 0
+    if not bool(y.any()):
+        raise ValueError("no image has a lesion (every mask is empty): nothing to localise")
+    return x, y
+
+
+class _ShuffledBatches:
+    """One epoch of ``(images, masks)`` batches: the training images in a new order, randomly flipped.
+
+    The order and the flips are drawn from ``generator`` as the batches are taken, so a run's
+    draws depend on the seed alone.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        index: torch.Tensor,
+        config: LocalizerConfig,
+        generator: torch.Generator,
+    ) -> None:
+        self.images, self.targets, self.index, self.generator = images, targets, index, generator
+        self.batch_size, self.flips = config.batch_size, config.flips
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.index) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.index[torch.randperm(len(self.index), generator=self.generator)]
+        for step in range(len(self)):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            batch_x, batch_y = self.images[index], self.targets[index]
+            if self.flips:
+                batch_x, batch_y = _random_flips(batch_x, batch_y, self.generator)
+            yield batch_x, batch_y
+
+
+class _LocalizerEpochs(EpochSteps):
+    """What each epoch of :func:`train_localizer` does beside the optimisation steps of the shared loop."""
+
+    def __init__(
+        self,
+        model: Localizer,
+        batches: _ShuffledBatches,
+        val: tuple[torch.Tensor, torch.Tensor],
+        config: LocalizerConfig,
+    ) -> None:
+        self.model, self.shuffled, self.val, self.config = model, batches, val, config
+        self.criterion, self.device = _criterion(config.loss), torch.device(config.device)
+        self.history: list[dict[str, float]] = []
+
+    def batches(self, epoch: int) -> _ShuffledBatches:
+        return self.shuffled
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        batch_x, batch_y = batch
+        return self.criterion(self.model(batch_x.to(self.device)), batch_y.to(self.device)), len(batch_x)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        if not len(self.val[0]):
+            return {}
+        return _validate(self.model, *self.val, self.criterion, self.config.batch_size)
+
+    def record(self, row: dict[str, float]) -> str:
+        self.history.append(row)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds"))
+        return f"epoch {row['epoch']}/{self.config.epochs}  {shown}  {row['seconds']:.1f}s"
+
+
 def train_localizer(
     images: torch.Tensor | np.ndarray,
     masks: torch.Tensor | np.ndarray,
@@ -246,6 +336,9 @@ def train_localizer(
     progress: bool = False,
 ) -> tuple[Localizer, list[dict[str, float]]]:
     """Train a localiser on images and their lesion masks (boxes rasterised as masks).
+
+    Runs the shared epoch loop :func:`medimg.training.run_epochs` (one AdamW step per batch, the
+    progress bar, one history row per epoch) with this module's batches, loss and validation.
 
     Args:
         images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float; every spatial size at least 16 and
@@ -269,81 +362,21 @@ def train_localizer(
         FloatingPointError: the training loss became NaN or infinite.
     """
     config = config or LocalizerConfig()
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
-    if config.epochs < 1 or config.batch_size < 1 or not config.lr > 0:
-        raise ValueError(f"epochs, batch_size and lr must be positive: {config}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction!r}")
-    x = _as_images(images).cpu()  # batches are gathered on the CPU and moved to config.device
-    y = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).cpu()
-    if y.ndim == x.ndim and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.shape != (x.shape[0], *x.shape[2:]):
-        raise ValueError(
-            f"masks must be (N, *spatial) on the image grid: got masks {tuple(y.shape)} for images {tuple(x.shape)}"
-        )
-    if y.dtype != torch.bool:
-        if not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError("masks must be boolean or 0/1")
-        y = y != 0
-    if not bool(y.any()):
-        raise ValueError("no image has a lesion (every mask is empty): nothing to localise")
-
-    device = torch.device(config.device)
+    x, y = _check_data(images, masks, config, val_fraction)
     generator = torch.Generator().manual_seed(config.seed)
     train_index, val_index = _split(y, val_fraction, generator)
-    model = build_localizer(x.ndim - 2, x.shape[1], config.features, seed=config.seed).to(device)
-    criterion = _criterion(config.loss)
+    model = build_localizer(x.ndim - 2, x.shape[1], config.features, seed=config.seed).to(config.device)
+    # CosineAnnealingLR, not medimg.training.schedule's LambdaLR: the two differ in the last bits.
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     targets = y[:, None].float()
-    steps = math.ceil(len(train_index) / config.batch_size)
-
-    history: list[dict[str, float]] = []
-    started_all = time.perf_counter()
-    bar_view = progress_bar(progress, status=True)
-    if bar_view is not None:
-        bar_view.start()
-    try:
-        for epoch in range(1, config.epochs + 1):
-            started = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            bar = bar_view.add_task(f"epoch {epoch}/{config.epochs}", total=steps, status="") if bar_view else None
-            model.train()
-            order = train_index[torch.randperm(len(train_index), generator=generator)]
-            loss_sum = 0.0
-            for step in range(steps):
-                index = order[step * config.batch_size : (step + 1) * config.batch_size]
-                batch_x, batch_y = x[index], targets[index]
-                if config.flips:
-                    batch_x, batch_y = _random_flips(batch_x, batch_y, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(model(batch_x.to(device)), batch_y.to(device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {step + 1}")
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.item()) * len(index)
-                if bar_view is not None and bar is not None:
-                    bar_view.update(
-                        bar, advance=1, status=f"loss {loss_sum / (step * config.batch_size + len(index)):.4f}"
-                    )
-            scheduler.step()
-            row: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / len(train_index)}
-            if len(val_index):
-                row.update(_validate(model, x[val_index], targets[val_index], criterion, config.batch_size))
-            row["lr"] = lr
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            history.append(row)
-            if bar_view is not None and bar is not None:
-                bar_view.remove_task(bar)
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds"))
-                bar_view.console.print(f"epoch {epoch}/{config.epochs}  {shown}  {row['seconds']:.1f}s", soft_wrap=True)
-    finally:
-        if bar_view is not None:
-            bar_view.stop()
-
+    batches = _ShuffledBatches(x, targets, train_index, config, generator)
+    steps = _LocalizerEpochs(model, batches, (x[val_index], targets[val_index]), config)
+    started = time.perf_counter()
+    with progress_session(progress) as bar:
+        run_epochs(
+            model, optimizer, scheduler, steps, epochs=range(1, config.epochs + 1), total=config.epochs, progress=bar
+        )
     model.eval()
     model.record = {
         "config": config.to_dict(),
@@ -353,11 +386,11 @@ def train_localizer(
         "val_items": len(val_index),
         "val_positives": int(y[val_index].flatten(1).any(dim=1).sum()) if len(val_index) else 0,
         "epochs": config.epochs,
-        "final": dict(history[-1]),
-        "seconds": round(time.perf_counter() - started_all, 3),
+        "final": dict(steps.history[-1]),
+        "seconds": round(time.perf_counter() - started, 3),
         "versions": {"medimg": medimg_version, "torch": str(torch.__version__), "monai": _monai_version()},
     }
-    return model, history
+    return model, steps.history
 
 
 def _validate(

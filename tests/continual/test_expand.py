@@ -120,3 +120,27 @@ def test_only_the_joint_arm_sees_old_site_data(tmp_path: Path) -> None:
         expand(model, data, data, arm="finetune", out_dir=tmp_path / "a", val_a=data, **common)
     with pytest.raises(ValueError, match="training and validation data"):
         expand(model, data, data, arm="joint", out_dir=tmp_path / "b", train_a=data, **common)
+
+
+@pytest.mark.parametrize("arm", ["ewc", "lwf"])
+def test_the_arms_loss_terms_reach_the_training_loop(tmp_path: Path, arm: str) -> None:
+    """EWC's penalty and LwF's distillation go to the loop as ``extra_loss``: with the same seed,
+    an arm that kept only the cross-entropy would end with finetune's weights bit for bit; a
+    strong EWC penalty keeps the weights nearer model A."""
+    torch.manual_seed(0)
+    model_a = build_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
+    train, val = bright_square_dataset(16, seed=1), bright_square_dataset(8, seed=2)
+    common = {"config": TrainConfig(epochs=1, batch_size=8, lr=1e-2, monitor="roc_auc"),
+              "metric_fn": roc_auc_metric, "checkpoint_meta": toy_meta()}  # fmt: skip
+    fisher = estimate_fisher(model_a, train) if arm == "ewc" else None
+    tuned, _ = expand(model_a, train, val, arm="finetune", out_dir=tmp_path / "finetune", **common)
+    kept, _ = expand(model_a, train, val, arm=arm, out_dir=tmp_path / arm, fisher=fisher, lam=1e4, **common)
+    assert not hasattr(kept, "auxiliary_loss")
+
+    def drift(model: torch.nn.Module) -> float:
+        anchor = dict(model_a.named_parameters())
+        return sum(float((p - anchor[n]).detach().norm()) for n, p in model.named_parameters())
+
+    assert not all(torch.equal(p, q) for p, q in zip(kept.parameters(), tuned.parameters(), strict=True))
+    if arm == "ewc":
+        assert drift(kept) < drift(tuned)

@@ -227,6 +227,26 @@ def test_local_bn_policy_keeps_each_sites_bn() -> None:
     assert not torch.equal(server.state[stat], initial[stat])
 
 
+def test_fedprox_term_reaches_the_training_loop() -> None:
+    """client_update passes FedProx's term as the loop's ``extra_loss``: a huge mu keeps the local
+    model near the global one (with mu = 0 the same round drifts further), nothing is left on the model."""
+    site = Site("s0", bright_square_dataset(16, seed=10), bright_square_dataset(8, seed=20))
+    torch.manual_seed(0)
+    reference = _make_model()
+    initial = {k: v.clone() for k, v in reference.state_dict().items()}
+    parameters = [name for name, _ in reference.named_parameters()]
+    drift = {}
+    for mu in (0.0, 1e4):
+        model = _make_model()
+        result = client_update(
+            model, initial, site, config=FedConfig(rounds=1, batch_size=8, lr=1e-2, monitor="roc_auc", proximal_mu=mu),
+            server_round=1, site_index=0, metric_fn=roc_auc_metric, checkpoint_meta=toy_meta(),
+        )  # fmt: skip
+        assert not hasattr(model, "auxiliary_loss")
+        drift[mu] = sum(float((result.state[k] - initial[k]).norm()) for k in parameters)
+    assert drift[1e4] < 0.5 * drift[0.0]
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="BN policy"):
         FedConfig(bn_policy="x")

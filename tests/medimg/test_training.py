@@ -201,6 +201,45 @@ def test_bad_settings_fail_before_training(tmp_path: Path, data) -> None:
         )
 
 
+def test_extra_loss_is_added_to_every_training_batch(tmp_path: Path, data) -> None:
+    """``extra_loss(batch)`` is called once per training batch, after the forward pass, with the
+    collated batch, and its value and gradient join the loss; the loop never looks on the model.
+
+    A constant of 5 raises the training loss by 5 and leaves the weights alone (no gradient); a
+    penalty on the weights changes them. A loop that ignored the hook would fail both.
+    """
+    train, val = data
+    config = TrainConfig(epochs=1, batch_size=16, lr=3e-3, seed=0)
+    common = {"config": config, "metric_fn": roc_auc_metric, "checkpoint_meta": toy_meta(), "quiet": True}
+    plain_model = compact()
+    plain = train_classifier(plain_model, train, val, out_dir=tmp_path / "plain", **common)
+
+    shifted_model = compact()
+    shifted_model.auxiliary_loss = lambda batch: torch.tensor(1e6)  # an attribute the loop must not discover
+    forwards: list[int] = []
+    shifted_model.register_forward_hook(lambda *_: forwards.append(1))
+    calls: list[tuple[int, tuple[int, ...]]] = []
+
+    def constant(batch) -> torch.Tensor:
+        calls.append((len(forwards), tuple(batch["image"].shape)))
+        return torch.tensor(5.0)
+
+    shifted = train_classifier(shifted_model, train, val, out_dir=tmp_path / "shifted", extra_loss=constant, **common)
+    assert calls == [(step, (16, 1, 32, 32)) for step in (1, 2, 3, 4)]  # 64 items, after each forward
+    assert shifted.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"] + 5.0, abs=1e-5)
+    assert shifted.history[0]["val_loss"] == plain.history[0]["val_loss"]
+    for name, value in plain_model.state_dict().items():
+        assert torch.equal(shifted_model.state_dict()[name], value), name
+
+    penalised_model = compact()
+    weights = [p for p in penalised_model.parameters() if p.ndim > 1]
+    penalty = lambda batch: 10.0 * sum((w**2).sum() for w in weights)  # noqa: E731
+    train_classifier(penalised_model, train, val, out_dir=tmp_path / "penalised", extra_loss=penalty, **common)
+    norm = {name: sum(float(p.detach().norm()) for p in m.parameters() if p.ndim > 1) for name, m in
+            (("plain", plain_model), ("penalised", penalised_model))}  # fmt: skip
+    assert norm["penalised"] < norm["plain"]
+
+
 def test_distributed_data_parallel_under_torchrun(tmp_path: Path) -> None:
     env = {
         k: v

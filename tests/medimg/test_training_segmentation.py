@@ -323,3 +323,23 @@ def test_dicece_training_and_bad_settings(tmp_path: Path) -> None:
         train_segmenter(
             segresnet(), train, cropped_val, config=config, out_dir=out / "v", checkpoint_meta=seg_meta(), **common
         )
+
+
+def test_extra_loss_reaches_the_segmenter_loop(tmp_path: Path) -> None:
+    """train_segmenter passes ``extra_loss`` to the shared loop: once per training batch, added to the loss.
+
+    The Dice loss lies in [0, 1], so a training loss of at least 3 needs the constant 3 added.
+    """
+    calls: list[tuple[int, ...]] = []
+
+    def constant(batch) -> torch.Tensor:
+        calls.append(tuple(batch["image"].shape))
+        return torch.tensor(3.0)
+
+    config = TrainConfig(epochs=1, batch_size=2, lr=1e-2, seed=0, monitor="dice_mean")
+    result = train_segmenter(
+        segresnet(), train_set(2), val_set(1), config=config, out_dir=tmp_path, predict=predict,
+        metric_fn=region_dice, checkpoint_meta=seg_meta(), quiet=True, extra_loss=constant,
+    )  # fmt: skip
+    assert calls == [(4, 1, PATCH, PATCH, PATCH)]  # 2 items x 2 patches, one batch
+    assert 3.0 <= result.history[0]["train_loss"] <= 4.0

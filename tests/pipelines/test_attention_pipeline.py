@@ -89,12 +89,14 @@ def test_box_supervised_patients_is_a_seeded_fraction_of_the_positives() -> None
 
 
 def test_attention_is_refused_for_segmentation_and_bad_settings(tmp_path: Path) -> None:
-    from pipelines.training import train_pipeline
+    from pipelines.training import TrainPipelineConfig, train_pipeline
 
     with pytest.raises(ValueError, match="segmentation"):
-        train_pipeline(get_pipeline("brats"), CXR, tmp_path / "b", attention={})
+        train_pipeline(get_pipeline("brats"), CXR, tmp_path / "b", TrainPipelineConfig(attention={}))
     with pytest.raises(ValueError, match="unknown attention setting"):
-        train_pipeline(get_pipeline("pneumonia"), CXR, tmp_path / "p", attention={"colour": "blue"})
+        train_pipeline(
+            get_pipeline("pneumonia"), CXR, tmp_path / "p", TrainPipelineConfig(attention={"colour": "blue"})
+        )
 
 
 def test_density_trains_with_the_gate_and_writes_attention_overlays(tmp_path: Path) -> None:

@@ -207,6 +207,38 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(got_maps, expected_maps)
 
 
+def test_auxiliary_loss_is_passed_explicitly_to_the_training_loop(tmp_path: Path) -> None:
+    """The gate's regulariser trains only when given as ``extra_loss``: the loop does not find it
+    on the model. The sparsity term (mean attention, > 0) raises the training loss and changes the
+    weights; without ``extra_loss`` the same configured model trains as if it had no regulariser."""
+    from toy_classification import roc_auc_metric
+
+    from medimg.training import TrainConfig, train_classifier
+
+    images, labels, _ = lesion_data(16, 0, 48)
+    data = [{"image": image, "label": int(label)} for image, label in zip(images, labels, strict=True)]
+
+    def fit(name: str, weight: float, explicit: bool) -> tuple[AttentionClassifier, float]:
+        torch.manual_seed(0)
+        model = attention_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
+        model.configure_losses(regulariser="sparsity", regulariser_weight=weight)
+        info = {**meta(model), "labels": ["no", "yes"]}
+        result = train_classifier(
+            model, data, data[:8], config=TrainConfig(epochs=1, batch_size=8, lr=1e-2), out_dir=tmp_path / name,
+            metric_fn=roc_auc_metric, checkpoint_meta=info, quiet=True,
+            extra_loss=model.auxiliary_loss if explicit else None,
+        )  # fmt: skip
+        return model, result.history[0]["train_loss"]
+
+    plain, plain_loss = fit("plain", 0.0, explicit=False)
+    ignored, ignored_loss = fit("ignored", 5.0, explicit=False)
+    regularised, regularised_loss = fit("regularised", 5.0, explicit=True)
+    assert ignored_loss == plain_loss
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), ignored.parameters(), strict=True))
+    assert regularised_loss > plain_loss
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularised.parameters(), strict=True))
+
+
 # ------------------------------------------------------------------------------------- planted-lesion toy
 
 

@@ -1,0 +1,106 @@
+"""The ``medimg`` Typer app and what its command modules share: the consoles, the version option,
+pipeline lookup, error exits and the options several commands take.
+
+Start-up imports nothing heavy: torch, monai, pydicom and the job packages are imported inside
+the commands that need them, so ``medimg --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from medimg import __version__
+
+if TYPE_CHECKING:
+    from pipelines.base import Pipeline
+
+__all__ = [
+    "PIPELINE_HELP",
+    "SITE_HELP",
+    "PipelineArgument",
+    "QuietOption",
+    "app",
+    "console",
+    "csv_list",
+    "err_console",
+    "error_exit",
+    "input_errors",
+    "load_pipeline",
+]
+
+app = typer.Typer(
+    name="medimg",
+    help="Medical-imaging toolkit on MONAI: DICOM ingestion, pipelines, audits and scoring.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
+
+PIPELINE_HELP = "Pipeline: pneumonia (chest X-ray), density (mammography) or brats (brain-tumour MRI)."
+SITE_HELP = "A site folder in the pipeline's layout (split by patient 60/20/20 into train/val/test)."
+
+#: The PIPELINE argument of run, train and evaluate.
+PipelineArgument = Annotated[str, typer.Argument(help=PIPELINE_HELP)]
+#: ``--quiet/-q`` of the commands with one progress bar.
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medimg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],  # noqa: UP045 - typer needs Optional on 3.10
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """medimg: run imaging pipelines on DICOM folders, audit saliency, score uncertainty."""
+
+
+def error_exit(message: object, *, code: int = 2, to: Console = err_console) -> typer.Exit:
+    """Print ``error: message`` (red) on ``to`` and return the :class:`typer.Exit` to raise.
+
+    Exit code 2 (the default) means bad input: data, weights or settings.
+    """
+    to.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Bad data, weights or settings: one red line on stdout and exit code 2 (no traceback)."""
+    from medimg.models import CheckpointError
+    from pipelines.base import DatasetError
+
+    try:
+        yield
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        raise error_exit(exc, to=console) from exc
+
+
+def load_pipeline(name: str) -> Pipeline:
+    """The pipeline called ``name``; an unknown name exits with code 2."""
+    from pipelines import get_pipeline
+
+    try:
+        return get_pipeline(name)
+    except KeyError as exc:
+        raise error_exit(exc.args[0]) from exc
+
+
+def csv_list(text: str | None) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``; None -> ``()``."""
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())

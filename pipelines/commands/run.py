@@ -1,0 +1,117 @@
+"""``medimg run``: a pipeline over a DICOM folder (brats: also a BraTS NIfTI folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from medimg.progress import tracked
+from pipelines.commands.app import PipelineArgument, QuietOption, app, console, err_console, error_exit, load_pipeline
+
+if TYPE_CHECKING:
+    from pipelines.base import Pipeline
+    from pipelines.runner import RunSummary
+
+
+@app.command()
+def run(
+    pipeline: PipelineArgument,
+    dicom_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="DICOM folder (e.g. a PACS export).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint; default: the demo weights in sample_data/weights/ (synthetic phantoms only)."),
+    ] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo studies that are already done.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    uncertainty: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="brats: uncertainty maps by tta, mc-dropout or ensemble (QU-BraTS files)."),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,
+    ensemble_weights: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="brats: further checkpoints for --uncertainty ensemble (repeatable)."),
+    ] = None,
+    naming: Annotated[
+        str, typer.Option(help="brats NIfTI input naming: brats2021 (_t1ce...) or brats2023 (-t1c...).")
+    ] = "brats2021",
+    quiet: QuietOption = False,
+) -> None:
+    """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
+    outputs, errors.csv, report.html."""
+    from medimg.models import CheckpointError
+    from pipelines.runner import run_pipeline
+
+    task = load_pipeline(pipeline)
+    _configure(task, naming=naming, uncertainty=uncertainty, samples=samples, ensemble_weights=ensemble_weights)
+    weights = _weights_or_demo(task, weights)
+    bar, update = tracked(not quiet, f"Running {task.name}")
+    try:
+        with bar:
+            summary = run_pipeline(
+                task,
+                dicom_dir,
+                out,
+                weights=weights,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                device=device,
+                progress=update,
+            )
+    except CheckpointError as exc:
+        raise error_exit(exc) from exc
+    _print_run_summary(task, summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _configure(
+    task: Pipeline, *, naming: str, uncertainty: str | None, samples: int, ensemble_weights: list[Path] | None
+) -> None:
+    """Pass the brats-only options to a pipeline that takes them; exit 2 when they are wrong or the
+    pipeline takes none (uncertainty on a 2-D pipeline)."""
+    if hasattr(task, "configure"):
+        try:
+            task.configure(
+                naming=naming,
+                uncertainty=uncertainty,
+                samples=samples,
+                ensemble_weights=[str(w) for w in ensemble_weights or []],
+            )
+        except ValueError as exc:
+            raise error_exit(exc) from exc
+    elif uncertainty or ensemble_weights:
+        raise error_exit(f"--uncertainty and --ensemble-weights apply to brats, not {task.name}")
+
+
+def _weights_or_demo(task: Pipeline, weights: Path | None) -> Path:
+    """``weights``, or the pipeline's demo weights (with a note); exit 2 when there are none."""
+    from pipelines.runner import default_weights
+
+    if weights is not None:
+        return weights
+    weights = default_weights(task.name)
+    if weights is None:
+        raise error_exit(f"no --weights given and no demo weights for '{task.name}' found")
+    err_console.print(f"[yellow]note:[/yellow] using the demo weights {weights}: valid for synthetic phantoms only")
+    return weights
+
+
+def _print_run_summary(task: Pipeline, summary: RunSummary, out: Path) -> None:
+    """The counts of a run and its errors grouped by kind."""
+    from pipelines.run_report import summarize_errors
+
+    c = summary.counts
+    console.print(
+        f"{c['images']} {'case(s)' if task.unit == 'study' else 'image(s)'} in results.csv "
+        f"({c['images_processed']} processed now, "
+        f"{c['studies_resumed']} stud(ies) resumed); {c['errors']} error(s), {c['skipped']} skipped. "
+        f"Outputs in {out} (report.html)."
+    )
+    for what, count in summarize_errors(summary.errors).items():
+        style = "red" if what.startswith("error") else "dim"
+        console.print(f"  [{style}]{what}: {count}[/{style}]")
