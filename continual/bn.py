@@ -1,4 +1,4 @@
-"""Batch-norm statistics: find, snapshot, freeze, recompute and check them (spec continual.md 2.2).
+"""Batch-norm statistics: find, snapshot, freeze, recompute and check them (docs/methods/domain-expansion.md).
 
 The "global BN statistics" of Gupta et al. are the old site's population (running) statistics,
 kept exactly while the network is fine-tuned on a new site. This module provides the pieces:
@@ -13,7 +13,7 @@ kept exactly while the network is fine-tuned on a new site. This module provides
 * :func:`set_trainable`: ``"all"`` or ``"bn_affine"`` (only BN gamma/beta train; the classifier
   head is frozen too, as in the paper code's ``ft_bn`` arms).
 * :func:`recompute_bn_stats`: exact population statistics over a dataset in one pass.
-* :func:`check_postconditions`: the bit-for-bit post-conditions of spec 2.2 step 6.
+* :func:`check_postconditions`: the bit-for-bit post-conditions of a fine-tuning arm.
 
 Generic: works on any ``torch.nn.Module``; imports nothing from the other medimg packages.
 """
@@ -51,7 +51,7 @@ _FROZEN: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictio
 
 
 class PostconditionError(AssertionError):
-    """A fine-tuned model breaks a post-condition of spec 2.2 step 6 (frozen BN statistics or frozen weights moved)."""
+    """A fine-tuned model breaks a post-condition of its arm (frozen BN statistics or frozen weights moved)."""
 
 
 def bn_modules(model: torch.nn.Module) -> dict[str, _BatchNorm]:
@@ -177,7 +177,7 @@ def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
     In eval mode a BN layer normalises with its running statistics (the old site's global
     statistics) and never updates them; its affine gamma/beta still receive gradients. Other
     modules are not touched: dropout keeps following ``model.train()``/``model.eval()``, unlike the
-    paper code's whole-model ``model.eval()`` (spec 2.2 step 4).
+    paper code's whole-model ``model.eval()``.
 
     Mechanism (two guards, per module instance, nothing global): each BN layer gets an
     instance-level ``train`` method that always switches it to eval mode, so ``model.train()``
@@ -206,7 +206,7 @@ def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
 
 
 def set_trainable(model: torch.nn.Module, mode: str) -> list[str]:
-    """Choose which parameters fine-tuning updates (spec 2.2 step 4).
+    """Choose which parameters fine-tuning updates.
 
     Args:
         model: any network.
@@ -253,7 +253,7 @@ def _batch_images(batch: Any) -> torch.Tensor:
 def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
     """Replace every BN layer's running statistics by the exact statistics of its input over ``batches``.
 
-    One forward pass over the data (spec 2.2 step 1). The BN layers run in train mode, normalising
+    One forward pass over the data. The BN layers run in train mode, normalising
     with each batch's statistics as in training (as ``torch.optim.swa_utils.update_bn`` does); every
     other module runs in eval mode (dropout off: the statistics are those of the inference network).
     A forward pre-hook on each BN layer accumulates the per-channel count, mean and sum of squared
@@ -385,7 +385,7 @@ def check_postconditions(
     freeze_bn_stats: bool,
     trainable: str,
 ) -> None:
-    """Assert the post-conditions of spec 2.2 step 6 after fine-tuning, bit for bit (``torch.equal``).
+    """Assert the post-conditions of an arm after fine-tuning, bit for bit (``torch.equal``).
 
     Args:
         model: the fine-tuned network.

@@ -572,7 +572,7 @@ def estimate_fisher(
             batches ``(images (B, C, *spatial), labels (B,))`` / ``{"image", "label"}`` dicts (e.g. a
             ``DataLoader``). Moved to the model's device.
         mode: one of :data:`FISHER_MODES` (module docstring).
-        max_samples: at most this many samples (spec: a documented subset of M >= 1,000). For a
+        max_samples: at most this many samples (a documented subset of at least 1,000, as the method needs). For a
             Dataset a random subset drawn with ``seed``; for an iterable of batches its first
             ``max_samples`` samples (order them with a seeded sampler). None: all.
         seed: seeds the subset and the labels drawn by ``"true_fisher"``.
@@ -638,7 +638,7 @@ class EWCPenalty:
 
     The sum runs over the parameters that have a Fisher entry, exist in ``model`` and have
     ``requires_grad`` at call time: new parameters (no entry), entries the model lacks (listed in
-    :attr:`missing`) and frozen parameters contribute nothing (spec 2.2 step 5). The Fisher and the
+    :attr:`missing`) and frozen parameters contribute nothing. The Fisher and the
     anchor are moved once, at construction, to each parameter's device and dtype; the call is one
     fused multiply-add per parameter tensor. Build it again if the model moves to another device.
 
@@ -646,7 +646,7 @@ class EWCPenalty:
         model: the network being fine-tuned.
         fisher: a :class:`Fisher` or a plain ``{name: F}`` dict.
         lam: lambda >= 0. Its scale depends on ``fisher.meta["normalisation"]``: a code-grid lambda
-            for the summed Fisher corresponds to ``lambda * N`` for the mean (spec 2.3).
+            for the summed Fisher corresponds to ``lambda * N`` for the mean.
         anchor: ``{name: theta_A}``; None: ``fisher.anchor`` (the parameters the Fisher was
             measured at).
 

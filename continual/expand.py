@@ -1,4 +1,4 @@
-"""Domain expansion arms: adapt a site-A classifier to site B (spec ``continual.md`` §2.2, §2.5).
+"""Domain expansion arms: adapt a site-A classifier to site B (docs/methods/domain-expansion.md).
 
 Every arm starts from a copy of ``model_A`` and fine-tunes it on site B's data with the shared
 training loop (:func:`medimg.training.train_classifier`: seeded, resumable, best checkpoint by the
@@ -248,7 +248,7 @@ def expand(
         lwf_temperature, lwf_alpha: Learning-without-Forgetting distillation settings (``lwf``).
         select: which epoch is kept: ``"metric"`` (highest ``config.monitor`` on B's validation
             split) or ``"ce_penalty"`` (lowest validation cross-entropy on B plus the EWC penalty,
-            the paper code's rule, spec §2.2 step 5; recorded as ``neg_ce_penalty``). For
+            the paper code's rule; recorded as ``neg_ce_penalty``). For
             ``joint`` either is the mean of the two sites' values (:func:`two_site_metric`).
         quiet: no progress output.
 
@@ -259,7 +259,7 @@ def expand(
     Raises:
         ValueError: unknown arm, an EWC arm without a Fisher, ``joint`` without ``train_a`` or
             ``val_a``, ``val_a`` for another arm (only ``joint`` may select on old-site data).
-        AssertionError: a post-condition of spec §2.2 step 6 failed.
+        AssertionError: a post-condition of the arm failed (see :func:`continual.bn.check_postconditions`).
     """
     from torch.utils.data import ConcatDataset
 

@@ -1,4 +1,4 @@
-"""Federated training across institutions: the engine-agnostic core (spec ``continual.md`` §4.2).
+"""Federated training across institutions: the engine-agnostic core (docs/methods/federated-bn.md).
 
 Everything a federated engine needs from medimg, as plain torch, so that it can be unit-tested
 without an engine and driven by any of them (:mod:`continual.flower` adapts it to Flower):
@@ -70,7 +70,7 @@ _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 @dataclass(frozen=True)
 class FedConfig:
-    """Settings of a federation (defaults: spec §4.2, except the optimiser; see ``lr``).
+    """Settings of a federation (defaults: the 2022 challenge reference's, except the optimiser; see ``lr``).
 
     Attributes:
         rounds: communication rounds R.

@@ -1,4 +1,4 @@
-"""Learning without Forgetting (Li & Hoiem 2016) as a generic distillation loss (spec ``continual.md`` §2.5).
+"""Learning without Forgetting (Li & Hoiem 2016) as a generic distillation loss.
 
 The LwF baseline of domain expansion: while fine-tuning on site B, the adapted model's outputs on
 B's images are pulled towards those of the frozen site-A model, so no site-A image is needed. The
@@ -9,7 +9,7 @@ loss here is the distillation term only; the caller adds its cross-entropy on B'
     loss = F.cross_entropy(logits, y_b) + lwf(logits, x_b)
 
 Written by hand because neither MONAI nor torch has it (Avalanche's ``LwFPlugin`` is not a
-dependency, see spec §7.2). Domain expansion keeps one head for both sites, so old and new logits
+dependency). Domain expansion keeps one head for both sites, so old and new logits
 have the same classes; Li & Hoiem's separate new-task head does not apply.
 """
 

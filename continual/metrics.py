@@ -1,4 +1,4 @@
-"""Per-site metrics and forgetting metrics for domain expansion (spec ``continual.md`` §3).
+"""Per-site metrics and forgetting metrics for domain expansion.
 
 Notation: ``R[t][d]`` is a metric of the model after stage ``t`` on the test set of domain ``d``.
 Stage ``t`` is the model just after training on domain ``t``: stage 0 = after training on site A,
@@ -16,7 +16,7 @@ code uses ``cohen_kappa_score(weights="linear")``) and accuracy, or ROC AUC for 
 * :func:`forgetting_reduction` -- ``(F_naive - F_method) / F_naive``.
 * :func:`arm_row`, :func:`summarise_arms`, :func:`tradeoff_curve` -- one flat row per
   (arm, lambda, seed), mean and SD over seeds per (arm, lambda), and the lambda trade-off curve
-  (x = ``R[1][B]``, y = ``R[1][A]``, spec §2.3).
+  (x = ``R[1][B]``, y = ``R[1][A]``).
 
 Undefined values (a zero denominator, a kappa with perfect chance agreement) are NaN, never an
 exception, so that a sweep is summarised rather than aborted.

@@ -439,7 +439,8 @@ def _qubrats(truth: Path, out: Path, console: Console) -> bool:
     console.print(matrix)
     console.print(
         "An all-zero map never filters anything, so its FTP/FTN AUCs are 0 and its score is (DSC_AUC + 2) / 3: "
-        "it usually beats an informative map. That is a property of the QU-BraTS metric (spec Q9), not of medimg."
+        "it usually beats an informative map. That is a property of the QU-BraTS metric, not of medimg "
+        "(docs/methods/qubrats.md)."
     )
     console.print(
         f"Per-case scores, curves, p-value heat map and report: {out / 'ranking'} (ranking.csv, "

@@ -88,7 +88,8 @@ def array_to_data_uri(array: Any, width: int = 160) -> str:
         data = (np.clip(np.nan_to_num(data.astype(float)), 0, 1) * 255).astype(np.uint8)
     picture = Image.fromarray(data)
     if picture.width > width:
-        picture = picture.resize((width, max(1, round(picture.height * width / picture.width))), Image.BILINEAR)
+        height = max(1, round(picture.height * width / picture.width))
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

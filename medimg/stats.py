@@ -1,4 +1,4 @@
-"""Small statistics shared by every layer: :func:`finite_mean`.
+"""Small statistics shared by every layer: :func:`finite_mean` and :func:`nan_mean`.
 
 It lives in the core (``medimg``) so that ``saliency``, ``uncertainty``, ``continual`` and
 ``pipelines``, which may not import each other, all take the same one.
@@ -7,12 +7,12 @@ It lives in the core (``medimg``) so that ``saliency``, ``uncertainty``, ``conti
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["finite_mean"]
+__all__ = ["finite_mean", "nan_mean"]
 
 
 def finite_mean(values: ArrayLike | Iterable[float | None]) -> float:
@@ -35,3 +35,14 @@ def finite_mean(values: ArrayLike | Iterable[float | None]) -> float:
         array = np.asarray(values, dtype=float)
     array = array[np.isfinite(array)]
     return float(array.mean()) if array.size else math.nan
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN, keeping infinities (NaN when every value is NaN).
+
+    Unlike :func:`finite_mean`, an infinite value (e.g. a Hausdorff distance to an empty
+    prediction) makes the mean infinite instead of being dropped: the training loop averages
+    per-volume validation metrics with it, so a failure cannot look like a success.
+    """
+    kept = [float(value) for value in values if not math.isnan(float(value))]
+    return sum(kept) / len(kept) if kept else math.nan

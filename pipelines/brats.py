@@ -27,7 +27,7 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -145,9 +145,10 @@ def _load_sequence(case_id: str, source: Path | Sequence[str]) -> Any:
         import nibabel as nib
         import torch
         from monai.data import MetaTensor
+        from nibabel.spatialimages import SpatialImage
 
         try:
-            image = nib.load(str(source))
+            image = cast(SpatialImage, nib.load(str(source)))
             data = np.asarray(image.get_fdata(dtype=np.float32))
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise CaseInputError(case_id, source, f"cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
@@ -369,8 +370,11 @@ class BratsPipeline(Pipeline):
             "intensity": "per-channel z-score over non-zero voxels",
         }
 
-    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool) -> Any:
-        """Loader of a case in the checkpoint's channel order (intensity preprocessing is in infer())."""
+    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool, box_masks: bool = False) -> Any:
+        """Loader of a case in the checkpoint's channel order (intensity preprocessing is in infer()).
+
+        ``train`` and ``box_masks`` (box supervision of the 2-D attention gate) change nothing here.
+        """
         channels = tuple(preprocessing.get("channels", CHANNEL_ORDER))
 
         def load(item: Mapping[str, Any]) -> Any:
@@ -439,7 +443,7 @@ class BratsPipeline(Pipeline):
                 overlap=float(pre.get("overlap", 0.5)),
                 mode="gaussian",
             )
-            return torch.sigmoid(logits)
+            return torch.sigmoid(cast(torch.Tensor, logits))
 
         return predict
 
@@ -492,7 +496,7 @@ class BratsPipeline(Pipeline):
                 start = time.perf_counter()
                 prob_src = _to_source_grid(prob, prepared, case)
                 labels = channels_to_labels(prob_src > 0.5, meta["preprocessing"].get("labels", "brats2020"))
-                row = {
+                row: dict[str, Any] = {
                     **region_volumes_ml(
                         labels, np.asarray(case.affine), meta["preprocessing"].get("labels", "brats2020")
                     )

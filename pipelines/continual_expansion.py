@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "layer_reset_rows", "site_splits"]
 
-#: EWC lambdas swept by ``compare`` (mean-normalised Fisher; spec §2.3: log-uniform).
+#: EWC lambdas swept by ``compare`` (mean-normalised Fisher; log-uniform, as the paper's sweep).
 DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 100.0, 10000.0)
 SPLIT_SEED = 0
 

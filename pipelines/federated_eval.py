@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medimg.stats import finite_mean
 from medimg.writers import write_csv, write_json
 
 if TYPE_CHECKING:
@@ -42,11 +43,6 @@ PAPER = {
     "generalizability_gain": 0.458,
     "source": "Roth et al. 2020, abstract (7 institutions; the exact formulas are not published)",
 }
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [float(v) for v in values if math.isfinite(float(v))]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def _trained_on(meta: Mapping[str, Any], fed: Federation) -> tuple[str, ...]:
@@ -237,7 +233,7 @@ def _mean_matrix(
     matrix: dict[str, dict[str, list[float]]] = {}
     for s in scores:
         matrix.setdefault(f"{s.model} [{s.bn}]", {}).setdefault(s.site, []).append(score_fn(s.y_true, s.y_prob))
-    return {label: {site: _nanmean(v) for site, v in row.items()} for label, row in matrix.items()}
+    return {label: {site: finite_mean(v) for site, v in row.items()} for label, row in matrix.items()}
 
 
 def _summary_notes(settings: Mapping[str, Any], *, undefined_gain: bool) -> dict[str, str]:

@@ -149,6 +149,8 @@ class PneumoniaPipeline(Pipeline):
         return results
 
     def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
+        if result.image is None:  # every result of infer() carries its display image
+            return []
         from pipelines.overlay import write_overlay
 
         name = f"{result.row['SOPInstanceUID']}_overlay.png"

@@ -1,13 +1,13 @@
-"""Trainable saliency: a spatial attention gate between a CNN backbone and its classifier (spec §7).
+"""Trainable saliency: a spatial attention gate between a CNN backbone and its classifier.
 
 **This is our design, not paper B's.** Paper B (Aggarwal et al., arXiv 2011.07482) adds a
 "model design element agnostic to both architecture complexity and model task" that makes the
-classifier self-explanatory, but its exact element, read-out and numbers are not public (spec
-§7, [unv]). What follows is the reimplementation the spec recommends, labelled as ours. Its
-closest published relatives are the attention gates of Schlemper et al. (2019, "Attention gated
-networks", Medical Image Analysis 53) and the trainable attention of Jetley et al. (ICLR 2018,
-"Learn to pay attention"); unlike both, the gate here scores the last feature map on its own
-(no gating signal from a coarser layer, no query vector) so that it fits any backbone.
+classifier self-explanatory, but its exact element, read-out and numbers are not public. What
+follows is our own design (docs/commands/saliency.md). Its closest published relatives are the
+attention gates of Schlemper et al. (2019, "Attention gated networks", Medical Image Analysis 53)
+and the trainable attention of Jetley et al. (ICLR 2018, "Learn to pay attention"); unlike both,
+the gate here scores the last feature map on its own (no gating signal from a coarser layer, no
+query vector) so that it fits any backbone.
 
 Model (:class:`AttentionClassifier`), for a backbone feature map ``F in R^{K x s}`` on the grid
 ``s`` (``h x w`` or ``h x w x d``) of its last convolutional stage:

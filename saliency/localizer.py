@@ -1,6 +1,6 @@
 """A dense, fully supervised lesion localiser: the reference a saliency map has to beat.
 
-What it is for. Paper A (Arun et al. 2020, spec ``saliency.md`` §2.3 and §4) compares the
+What it is for. Paper A (Arun et al. 2020; docs/methods/saliency-protocol.md) compares the
 saliency maps of a classifier with the output of a network trained *directly* on the boxes or
 masks: RetinaNet on RSNA pneumonia and a U-Net on SIIM pneumothorax. It serves two criteria:
 

@@ -3,7 +3,7 @@
 :func:`explain` computes post-processed maps ``(B, *spatial)`` in [0, 1] for one method:
 
 =====================  ==========================================================================
-method                 ``"paper"`` preset (spec ``saliency.md`` sections 1.3, 10.1)
+method                 ``"paper"`` preset (the paper's code)
 =====================  ==========================================================================
 gradient               captum ``Saliency`` (signed; the absolute value is taken in post-processing)
 smoothgrad             mean of **squared** gradients over 25 noisy copies, noise sigma
@@ -25,7 +25,7 @@ The ``"captum"`` preset uses captum's own defaults instead (``Saliency(abs=True)
 Gauss-Legendre steps from a zero baseline, ``LayerGradCam`` without ReLU and nearest upsampling,
 captum's ``GuidedGradCam``); XRAI is the same in both. Every knob is a field of
 :class:`MethodSettings` (``method_settings(method, preset, **overrides)``), and every map goes
-through the method's :class:`~saliency.postprocess.PostProcess` (spec section 1.4).
+through the method's :class:`~saliency.postprocess.PostProcess` (the paper's map chain).
 
 Why IG is hand-written: PAIR's IG (which paper A used) evaluates the gradient at
 ``alpha = linspace(0, 1, steps)`` *including both ends*, with equal weights ``1 / steps``. No captum
@@ -36,7 +36,7 @@ of ``batch_size`` (noise samples x steps x baselines of several images per forwa
 it also accepts any captum rule (``integration="gausslegendre"`` etc.), which the tests use to
 check it against captum's ``IntegratedGradients``.
 
-Framework hazards handled here (spec section 10.1): the model is deep-copied, every module with an
+Framework hazards handled here: the model is deep-copied, every module with an
 ``inplace`` flag (in-place ReLUs of the MONAI DenseNets and ResNets) is switched to out-of-place in
 the copy, and the copy is put in eval mode with frozen parameters. The caller's model is never
 modified. Captum's guided backprop hooks every ``nn.ReLU`` *call* (a pre-hook and a forward hook per

@@ -1,6 +1,6 @@
 """Post-processing of raw attributions into comparable grayscale maps in [0, 1].
 
-The chain is the one of Arun et al. 2020 (spec ``saliency.md`` section 1.4): PAIR's
+The chain is the one of Arun et al. 2020: PAIR's
 ``VisualizeImageGrayscale`` (absolute value, sum over channels, clip at the 99th percentile:
 ``(v - min) / (p99 - min)`` clipped to [0, 1]) followed by a min-max normalisation to [0, 1].
 Every step is optional (:class:`PostProcess`), so the same function serves signed maps (IG and XRAI
@@ -10,7 +10,7 @@ other percentiles.
 Degenerate maps: a map holding a non-finite value, a constant map (min-max is undefined) and a
 map whose percentile equals its minimum (the clip divides by zero; PAIR's numpy code returns NaN
 there too) are flagged and returned filled with NaN, so that every later score of such a map is
-NaN and can be counted (spec section 1.4 item 5). The computation is vectorised over the batch and
+NaN and can be counted. The computation is vectorised over the batch and
 works for 2-D and 3-D maps alike.
 """
 
@@ -89,7 +89,7 @@ def postprocess(raw: np.ndarray | torch.Tensor, pp: PostProcess = PostProcess())
         values = values.max(axis=1)
     batch, spatial = values.shape[0], values.shape[1:]
     flat = values.reshape(batch, -1)
-    degenerate = ~np.isfinite(flat).all(axis=1)
+    degenerate = ~np.asarray(np.isfinite(flat).all(axis=1))
     # Work on finite rows only; degenerate rows are overwritten with NaN at the end.
     flat = np.where(degenerate[:, None], 0.0, flat)
     if pp.clip_percentile is not None and flat.shape[1] > 0:

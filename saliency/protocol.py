@@ -150,7 +150,7 @@ def get_protocol(name: str) -> AuditProtocol:
 
 def calibrate_line(
     reference: ArrayLike, target: ArrayLike, *, line: float = PAPER_LINE, near: float = NEAR_LINE
-) -> dict[str, float | int]:
+) -> dict[str, float | int | str]:
     """The value at the target data range of an SSIM line drawn at the reference range.
 
     Each pair of maps was scored twice: ``reference[i]`` at the line's data range (2.0) and

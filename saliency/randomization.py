@@ -476,7 +476,7 @@ def randomization_settings(
     seed: int = 0,
     include_stem: bool = True,
 ) -> dict[str, Any]:
-    """The randomisation protocol as a JSON-able dict for reports (spec section 11.6).
+    """The randomisation protocol as a JSON-able dict for reports.
 
     Args:
         model: the network (for its block list and init schemes); may be None when ``blocks`` is given.

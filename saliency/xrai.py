@@ -6,7 +6,7 @@ scales (:func:`segments`); a greedy loop then grows a covered area one region at
 taking the candidate whose *not yet covered* pixels have the highest mean attribution, and writes
 that marginal density into those pixels (:func:`xrai_map`). The reference implementation is
 PAIR-code ``saliency`` (paper A used its defaults); this module is written from the algorithm's
-description (spec section 8), not from that code.
+description, not from that code.
 
 The base attribution (Integrated Gradients from the two constant baselines of :func:`baselines`,
 ``steps`` each, averaged, channel max) is computed by :mod:`saliency.methods`, which calls
@@ -101,8 +101,9 @@ def baselines(image: _ImageT) -> tuple[_ImageT, _ImageT]:
         filled with the image's minimum and maximum.
     """
     if hasattr(image, "detach"):  # torch tensor, without importing torch here
-        lo, hi = image.detach().min(), image.detach().max()
-        return image.detach().new_full(image.shape, lo.item()), image.detach().new_full(image.shape, hi.item())
+        tensor = image.detach()
+        lo, hi = tensor.min(), tensor.max()
+        return tensor.new_full(tensor.shape, lo.item()), tensor.new_full(tensor.shape, hi.item())
     array = np.asarray(image)
     return np.full_like(array, array.min()), np.full_like(array, array.max())  # type: ignore[return-value]
 

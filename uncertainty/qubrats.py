@@ -1,24 +1,24 @@
 """QU-BraTS uncertainty score of one case, vectorised, with the official scorer's semantics.
 
-Semantics (``../shared/specs/qubrats.md``; the official script is ``BraTS_Seg_Uncertainty.py``
+Semantics (docs/methods/qubrats.md; the official script is ``BraTS_Seg_Uncertainty.py``
 of RagMeh11/QU-BraTS):
 
 - Regions from BraTS 2020 labels, compared as numbers: WT = label > 0, TC = label in {1, 4},
   ET = label == 4. Each region has its own uncertainty map (whole, core, enhance).
 - Thresholds ``tau``: ``k * 100 / N`` for k = 0..N, descending (default N = 40: 41 thresholds
-  100, 97.5, ..., 0), the grid the challenge ran with (NumPy 1.x; spec Q1).
+  100, 97.5, ..., 0), the grid the challenge ran with (NumPy 1.x; under NumPy 2 the official script silently drops 100).
 - At ``tau`` a voxel is kept iff ``u <= tau`` (strict ``u > tau`` filters; NaN is never
   filtered). Filtering applies to the whole volume.
 - DSC(tau) on kept voxels of truth and prediction, whole volume (no brain mask); 1.0 when
   both kept sets are empty.
 - FTP(tau) = (TP_all - TP_kept) / (TP_all + eps), TP = truth AND prediction AND brain, eps =
   float32 machine epsilon, in float32 as the official script; FTN likewise for true negatives
-  (NOT truth AND NOT prediction AND brain). The brain mask is ``mask > 0`` (spec Q6: the
+  (NOT truth AND NOT prediction AND brain). The brain mask is ``mask > 0`` (the official script's
   official script leaves negative values as negative weights; we do not).
 - AUC = trapezoid area of the curve against tau, divided by 100; score =
   (DSC_AUC + (1 - FTP_AUC) + (1 - FTN_AUC)) / 3.
 
-Vectorised (instead of re-filtering the volume per threshold, spec Q13): for every voxel the
+Vectorised (instead of re-filtering the volume per threshold, as the official script does): for every voxel the
 index of the first threshold at which it is kept is found once (``searchsorted``), and one
 ``bincount`` over (that index, truth, prediction, brain) gives a count table from which
 cumulative sums yield every threshold at once. Only voxels in truth or prediction need that
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def trapezoid_auc(curve: np.ndarray, taus: np.ndarray) -> float:
     Same arithmetic as ``sklearn.metrics.auc`` on the descending grid (trapezoid rule, sign
     flipped), without its ``-0.0`` for all-zero curves.
     """
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009 - numpy < 2 has only trapz
     area = -float(trapezoid(curve, taus))
     return area / 100.0 + 0.0  # + 0.0 turns -0.0 into 0.0
 
@@ -179,7 +180,7 @@ def score_region(
     taus: np.ndarray,
     *,
     brain_voxels: np.ndarray | None = None,
-    order: str = "C",
+    order: Literal["C", "F"] = "C",
 ) -> RegionScore:
     """QU-BraTS curves, AUCs and score of one region.
 
@@ -288,7 +289,7 @@ def score_case(
             raise ValueError(f"{case_id}: {name} has shape {np.shape(array)}, truth has {shape}")
     truth = np.asarray(truth)
     # NIfTI volumes come column-major from nibabel: flatten everything in that order for free.
-    order = "F" if truth.flags.f_contiguous and not truth.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if truth.flags.f_contiguous and not truth.flags.c_contiguous else "C"
     brain = None if brain_mask is None else np.asarray(brain_mask) > 0
     brain_voxels = None if brain is None else np.flatnonzero(brain.ravel(order))
     taus = thresholds(num_thresholds)

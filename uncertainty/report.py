@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from medimg.report import Report, new_figure
 from uncertainty.qubrats import REGIONS, CaseScore
 from uncertainty.ranking import RANKING_COLUMNS, Ranking, pairwise_rows
 from uncertainty.scoring import SubmissionScores, summarize
+from uncertainty.submission import CaseError
 
 __all__ = ["ranking_report", "score_report"]
 
@@ -27,7 +29,7 @@ _METHOD = (
 )
 
 
-def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str):  # type: ignore[no-untyped-def]
+def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str) -> Any:
     """3 x 3 grid: rows = regions, columns = DSC/FTP/FTN against the threshold; one line per group."""
     fig, axes = new_figure(width=11, height=8.5, ncols=3, nrows=3)
     for row, region in enumerate(REGIONS):
@@ -53,7 +55,7 @@ def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str):  # typ
     return fig
 
 
-def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]):  # type: ignore[no-untyped-def]
+def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]) -> Any:
     """One box plot per region: ``groups[name][region]`` holds the scores of one group."""
     fig, axes = new_figure(width=11, height=3.4, ncols=3)
     names = list(groups)
@@ -71,7 +73,7 @@ def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]):  
     return fig
 
 
-def _pairwise_figure(ranking: Ranking):  # type: ignore[no-untyped-def]
+def _pairwise_figure(ranking: Ranking) -> Any:
     """Heat map of the pairwise p-values (log colour scale); cells with p < alpha outlined."""
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
@@ -149,7 +151,7 @@ def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty
     return report
 
 
-def _errors(report: Report, errors) -> None:  # type: ignore[no-untyped-def]
+def _errors(report: Report, errors: Sequence[tuple[str | None, CaseError]]) -> None:
     report.heading("Missing or failed")
     if not errors:
         report.text("Nothing: every case was scored.")

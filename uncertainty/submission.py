@@ -5,7 +5,7 @@ Submission naming (BraTS 2020 uncertainty task): for case ``{ID}``, ``{ID}.nii.g
 in one sub-folder per case. Truth: ``{ID}_seg.nii.gz`` flat or in ``{ID}/``; brain mask
 ``{ID}_brainmask.nii.gz``, else ``{ID}_t1.nii.gz`` > 0. ``.nii`` works wherever ``.nii.gz`` does.
 
-Where the official script accepts odd input silently (spec Q10), we refuse the case with a
+Where the official script accepts odd input silently, we refuse the case with a
 reason instead: shape or affine mismatch, NaN or values outside [0, 100] in an uncertainty map,
 labels other than 0/1/2/4.
 """
@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -161,16 +162,19 @@ class CaseInputs:
 
 
 def _load(case_id: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(data, affine) of a NIfTI file, scaled like nibabel's ``get_fdata`` (spec Q8).
+    """(data, affine) of a NIfTI file, scaled like nibabel's ``get_fdata``, as the official scorer reads them.
 
     Unscaled files keep their stored dtype (uint8 maps stay uint8, which is faster to score);
     files with scl_slope/scl_inter come back as float64, exactly as ``get_fdata`` gives them.
     """
     import nibabel as nib
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.spatialimages import SpatialImage
 
     try:
-        image = nib.load(str(path))
-        slope, inter = image.dataobj.slope, image.dataobj.inter
+        image = cast(SpatialImage, nib.load(str(path)))  # NIfTI-1 or NIfTI-2: spatial images
+        proxy = cast(ArrayProxy, image.dataobj)  # loaded images hold a proxy: the scaling, no data yet
+        slope, inter = proxy.slope, proxy.inter
         if (slope is None or slope == 1.0) and (inter is None or inter == 0.0):
             data = np.asarray(image.dataobj)
         else:

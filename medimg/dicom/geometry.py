@@ -106,7 +106,7 @@ def sort_slices(
                 f"(about {missing} slice(s) missing)"
             )
         raise GeometryError(f"irregular slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm")
-    return SliceStack([int(i) for i in order], spacing, tuple(float(v) for v in normal))
+    return SliceStack([int(i) for i in order], spacing, (float(normal[0]), float(normal[1]), float(normal[2])))
 
 
 def affine_lps(

@@ -287,13 +287,14 @@ def _fast_value(raw: Any, vr: str, little: bool, plain_charset: bool) -> tuple[b
 
 def _indexed_attributes(ds: Any) -> dict[str, Any]:
     from pydicom.dataelem import RawDataElement
+    from pydicom.multival import MultiValue
 
     little = getattr(ds, "original_encoding", (True, True))[1] is not False
     charset = ds.get_item(0x00080005) if 0x00080005 in ds else None
     charset_value = charset.value if charset is not None else None
     if isinstance(charset_value, bytes):
         charset_value = charset_value.decode("latin-1")
-    if isinstance(charset_value, (list, tuple)) or type(charset_value).__name__ == "MultiValue":
+    if isinstance(charset_value, (list, tuple, MultiValue)):
         charset_value = "\\".join(str(v) for v in charset_value)
     plain_charset = (charset_value or "").strip(" \x00") in ("", "ISO_IR 6", "ISO_IR 100")
     out: dict[str, Any] = {}
@@ -428,6 +429,16 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n else None
 
 
+def _pair(value: Any) -> tuple[float, float] | None:
+    out = _floats(value, 2)
+    return None if out is None else (out[0], out[1])
+
+
+def _point(value: Any) -> tuple[float, float, float] | None:
+    out = _floats(value, 3)
+    return None if out is None else (out[0], out[1], out[2])
+
+
 def _first_item(ds: Any, keyword: str) -> Any:
     seq = ds.get(keyword)
     return seq[0] if seq else None
@@ -441,7 +452,7 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
 
     attrs = header.attributes
     orientation = _floats(attrs.get("ImageOrientationPatient"), 6)
-    spacing = _floats(attrs.get("PixelSpacing"), 2)
+    spacing = _pair(attrs.get("PixelSpacing"))
     thickness = attrs.get("SpacingBetweenSlices") or attrs.get("SliceThickness")
     if shared is not None:
         plane = _first_item(shared, "PlaneOrientationSequence")
@@ -449,7 +460,7 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
             orientation = _floats(plane.get("ImageOrientationPatient"), 6)
         measures = _first_item(shared, "PixelMeasuresSequence")
         if measures is not None:
-            spacing = spacing or _floats(measures.get("PixelSpacing"), 2)
+            spacing = spacing or _pair(measures.get("PixelSpacing"))
             thickness = thickness or measures.get("SpacingBetweenSlices") or measures.get("SliceThickness")
 
     positions: list[tuple[float, float, float]] | None = None
@@ -457,7 +468,7 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
         found = []
         for item in per_frame:
             plane_pos = _first_item(item, "PlanePositionSequence")
-            pos = _floats(plane_pos.get("ImagePositionPatient"), 3) if plane_pos is not None else None
+            pos = _point(plane_pos.get("ImagePositionPatient")) if plane_pos is not None else None
             if orientation is None:
                 plane = _first_item(item, "PlaneOrientationSequence")
                 if plane is not None:
@@ -465,12 +476,12 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
             if spacing is None:
                 measures = _first_item(item, "PixelMeasuresSequence")
                 if measures is not None:
-                    spacing = _floats(measures.get("PixelSpacing"), 2)
+                    spacing = _pair(measures.get("PixelSpacing"))
             found.append(pos)
         if all(p is not None for p in found):
             positions = found  # type: ignore[assignment]
     else:
-        ipp = _floats(attrs.get("ImagePositionPatient"), 3)
+        ipp = _point(attrs.get("ImagePositionPatient"))
         offsets = attrs.get("GridFrameOffsetVector")
         if offsets is not None and not isinstance(offsets, list):
             offsets = [offsets]
@@ -480,10 +491,11 @@ def _add_geometry(header: InstanceHeader, ds: Any) -> None:
             import numpy as np
 
             normal = np.cross(orientation[:3], orientation[3:])
-            positions = [tuple(float(x) for x in np.add(ipp, float(o) * normal)) for o in offsets]
+            points = [np.add(ipp, float(o) * normal) for o in offsets]
+            positions = [(float(p[0]), float(p[1]), float(p[2])) for p in points]
 
     if spacing is None:
-        spacing = _floats(attrs.get("ImagerPixelSpacing"), 2)
+        spacing = _pair(attrs.get("ImagerPixelSpacing"))
     for keyword in _PRIVATE_KEYWORDS:
         attrs.pop(keyword, None)
     header.frame_positions = positions if orientation is not None else None

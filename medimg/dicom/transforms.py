@@ -1,7 +1,7 @@
 """MONAI dictionary transforms that read DICOM through :mod:`medimg.dicom`.
 
 MONAI's own ``LoadImage`` with ``PydicomReader`` sorts slices by InstanceNumber and does not
-invert MONOCHROME1 (spec ``dicom-and-data.md`` section 2.2); these transforms use medimg's loader,
+invert MONOCHROME1; these transforms use medimg's loader,
 which does both right, and keep MONAI's ``MetaTensor`` conventions (channel first, RAS affine).
 """
 

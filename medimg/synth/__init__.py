@@ -20,7 +20,7 @@ The same seed always gives byte-identical files; every item is seeded from
 are written atomically. Existing files in ``OUT`` are overwritten when they
 have the same name and otherwise left alone.
 
-Example:
+Examples:
     >>> from medimg.synth import generate_sample_data
     >>> summary = generate_sample_data("sample_data", seed=0)  # doctest: +SKIP
     >>> summary.to_dict()["datasets"]["cxr"]["n_items"]  # doctest: +SKIP

@@ -266,7 +266,7 @@ def make_phantom(
         center[2] + rng.uniform(-2.0, min(22.0, axes[2] - 26.0)),
     )
     stretch = rng.uniform(0.8, 1.25, size=3)
-    dist = _ellipsoid(coords, t_center, tuple(float(s) for s in stretch))  # mm (scaled)
+    dist = _ellipsoid(coords, t_center, (float(stretch[0]), float(stretch[1]), float(stretch[2])))  # mm (scaled)
     ci = tuple(
         int(np.clip(round(c / s + (n - 1) / 2), 0, n - 1)) for c, s, n in zip(t_center, spacing, shape, strict=True)
     )
@@ -291,7 +291,7 @@ def make_phantom(
     tissue[necrosis] = _NCR
     tissue[~brain] = _BG
     seg[~brain] = 0
-    return BrainPhantom(tissue=tissue, seg=seg, brain=brain, spacing=tuple(spacing))
+    return BrainPhantom(tissue=tissue, seg=seg, brain=brain, spacing=spacing)
 
 
 def render_sequence(

@@ -150,7 +150,7 @@ def stratified_choice(seed: int, dataset: str, index: int, pattern: Sequence[str
 def smooth_field(
     rng: np.random.Generator,
     shape: Sequence[int],
-    sigma: float | Sequence[float],
+    sigma: float | Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Return band-limited Gaussian noise with zero mean and unit variance.
 

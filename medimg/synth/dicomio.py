@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pydicom.charset import default_encoding
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -330,7 +329,7 @@ class SeriesWriter:
         if tsyntax.is_implicit_VR or not tsyntax.is_little_endian:
             raise ValueError(f"SeriesWriter needs explicit VR little endian, not {tsyntax.name}")
         self._tsyntax = tsyntax
-        self._dynamic: frozenset[BaseTag] = frozenset(Tag(tag_for_keyword(k)) for k in dynamic)
+        self._dynamic: frozenset[BaseTag] = frozenset(Tag(k) for k in dynamic)
         self._encodings: str | list[str] = template.get("SpecificCharacterSet", default_encoding)
         # File meta: complete it once the way dcmwrite does, then keep every
         # element but the group length and the instance UID pre-encoded.

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 from scipy import ndimage
 
 from medimg.synth.common import item_rng
@@ -83,9 +85,9 @@ def generate_submission(
     written = []
     for seg_path in segs:
         case_id = seg_path.name[: -len("_seg.nii.gz")]
-        image = nib.load(str(seg_path))
+        image = cast(SpatialImage, nib.load(str(seg_path)))
         seg = np.asarray(image.dataobj).astype(np.uint8)
-        spacing = np.asarray(image.header.get_zooms()[:3], float)
+        spacing = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
         rng = item_rng(seed, "qubrats-submission", case_id)
         prediction = _perturb(seg, rng, error_rate)
         arrays = {f"{case_id}.nii.gz": prediction}

@@ -6,11 +6,10 @@ A row is ``epoch, train_loss, val_loss, <metrics>, lr, seconds``; the five fixed
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RESERVED_COLUMNS", "check_monitor", "csv_columns", "metric_row", "nanmean"]
+__all__ = ["RESERVED_COLUMNS", "check_monitor", "csv_columns", "metric_row"]
 
 RESERVED_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 
@@ -42,9 +41,3 @@ def csv_columns(history: list[dict[str, float]]) -> list[str]:
     for row in history:
         metric_keys += [k for k in row if k not in RESERVED_COLUMNS and k not in metric_keys]
     return ["epoch", "train_loss", "val_loss", *metric_keys, "lr", "seconds"]
-
-
-def nanmean(values: list[float]) -> float:
-    """Mean of the values that are not NaN (NaN when all are)."""
-    kept = [value for value in values if not math.isnan(value)]
-    return sum(kept) / len(kept) if kept else float("nan")

@@ -18,9 +18,10 @@ from monai.data import DataLoader
 from monai.metrics import compute_dice
 
 from medimg.models import ARCHITECTURES, build_network, unwrap_model
+from medimg.stats import nan_mean
 from medimg.training.batches import classification_batch, segmentation_batch
 from medimg.training.config import Criterion, MetricFn, Predictor, SegmentationMetricFn, TrainConfig
-from medimg.training.history import metric_row, nanmean
+from medimg.training.history import metric_row
 from medimg.training.losses import LOSSES, SEGMENTATION_LOSSES, classification_loss, segmentation_loss
 
 __all__ = ["Task", "check_model_matches_meta", "classification_task", "segmentation_task"]
@@ -127,7 +128,7 @@ def segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> Ta
                     f"metric_fn returned the keys {sorted(rows[-1])} for validation item {index} but {sorted(rows[0])} "
                     "for item 0; it must return the same keys for every volume"
                 )
-        metrics = {key: nanmean([row[key] for row in rows]) for key in rows[0]}
+        metrics = {key: nan_mean([row[key] for row in rows]) for key in rows[0]}
         return 1.0 - dice_sum / len(rows), metrics
 
     def check(model: torch.nn.Module, config: TrainConfig, meta: Mapping[str, Any]) -> None:

@@ -46,7 +46,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
 
 PIPELINE_HELP = "Pipeline: pneumonia (chest X-ray), density (mammography) or brats (brain-tumour MRI)."
-SITE_HELP = "A site folder in the pipeline's layout (split by patient 60/20/20 into train/val/test)."
+SITE_HELP = (
+    "A site folder in the pipeline's layout, split by patient: the dataset's own test split (VinDr's split "
+    "column) with the rest 75/25 train/validation, or without one 60/20/20 train/validation/test."
+)
 
 #: The PIPELINE argument of run, train and evaluate.
 PipelineArgument = Annotated[str, typer.Argument(help=PIPELINE_HELP)]

@@ -12,7 +12,7 @@ the plain run (``--samples`` passes for tta and mc-dropout; two models for the e
 Uses the demo weights in ``sample_data/weights/brats.pt`` when present (else an untrained
 compact SegResNet: same speed).
 
-Usage: python tests/benchmarks/bench_brats.py [--samples 2]
+Usage (repository root): python -m tests.benchmarks.bench_brats [--samples 2]
 """
 
 from __future__ import annotations

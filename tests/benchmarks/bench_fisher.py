@@ -2,7 +2,7 @@
 
 For one model, the compact MONAI DenseNet (``build_network("compact", spatial_dims=2,
 in_channels=1, out_channels=4)``, BN running statistics set by a few train-mode forwards), and
-1024 random 1x64x64 images with random labels (the spec's Fisher subset is M >= 1,000 samples), in
+1024 random 1x64x64 images with random labels (the Fisher subset is at least 1,000 samples), in
 one run:
 
 - :func:`continual.ewc.estimate_fisher` (per-sample gradients by ``vmap(grad(functional_call))``
@@ -26,7 +26,7 @@ Smaller workloads miss the target: 256 images in chunks of 128 4.7-4.9x, 64 imag
 the per-sample work is about twice an ordinary batched backward pass: the script also prints the
 bound "loop / plain batched forward+backward" (no per-sample gradients at all), 8.7x here.
 
-Usage: python tests/benchmarks/bench_fisher.py [--images 1024] [--size 64] [--batch-size 0]
+Usage (repository root): python -m tests.benchmarks.bench_fisher [--images 1024] [--size 64] [--batch-size 0]
     [--repeats 3] [--threads N] [--mode empirical_logprob]
 """
 

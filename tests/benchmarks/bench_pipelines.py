@@ -11,7 +11,7 @@ In one run, on freshly generated data:
 Uses the demo weights in ``sample_data/weights/`` when present (else an untrained compact net,
 which runs at the same speed).
 
-Usage: python tests/benchmarks/bench_pipelines.py [--images 96] [--pipeline pneumonia]
+Usage (repository root): python -m tests.benchmarks.bench_pipelines [--images 96] [--pipeline pneumonia]
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
 
     from medimg.synth import generate_sample_data
     from pipelines import get_pipeline
-    from pipelines.training import train_pipeline
+    from pipelines.training import TrainPipelineConfig, train_pipeline
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipeline = get_pipeline(args.pipeline)
@@ -114,9 +114,8 @@ def main() -> None:
         epoch_times = {}
         for cache in (True, False):
             run_dir = root / f"train_{'cache' if cache else 'nocache'}"
-            train_pipeline(
-                pipeline, data, run_dir, architecture="compact", epochs=args.epochs, seed=0, cache=cache, quiet=True
-            )
+            config = TrainPipelineConfig(architecture="compact", epochs=args.epochs, seed=0, cache=cache, quiet=True)
+            train_pipeline(pipeline, data, run_dir, config)
             rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
             epoch_times[cache] = [float(r["seconds"]) for r in rows]
         print(

@@ -10,7 +10,7 @@ NIfTI: prediction, three maps, truth, brain mask), then in one run times
 
 and prints the ratios b / a (target <= 2.0). The official script needs about 24 s per case.
 
-Usage: python tests/benchmarks/bench_qubrats.py [--cases 4] [--repeats 2]
+Usage (repository root): python -m tests.benchmarks.bench_qubrats [--cases 4] [--repeats 2]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ For one model and one batch of images, in one run:
 Prints the efficiency ideal / measured per method and overall (sum of ideal / sum of measured).
 Target >= 0.7 overall; batching the noise samples and IG steps may exceed 1.
 
-Usage: python tests/benchmarks/bench_saliency.py [--architecture compact] [--images 8] [--size 128]
+Usage (repository root): python -m tests.benchmarks.bench_saliency [--architecture compact] [--images 8] [--size 128]
 """
 
 from __future__ import annotations

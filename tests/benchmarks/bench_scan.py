@@ -11,7 +11,7 @@ non-DICOM files), then in one run times
 and prints the ratio medimg / reference (target <= 1.0). Each is run ``--repeats`` times and
 the best time is kept, alternating the two so that disk cache effects are shared.
 
-Usage: python tests/benchmarks/bench_scan.py [--files N] [--repeats R] [--workers W]
+Usage (repository root): python -m tests.benchmarks.bench_scan [--files N] [--repeats R] [--workers W]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ weights, and scores with our QU-BraTS scorer:
 
 Prints a markdown table (mean score per region, and Dice of the segmentation) for the README.
 
-Usage: python tests/benchmarks/compare_uncertainty.py [--cases 6] [--seed 200] [--samples 4]
+Usage (repository root): python -m tests.benchmarks.compare_uncertainty [--cases 6] [--seed 200] [--samples 4]
 """
 
 from __future__ import annotations

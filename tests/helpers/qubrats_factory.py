@@ -58,7 +58,7 @@ def write_truth(folder: Path, case_id: str, case: dict, *, layout: str = "flat",
 
 
 def direct_score(prediction, maps, truth, brain, taus) -> dict:
-    """Threshold-by-threshold transcription of the spec (sections 2-9): the slow reference."""
+    """Threshold-by-threshold transcription of the official scorer's rules: the slow reference."""
     masks = {
         "WT": lambda a: a > 0,
         "TC": lambda a: (a == 1) | (a == 4),

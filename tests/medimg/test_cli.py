@@ -128,6 +128,7 @@ def test_sample_data_counts_and_bad_count(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown dataset" in bad.output
 
 
+@pytest.mark.slow
 def test_demo_generates_missing_data_and_checks_conversion(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ from dicom_factory import PYDICOM_TEST_FILES, write_image, write_series
 from medimg.dicom import DecodeError, SeriesError, load_instance, load_series, scan_folder
 from medimg.dicom.decode import window
 
-# Files pydicom ships broken on purpose (its README and the spec's decode matrix): a
+# Files pydicom ships broken on purpose (its README's decode matrix): a
 # misplaced JPEG marker, and a sequence delimiter embedded in the JPEG 2000 codestream.
 KNOWN_CORRUPT = {"JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"}
 

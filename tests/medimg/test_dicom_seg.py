@@ -15,7 +15,6 @@ from pydicom.uid import generate_uid
 from medimg import __version__
 from medimg.dicom import load_series
 from medimg.dicom.seg import BRATS_SEGMENTS, read_seg, write_seg
-from medimg.synth import generate_sample_data
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
@@ -184,13 +183,11 @@ def test_wrong_sources_raise(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def brain_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], np.ndarray]:
-    root = tmp_path_factory.mktemp("synth")
-    generate_sample_data(root, only=["brain"], count=1)
+def brain_case(synth_brain: Path) -> tuple[list[str], np.ndarray]:
     case = "BraTS2021_00000"
-    (series_dir,) = (root / "brain" / "dicom" / case).glob("*_t1")
+    (series_dir,) = (synth_brain / "dicom" / case).glob("*_t1")
     volume = load_series(sorted(series_dir.iterdir()))
-    nifti = root / "brain" / "nifti" / case
+    nifti = synth_brain / "nifti" / case
     seg_image = nib.load(nifti / f"{case}_seg.nii.gz")
     labels = np.asarray(seg_image.dataobj)
     # the NIfTI grid is the load_series grid: same affine, and the T1 intensities agree voxel for voxel

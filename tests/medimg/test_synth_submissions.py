@@ -8,16 +8,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medimg.synth import generate_sample_data
 from medimg.synth.submissions import generate_submission
 from uncertainty.scoring import score_submission
 
 
-@pytest.fixture(scope="module")
-def brats(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_sample_data(root, only=["brain"], count=1)
-    return root / "brain" / "nifti"
+@pytest.fixture
+def brats(synth_brain: Path) -> Path:
+    return synth_brain / "nifti"
 
 
 def test_submission_files_and_determinism(brats: Path, tmp_path: Path) -> None:

@@ -240,6 +240,7 @@ def test_extra_loss_is_added_to_every_training_batch(tmp_path: Path, data) -> No
     assert norm["penalised"] < norm["plain"]
 
 
+@pytest.mark.slow
 def test_distributed_data_parallel_under_torchrun(tmp_path: Path) -> None:
     env = {
         k: v

@@ -116,6 +116,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_segresnet_learns_the_nested_cubes(tmp_path: Path, capsys) -> None:
     train, val = train_set(24), val_set(4)
     out = tmp_path / "run"

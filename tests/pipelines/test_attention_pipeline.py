@@ -59,6 +59,7 @@ def test_run_writes_attention_maps_instead_of_gradcam(gated: Path, tmp_path: Pat
     assert (tmp_path / "submission.csv").is_file()
 
 
+@pytest.mark.slow
 def test_audit_scores_attention_as_a_ninth_method(gated: Path, tmp_path: Path) -> None:
     result = runner.invoke(
         app,

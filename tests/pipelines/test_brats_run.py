@@ -55,6 +55,7 @@ def weights(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("w") / "brats.pt", model, meta)
 
 
+@pytest.mark.slow
 def test_nifti_run_with_uncertainty_is_a_qubrats_submission(brain: Path, weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [
@@ -97,6 +98,7 @@ def test_nifti_run_with_uncertainty_is_a_qubrats_submission(brain: Path, weights
     assert json.loads((out / "run.json").read_text())["counts"]["studies_resumed"] == 2, again.output
 
 
+@pytest.mark.slow
 def test_dicom_run_writes_a_seg_that_reads_back_exactly(brain: Path, weights: Path, tmp_path: Path) -> None:
     dicom = tmp_path / "dicom"
     shutil.copytree(brain / "dicom" / CASE, dicom / CASE)
@@ -157,6 +159,7 @@ def test_other_pipelines_weights_are_refused(brain: Path, tmp_path: Path) -> Non
     assert result.exit_code == 2 and "pneumonia" in result.output
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_brats(brain: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = runner.invoke(

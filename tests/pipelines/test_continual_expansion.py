@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import untrained_checkpoint
 from typer.testing import CliRunner
 
 from continual.ewc import Fisher
@@ -22,12 +21,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sites(tmp_path_factory: pytest.TempPathFactory, untrained_weights: dict[str, Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("continual")
     generate_sample_data(root / "data", seed=3, only=["mammo"], count=6)
-    weights = untrained_checkpoint(root / "a.pt", "density")
     mammo = root / "data" / "mammo"
-    return {"root": root, "a": mammo / "site_a", "c": mammo / "site_c", "weights": weights}
+    return {"root": root, "a": mammo / "site_a", "c": mammo / "site_c", "weights": untrained_weights["density"]}
 
 
 def test_site_splits_are_by_patient_seeded_and_never_empty(sites: dict[str, Path]) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import untrained_checkpoint
 from typer.testing import CliRunner
 
 from medimg.cli import app
@@ -22,14 +21,14 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sites(tmp_path_factory: pytest.TempPathFactory, untrained_weights: dict[str, Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("federated")
     generate_sample_data(root / "data", seed=4, only=["mammo"], count=6)
     mammo = root / "data" / "mammo"
     return {
         "root": root,
         "dirs": [mammo / "site_a", mammo / "site_b", mammo / "site_c"],
-        "weights": untrained_checkpoint(root / "a.pt", "density"),
+        "weights": untrained_weights["density"],
     }
 
 
@@ -70,6 +69,7 @@ def _check_outputs(out: Path, sites: dict[str, Path]) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_inprocess_simulation_writes_the_cross_site_matrix_and_resumes(sites: dict[str, Path]) -> None:
     out = sites["root"] / "inprocess"
     result = runner.invoke(app, _args(sites, out, "--engine", "inprocess", "--bn-policy", "global_frozen",

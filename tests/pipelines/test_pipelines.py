@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkpoints import untrained_checkpoint
 from dicom_factory import PYDICOM_TEST_FILES, write_series
 from typer.testing import CliRunner
 
@@ -21,10 +20,6 @@ from pipelines.base import patient_split
 from pipelines.density import aggregate_exam
 
 runner = CliRunner()
-
-
-def _untrained_checkpoint(path: Path, pipeline: str, size=(64, 64)) -> Path:
-    return untrained_checkpoint(path, pipeline, size=size)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -46,10 +41,9 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    return {name: _untrained_checkpoint(root / f"{name}.pt", name) for name in ("pneumonia", "density")}
+@pytest.fixture
+def weights(untrained_weights: dict[str, Path]) -> dict[str, Path]:
+    return untrained_weights
 
 
 def test_pneumonia_run_with_bad_inputs_and_resume(data: Path, weights: dict, tmp_path: Path) -> None:

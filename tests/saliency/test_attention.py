@@ -1,4 +1,4 @@
-"""Trainable attention gate (spec §7, our design): shapes, gradients, losses, randomisation, checkpoints, a toy."""
+"""Trainable attention gate (our design): shapes, gradients, losses, randomisation, checkpoints, a toy."""
 
 from __future__ import annotations
 

@@ -53,6 +53,7 @@ def toy() -> dict:
     return {"data": data, "models": models}
 
 
+@pytest.mark.slow
 def test_audit_writes_every_table_and_the_matrix_and_resumes_from_its_cache(toy: dict, tmp_path: Path) -> None:
     config = AuditConfig(methods=("gradient", "gradcam", "guided_backprop"), examples=2)
     result = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)

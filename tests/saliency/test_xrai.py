@@ -3,13 +3,12 @@ and the candidate regions (Felzenszwalb segments, dilated)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 from skimage.morphology import dilation, disk
+from xrai_reference import xrai_reference
 
 from saliency.xrai import XraiSettings, baselines, segments, xrai_map
 
@@ -62,37 +61,6 @@ def test_no_masks_gives_the_mean_and_nan_attribution_gives_nan() -> None:
         xrai_map(np.zeros((3, 4)), [np.ones((4, 3), bool)])
 
 
-def _reference(attr: np.ndarray, masks: list[np.ndarray], settings: XraiSettings) -> np.ndarray:
-    """The algorithm of spec section 8 as plain loops over whole masks."""
-    covered = np.zeros(attr.shape, bool)
-    out = np.zeros(attr.shape)
-    need = max(settings.min_pixel_diff, 1)
-    if settings.algorithm == "full":
-        pool = list(range(len(masks)))
-        while covered.mean() < settings.area_threshold:
-            pool = [i for i in pool if (masks[i] & ~covered).sum() >= need]
-            if not pool:
-                break
-            gains = [attr[masks[i] & ~covered].mean() for i in pool]
-            best = pool[int(np.argmax(gains))]
-            new = masks[best] & ~covered
-            out[new] = attr[new].mean()
-            covered |= new
-            pool.remove(best)
-    else:
-        order = sorted(range(len(masks)), key=lambda i: -attr[masks[i]].mean())
-        for i in order:
-            if covered.mean() >= settings.area_threshold:
-                break
-            new = masks[i] & ~covered
-            if new.sum() >= need:
-                out[new] = attr[new].mean()
-                covered |= new
-    if not covered.all():
-        out[~covered] = attr[~covered].mean()
-    return out
-
-
 @pytest.mark.parametrize("algorithm", ["full", "fast"])
 @pytest.mark.parametrize("area_threshold", [1.0, 0.6])
 def test_matches_plain_loop_reference_on_random_regions(algorithm: str, area_threshold: float) -> None:
@@ -106,7 +74,7 @@ def test_matches_plain_loop_reference_on_random_regions(algorithm: str, area_thr
         masks.append(mask)
     settings = XraiSettings(min_pixel_diff=10, algorithm=algorithm, area_threshold=area_threshold)
     ours = xrai_map(attr, masks, settings)
-    np.testing.assert_allclose(ours, _reference(attr, masks, settings), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours, xrai_reference(attr, masks, settings), rtol=0, atol=1e-10)
     np.testing.assert_allclose(xrai_map(attr, np.stack(masks), settings), ours)  # (n, H, W) input
 
 
@@ -150,17 +118,15 @@ def test_segments_multiscale_resize_and_channels() -> None:
         segments(np.zeros((2, 3, 8, 8)), settings)
 
 
-def test_runs_on_an_image_in_seconds() -> None:
+def test_defaults_on_a_smooth_image_give_a_map_of_many_regions() -> None:
+    # Its time against the plain-loop reference: tests/benchmarks/bench_xrai.py.
     rng = np.random.default_rng(0)
     image = ndimage.gaussian_filter(rng.normal(size=(128, 128)), 3)
     attr = ndimage.gaussian_filter(rng.normal(size=(128, 128)), 2)
-    start = time.perf_counter()
     masks = segments(image)
     out = xrai_map(attr, masks)
-    elapsed = time.perf_counter() - start
     assert out.shape == (128, 128) and np.isfinite(out).all()
     assert len(masks) > 20 and len(np.unique(out)) > 5  # piecewise constant, many regions
-    assert elapsed < 5.0, f"XRAI took {elapsed:.1f} s at 128 x 128"
 
 
 def test_baselines_are_min_and_max() -> None:
