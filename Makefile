@@ -101,7 +101,7 @@ quality: $(STAMP)
 	$(MEDIMG) evaluate brats build/quality/brain/nifti --weights sample_data/weights/brats.pt -o build/quality/brats
 
 # Domain expansion (issue 8) on fresh generated institutions (seed 300; the learning rate and
-# lambdas were chosen on the demo-training institutions, seed 100), as quoted in the README (about
+# lambdas were chosen on the demo-training institutions, seed 100), as quoted in docs/results/index.md (about
 # 35 minutes on one core).
 CQ := build/continual-quality
 CQM := $(CQ)/data/mammo
@@ -125,7 +125,7 @@ continual-quality: $(STAMP)
 
 # Federated training (issues 9 and 15) on the same three generated institutions as continual-quality
 # (seed 300): FedBN and FedAvg with leave-one-out held-out federations, 3 seeds each, bootstrap
-# intervals, as quoted in the README (about 50 minutes per BN policy on one core; a rerun resumes).
+# intervals, as quoted in docs/results/index.md (about 50 minutes per BN policy on one core; a rerun resumes).
 FQ := build/federated-quality
 FQ_SITES := --site $(CQM)/site_a --site $(CQM)/site_b --site $(CQM)/site_c
 federated-quality: $(STAMP)
@@ -136,7 +136,7 @@ federated-quality: $(STAMP)
 		--seeds 0,1,2 --engine inprocess -o $(FQ)/fedavg
 
 # Domain expansion on five times larger generated sites (1,000 images each), as quoted in the
-# README (about 35 minutes on one core).
+# docs/results/index.md (about 35 minutes on one core).
 CQL := build/continual-quality-big
 continual-quality-large: $(STAMP)
 	test -d $(CQL)/data/mammo || $(MEDIMG) sample-data $(CQL)/data --seed 300 --only mammo --count mammo=250
@@ -150,7 +150,7 @@ continual-quality-large: $(STAMP)
 
 # The saliency audit of the pneumonia demo model on 50 fresh positives (seed 200), preset paper (three
 # replicates, the prior from the training boxes), then preset calibrated on the same maps (the cache is
-# copied: only the scores are recomputed); as quoted in the README.
+# copied: only the scores are recomputed); as quoted in docs/results/index.md.
 SQ_MODELS := --weights sample_data/weights/pneumonia.pt --replica sample_data/weights/pneumonia_replica.pt \
 	--replica sample_data/weights/pneumonia_replica2.pt --other-arch sample_data/weights/pneumonia_resnet.pt
 saliency-quality: $(STAMP)

@@ -46,7 +46,7 @@ __all__ = [
     "site_metrics",
     "snapshot_bn_stats",
     "snapshot_params",
-    "summarise_arms",
+    "summarize_arms",
 ]
 
 #: Public name -> the module it comes from, imported when the name is first used (PEP 562).
@@ -72,7 +72,7 @@ _EXPORTS: dict[str, str] = {
     "AccuracyMatrix": "continual.metrics",
     "forgetting_reduction": "continual.metrics",
     "site_metrics": "continual.metrics",
-    "summarise_arms": "continual.metrics",
+    "summarize_arms": "continual.metrics",
     "FedConfig": "continual.federated",
     "ServerState": "continual.federated",
     "Site": "continual.federated",
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
     from continual.expand import ARMS, SELECTIONS, ArmSpec
     from continual.federated import FedConfig, ServerState, Site, aggregate_states, client_update, simulate_inprocess
     from continual.lwf import LwFLoss, distillation_loss
-    from continual.metrics import AccuracyMatrix, forgetting_reduction, site_metrics, summarise_arms
+    from continual.metrics import AccuracyMatrix, forgetting_reduction, site_metrics, summarize_arms
 
 
 def __getattr__(name: str) -> Any:

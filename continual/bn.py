@@ -174,7 +174,7 @@ class BNFreezeHandle:
 def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
     """Put only the BN layers in eval mode and keep them there after any later ``model.train()``.
 
-    In eval mode a BN layer normalises with its running statistics (the old site's global
+    In eval mode a BN layer normalizes with its running statistics (the old site's global
     statistics) and never updates them; its affine gamma/beta still receive gradients. Other
     modules are not touched: dropout keeps following ``model.train()``/``model.eval()``, unlike the
     paper code's whole-model ``model.eval()``.
@@ -253,7 +253,7 @@ def _batch_images(batch: Any) -> torch.Tensor:
 def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
     """Replace every BN layer's running statistics by the exact statistics of its input over ``batches``.
 
-    One forward pass over the data. The BN layers run in train mode, normalising
+    One forward pass over the data. The BN layers run in train mode, normalizing
     with each batch's statistics as in training (as ``torch.optim.swa_utils.update_bn`` does); every
     other module runs in eval mode (dropout off: the statistics are those of the inference network).
     A forward pre-hook on each BN layer accumulates the per-channel count, mean and sum of squared

@@ -3,9 +3,9 @@
 Roth et al. (2020, "Federated Learning for Breast Density Classification: A Real-World
 Implementation") report two gains of federated over local-only training: +6.3% on each site's own
 test data, and +45.8% in "generalizability" on the other sites' test data. Scoring a federated
-model on the other sites' test data measures generalisation only if the federation never trained
+model on the other sites' test data measures generalization only if the federation never trained
 on those sites; under FedBN the model at a site even carries that site's own BN, so its own-site
-score is personalisation. This module keeps these apart.
+score is personalization. This module keeps these apart.
 
 **The score table.** Every evaluated (seed, model, BN, test site) is a :class:`Score`: the labels
 and probabilities of one model on one site's test split, with its *role*:
@@ -16,12 +16,12 @@ role                    meaning
 ``local_own``           a local-only model (trained on site k alone) on site k's test split
 ``local_unseen``        local-only model k on another site h's test split (never trained on h)
 ``federated_own``       the federation's shared model on a member site's test split
-``personalised_own``    FedBN: the shared weights with site k's own BN (``federated_<k>``) on site k
+``personalized_own``    FedBN: the shared weights with site k's own BN (``federated_<k>``) on site k
 ``heldout``             a federation of every site but h (leave-one-out) on h's test split
 ``pooled_own``          all sites' data in one place (upper bound) on a site's test split
 ======================  ========================================================================
 
-and which batch-norm statistics it normalised with (``bn``, see :data:`BN_SOURCES`): a site's own,
+and which batch-norm statistics it normalized with (``bn``, see :data:`BN_SOURCES`): a site's own,
 a local model's training site, the example-weighted mean over a federation's training sites (how
 both FedAvg and FedBN's server aggregate them), the frozen initial statistics (``global_frozen``),
 or ``tta``: statistics re-estimated on the test site's unlabelled training and validation images
@@ -31,7 +31,7 @@ or ``tta``: statistics re-estimated on the test site's unlabelled training and v
 whole federation, the leave-one-out federations and the local-only models) and K sites:
 
 * ``local_gain`` = mean_s mean_k [F_s(k) - L_s(k)], with F_s(k) the federation's model for site k
-  on k (the personalised model under FedBN, else the shared one) and L_s(k) local-only model k on
+  on k (the personalized model under FedBN, else the shared one) and L_s(k) local-only model k on
   k; ``local_gain_relative`` = ``local_gain`` / mean_s mean_k L_s(k). Roth et al.'s +6.3%.
 * ``generalizability_gain`` = (G_FL - G_local) / G_local, with G_FL = mean_s mean_h H_s(h), H_s(h)
   the federation of every site but h scored on h (never seen), and G_local = mean_s mean_h of the
@@ -40,13 +40,13 @@ whole federation, the leave-one-out federations and the local-only models) and K
   a resampled test set with one class, where kappa is NaN) leaves both sides, so the difference
   stays paired. With every score defined, G_local is the mean over ordered pairs (k, h != k). Roth et
   al.'s +45.8% is this ratio with their federated model trained on every site (their exact formula
-  is not published); ours holds the site out, so it measures generalisation to a new institution.
+  is not published); ours holds the site out, so it measures generalization to a new institution.
   ``generalizability_gain_absolute`` = G_FL - G_local. The headline uses each model's BN as
   trained (``federation_mean`` / ``initial_frozen`` for the held-out federation,
   ``training_site`` for the local models); ``..._tta`` repeats it with test-time BN adaptation on
   both sides (like with like).
-* ``personalised_own_site`` = mean_s mean_k of FedBN's personalised models on their own site:
-  reported under its own name, never as generalisation.
+* ``personalized_own_site`` = mean_s mean_k of FedBN's personalized models on their own site:
+  reported under its own name, never as generalization.
 
 **Intervals** (:func:`bootstrap`): a two-level percentile bootstrap. Each replicate draws the seeds
 with replacement, and, at every site, the test split's patients (exams) with replacement (all
@@ -82,7 +82,7 @@ __all__ = [
     "combine",
     "replicate",
     "seed_quantities",
-    "summarise",
+    "summarize",
     "adapt_bn_statistics",
 ]
 
@@ -90,7 +90,7 @@ ROLES: dict[str, str] = {
     "local_own": "local-only model k on site k's test split",
     "local_unseen": "local-only model k on another site's test split (never trained there)",
     "federated_own": "the federation's shared model on a member site's test split",
-    "personalised_own": "FedBN: shared weights + site k's own BN, on site k (personalisation)",
+    "personalized_own": "FedBN: shared weights + site k's own BN, on site k (personalization)",
     "heldout": "federation of every site but h, on h's test split (never trained there)",
     "pooled_own": "all sites' images in one place (upper bound), on a site's test split",
 }
@@ -104,7 +104,7 @@ BN_SOURCES: dict[str, str] = {
     "tta": "re-estimated on the test site's unlabelled training+validation images (test-time BN)",
 }
 
-#: BN of each side of the generalisation comparison: (held-out federation, local model on an unseen site).
+#: BN of each side of the generalization comparison: (held-out federation, local model on an unseen site).
 _AS_TRAINED = ({"federation_mean", "initial_frozen"}, {"training_site", "initial_frozen"})
 _TTA = ({"tta"}, {"tta"})
 
@@ -157,10 +157,10 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
             :class:`Score` rows scored by a metric).
 
     Returns:
-        ``{seed: {...}}`` with ``federated_own`` (per site the personalised model where there is
+        ``{seed: {...}}`` with ``federated_own`` (per site the personalized model where there is
         one, else the shared model), ``local_own``, ``local_gain`` (mean over sites of the paired
         difference, sites with both scores), ``heldout`` and ``local_unseen`` (BN as trained),
-        ``heldout_tta`` and ``local_unseen_tta`` (test-time BN), ``personalised_own``,
+        ``heldout_tta`` and ``local_unseen_tta`` (test-time BN), ``personalized_own``,
         ``federated_shared_own`` and ``pooled_own``; NaN where the table has no such rows.
     """
     out: dict[int, dict[str, float]] = {}
@@ -171,7 +171,7 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
             return [r for r in rows if r["role"] == role and (bns is None or r["bn"] in bns)]
 
         own: dict[str, float] = {str(r["site"]): float(r["score"]) for r in pick("federated_own")}
-        own.update({str(r["site"]): float(r["score"]) for r in pick("personalised_own")})
+        own.update({str(r["site"]): float(r["score"]) for r in pick("personalized_own")})
         local = {str(r["site"]): float(r["score"]) for r in pick("local_own")}
         paired = [own[k] - local[k] for k in own if k in local]
         heldout, unseen = _paired_unseen(pick("heldout", _AS_TRAINED[0]), pick("local_unseen", _AS_TRAINED[1]))
@@ -184,7 +184,7 @@ def seed_quantities(table: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, f
             "local_unseen": unseen,
             "heldout_tta": heldout_tta,
             "local_unseen_tta": unseen_tta,
-            "personalised_own": finite_mean(r["score"] for r in pick("personalised_own")),
+            "personalized_own": finite_mean(r["score"] for r in pick("personalized_own")),
             "federated_shared_own": finite_mean(r["score"] for r in pick("federated_own")),
             "pooled_own": finite_mean(r["score"] for r in pick("pooled_own")),
         }
@@ -372,7 +372,7 @@ def bootstrap_draws(
     return {key: np.asarray(vals, dtype=np.float64) for key, vals in values.items()}
 
 
-def summarise(
+def summarize(
     scores: Sequence[Score],
     groups: Mapping[str, Sequence[Any]],
     score_fn: Callable[[np.ndarray, np.ndarray], float],
@@ -438,7 +438,7 @@ def adapt_bn_statistics(model: torch.nn.Module, dataset: Any, *, batch_size: int
 
     The model's weights and BN affine parameters are kept; its running means and variances are
     replaced by the exact population statistics of each BN layer's input over ``dataset``
-    (:func:`continual.bn.recompute_bn_stats`: one pass, BN layers normalising with batch statistics
+    (:func:`continual.bn.recompute_bn_stats`: one pass, BN layers normalizing with batch statistics
     as in training). Only ``item["image"]`` is read from the dataset, never a label.
 
     Args:

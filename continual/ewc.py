@@ -13,7 +13,7 @@ Fisher modes (:data:`FISHER_MODES`):
   ``softmax(f(x_n))`` (inverse CDF of uniforms from a ``torch.Generator`` seeded with ``seed``,
   one uniform per sample in data order, so a seed fixes the labels).
 * ``"qtim_logit_sum"``: the released paper code (QTIM-Lab/MedicalDomainExpansion ``fim.py``):
-  gradient of the **raw target logit**, BN layers in **train mode** (each minibatch normalised
+  gradient of the **raw target logit**, BN layers in **train mode** (each minibatch normalized
   with its own statistics, so the per-sample gradients are coupled through them), **summed**
   over samples, not averaged. The BN train mode is reproduced faithfully: one forward pass of the
   whole minibatch, then one backward pass per sample from that shared graph, exactly the paper
@@ -30,7 +30,7 @@ Fisher modes (:data:`FISHER_MODES`):
 How the batched estimate works (``bn_eval=True``): the model is called through
 ``torch.func.functional_call`` on one sample, and ``torch.func.vmap(torch.func.grad(...))`` over
 the samples of a chunk (``batch_size``) yields every per-sample gradient of every parameter with
-``requires_grad`` in one vectorised pass; their squares are summed in float64. With the BN layers
+``requires_grad`` in one vectorized pass; their squares are summed in float64. With the BN layers
 in eval mode the samples are independent, so this equals the per-sample loop
 (:func:`fisher_loop_reference`, kept for tests and the benchmark) to float rounding. Memory: one
 chunk's per-sample gradients are held at once, ``batch_size x n_params x 4`` bytes (compact
@@ -38,7 +38,7 @@ DenseNet 25 k parameters: 25 MB at 256; ResNet-18 11.2 M parameters: 2.9 GB at 6
 chunk (:func:`default_chunk`) keeps it near 256 MB.
 
 Module modes while estimating: the BN layers are in eval mode (``bn_eval=True``, the Fisher is
-measured under the normalisation that BN-frozen fine-tuning uses) or train mode
+measured under the normalization that BN-frozen fine-tuning uses) or train mode
 (``bn_eval=False``); every other module (dropout) is in eval mode, so the Fisher is that of the
 deterministic network. All modes are restored afterwards; parameters and buffers are not changed.
 
@@ -97,7 +97,7 @@ class Fisher:
 
     Attributes:
         values: ``{parameter name: F}``, each F float with the parameter's shape, >= 0, on the CPU.
-        meta: how it was made: ``mode``, ``normalisation`` (``"mean"``: divided by ``n_samples``;
+        meta: how it was made: ``mode``, ``normalization`` (``"mean"``: divided by ``n_samples``;
             ``"sum"``: not, the ``qtim_logit_sum`` mode), ``n_samples``, ``n_batches``, ``seed``,
             ``bn_eval``, ``max_samples``, ``subset`` (``"all"``, ``"random"``: a seeded random subset
             of a dataset, ``"first"``: the first ``max_samples`` samples of an iterable of batches),
@@ -493,16 +493,16 @@ def _fisher(
 ) -> Fisher:
     """The :class:`Fisher` of the sums (divided by the sample count unless ``qtim_logit_sum``), with its
     anchor (copies of the parameters) and its meta (how it was made)."""
-    normalisation = "sum" if mode == "qtim_logit_sum" else "mean"
+    normalization = "sum" if mode == "qtim_logit_sum" else "mean"
     named = dict(model.named_parameters())
     values = {}
     for name in names:
-        total = acc.sums[name] if normalisation == "sum" else acc.sums[name] / acc.n_samples
+        total = acc.sums[name] if normalization == "sum" else acc.sums[name] / acc.n_samples
         values[name] = total.to(named[name].dtype).cpu()
     anchor = {name: named[name].detach().cpu().clone() for name in names}
     meta = {
         "mode": mode,
-        "normalisation": normalisation,
+        "normalization": normalization,
         "n_samples": acc.n_samples,
         "n_batches": acc.n_batches,
         "seed": seed,
@@ -578,9 +578,9 @@ def estimate_fisher(
         seed: seeds the subset and the labels drawn by ``"true_fisher"``.
         batch_size: samples per batch when ``data`` is a Dataset, and per vmapped chunk (memory:
             ``batch_size x n_params x 4`` bytes). With BN in train mode the batch is the
-            normalisation group; batches of an iterable are then used as given. None:
+            normalization group; batches of an iterable are then used as given. None:
             :func:`default_chunk` (a vmap call costs ~25 ms whatever its size, so large chunks
-            amortise it), 64 for ``"qtim_logit_sum"`` (the paper code's batch).
+            amortize it), 64 for ``"qtim_logit_sum"`` (the paper code's batch).
         bn_eval: BN layers in eval mode (running statistics) while estimating. None: True, except
             for ``"qtim_logit_sum"`` (False: BN in train mode, as the paper code).
 
@@ -645,7 +645,7 @@ class EWCPenalty:
     Args:
         model: the network being fine-tuned.
         fisher: a :class:`Fisher` or a plain ``{name: F}`` dict.
-        lam: lambda >= 0. Its scale depends on ``fisher.meta["normalisation"]``: a code-grid lambda
+        lam: lambda >= 0. Its scale depends on ``fisher.meta["normalization"]``: a code-grid lambda
             for the summed Fisher corresponds to ``lambda * N`` for the mean.
         anchor: ``{name: theta_A}``; None: ``fisher.anchor`` (the parameters the Fisher was
             measured at).

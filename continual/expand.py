@@ -24,14 +24,14 @@ arm                           trains       BN stats    EWC   LwF
 "Frozen" BN statistics are site A's running statistics kept bit for bit: only the BN modules are
 in eval mode during fine-tuning (dropout stays active), re-applied whenever the loop calls
 ``train()``. The EWC penalty is ``(lambda / 2) * sum_i F_i (theta_i - theta_A,i)^2`` with the
-Fisher diagonal estimated at site A (:mod:`continual.ewc`). The post-conditions of §2.2 step 6 are
+Fisher diagonal estimated at site A (:mod:`continual.ewc`). The post-conditions of each arm are
 asserted after training.
 
 ``joint`` is joint training on the pooled data, the reference that continual-learning papers
 compare against; it breaks the premise that A's images stay at A. Its rule, so that it answers
 "how well can one model serve both sites": it starts from ``model_A`` like every arm; one epoch is
 one pass over A's and B's training splits together, so each site gets as many epochs as B gets in
-the other arms (and the run takes ``(|A| + |B|) / |B|`` times their optimisation steps, with the
+the other arms (and the run takes ``(|A| + |B|) / |B|`` times their optimization steps, with the
 same cosine schedule over the epochs); the epoch kept is the one with the best *unweighted mean of
 the two sites' validation metrics* (each site's metric computed on its own validation split;
 ``metrics.csv`` also has them as ``new_<metric>`` and ``old_<metric>``). It is a reference for

@@ -18,7 +18,7 @@ without an engine and driven by any of them (:mod:`continual.flower` adapts it t
 
   (*) under ``local`` the clients ignore the BN entries they receive; the server's average only
   gives the global checkpoint usable BN for sites outside the federation. ``global_frozen`` is
-  the link to the domain-expansion method (§2): the old site's population statistics stay bit
+  the link to the domain-expansion method: the old site's population statistics stay bit
   for bit, only BN's gamma/beta are averaged.
 * :class:`FedProxTerm` -- the client-side proximal term ``(mu / 2) * ||theta - theta_global||^2``
   (FedProx; Flower's server only sends ``proximal-mu``).
@@ -31,7 +31,7 @@ without an engine and driven by any of them (:mod:`continual.flower` adapts it t
 * :func:`simulate_inprocess` -- the whole protocol in one process without an engine (reference
   implementation, deterministic, fast enough for tests).
 
-The cross-site evaluation (local gain, generalisation to held-out sites, intervals) is
+The cross-site evaluation (local gain, generalization to held-out sites, intervals) is
 :mod:`continual.crosssite`.
 
 Generic: takes models, datasets and callables; imports nothing from ``pipelines``.
@@ -70,14 +70,14 @@ _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 @dataclass(frozen=True)
 class FedConfig:
-    """Settings of a federation (defaults: the 2022 challenge reference's, except the optimiser; see ``lr``).
+    """Settings of a federation (defaults: the 2022 challenge reference's, except the optimizer; see ``lr``).
 
     Attributes:
         rounds: communication rounds R.
         local_epochs: local epochs E per round.
         batch_size: local batch size.
         lr: peak learning rate of the shared loop's AdamW (the 2022 challenge reference used SGD
-            with momentum 0.9 at 2e-3; medimg's loop is AdamW everywhere). The optimiser state is
+            with momentum 0.9 at 2e-3; medimg's loop is AdamW everywhere). The optimizer state is
             fresh every round, as in the reference.
         proximal_mu: FedProx's mu (0 = FedAvg).
         bn_policy: one of :data:`BN_POLICIES`.
@@ -268,7 +268,7 @@ def client_update(
         model: a network of the federation's architecture (its weights are overwritten).
         global_state: the state the server sent.
         site: the site's data (training on ``train``; the loop validates on ``val``).
-        config: the federation's settings (BN policy, FedProx mu, optimiser).
+        config: the federation's settings (BN policy, FedProx mu, optimizer).
         server_round, site_index: pick the local seed (:func:`round_seed`).
         metric_fn: ``(y_true, y_prob) -> metrics`` containing ``config.monitor``.
         checkpoint_meta: metadata describing ``model`` for the training loop.
@@ -351,7 +351,7 @@ class ServerState:
         """Replace the global state by the weighted mean of the clients' states; return it.
 
         Under the ``local`` policy, ``names`` (one per result) records each site's own BN entries,
-        so that the server can write each site's personalised model (global weights + its BN).
+        so that the server can write each site's personalized model (global weights + its BN).
         """
         if self.config.bn_policy == "local" and names is not None:
             keys = self.bn_keys["affine"] | self.bn_keys["stats"]
@@ -398,7 +398,7 @@ class ServerState:
         return mean
 
     def site_models(self) -> dict[str, dict[str, torch.Tensor]]:
-        """``local`` policy: each site's personalised best state (best global weights + the site's BN)."""
+        """``local`` policy: each site's personalized best state (best global weights + the site's BN)."""
         base = self.best_state if self.best_state is not None else self.state
         bn = self.best_site_bn or self.site_bn
         return {name: apply_local_bn(base, own) for name, own in bn.items()}
@@ -415,7 +415,7 @@ def simulate_inprocess(
     checkpoint_meta: Mapping[str, Any],
     on_round: Callable[[int, float], None] | None = None,
 ) -> ServerState:
-    """Run the whole protocol (§4.2 steps 3-5) in this process, without a federated engine.
+    """Run the whole protocol (rounds of local training and aggregation) in this process, without a federated engine.
 
     Every round: each site trains from the global state (:func:`client_update`), the server
     aggregates (:meth:`ServerState.aggregate`), and each site validates the new global model

@@ -14,7 +14,7 @@ extra pins one). The apps only move state dicts and metrics; the federated maths
   kept integers) and the best global model kept by the weighted validation metric.
 * :func:`simulate` -- Flower's simulation engine (Ray), one CPU per client, telemetry off.
 
-The same two apps run unchanged as a real federation (SuperLink + SuperNodes; see the README):
+The same two apps run unchanged as a real federation (SuperLink + SuperNodes; see docs/commands/federated.md):
 the task loaders get the run config (and, on a SuperNode, its node config) from the ``Context``.
 """
 

@@ -9,17 +9,17 @@ code uses ``cohen_kappa_score(weights="linear")``) and accuracy, or ROC AUC for 
 * :func:`site_metrics` -- accuracy, linear kappa (and ROC AUC for binary probabilities) of one
   model on one site's test set.
 * :class:`AccuracyMatrix` -- the full ``R`` table of one metric (Avalanche's
-  ``AccuracyMatrixPluginMetric``) and every §3 quantity computed from it: retention, forgetting,
+  ``AccuracyMatrixPluginMetric``) and every forgetting quantity computed from it: retention, forgetting,
   relative forgetting, backward transfer, the two average-forgetting variants (Chaudhry's
   max-vs-last and Avalanche's first-vs-last, named distinctly), plasticity, forward (zero-shot)
   transfer, average accuracy, and the gaps to naive fine-tuning and joint training.
 * :func:`forgetting_reduction` -- ``(F_naive - F_method) / F_naive``.
-* :func:`arm_row`, :func:`summarise_arms`, :func:`tradeoff_curve` -- one flat row per
+* :func:`arm_row`, :func:`summarize_arms`, :func:`tradeoff_curve` -- one flat row per
   (arm, lambda, seed), mean and SD over seeds per (arm, lambda), and the lambda trade-off curve
   (x = ``R[1][B]``, y = ``R[1][A]``).
 
 Undefined values (a zero denominator, a kappa with perfect chance agreement) are NaN, never an
-exception, so that a sweep is summarised rather than aborted.
+exception, so that a sweep is summarized rather than aborted.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = [
     "arm_row",
     "forgetting_reduction",
     "site_metrics",
-    "summarise_arms",
+    "summarize_arms",
     "tradeoff_curve",
 ]
 
@@ -389,7 +389,7 @@ class AccuracyMatrix:
     def plasticity_gap(self, naive: AccuracyMatrix, domain: int | str = 1) -> float:
         """Gap to naive fine-tuning on the new domain: ``R_naive[1][B] - R[1][B]`` (for domain ``d``, at stage ``d``).
 
-        The intransigence-style cost of regularisation: positive = the method learns B less well.
+        The intransigence-style cost of regularization: positive = the method learns B less well.
 
         Args:
             naive: the naive fine-tuning arm's matrix (same domains).
@@ -403,7 +403,7 @@ class AccuracyMatrix:
     def forward_transfer(self, domain: int | str = 1) -> float:
         """Forward transfer / zero-shot: ``R[d-1][d]``, the model before adapting to ``d``; ``R[0][B]``.
 
-        Not Avalanche's ``ForwardTransfer``, which subtracts a randomly initialised model's value.
+        Not Avalanche's ``ForwardTransfer``, which subtracts a randomly initialized model's value.
 
         Args:
             domain: a domain after the first (default B).
@@ -573,7 +573,7 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def summarise_arms(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarize_arms(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and SD over seeds of every numeric column, per (arm, lambda).
 
     SD is the sample standard deviation (``ddof=1``), NaN for a single seed. NaN values propagate
@@ -647,7 +647,7 @@ def tradeoff_curve(rows: Iterable[Mapping[str, Any]], arm: str, *, metric: str =
         raise ValueError(f"no rows for arm {arm!r}")
     x_col, y_col = f"new_{metric}_after", f"old_{metric}_after"
     points = []
-    for summary in summarise_arms(selected):
+    for summary in summarize_arms(selected):
         if f"{x_col}_mean" not in summary or f"{y_col}_mean" not in summary:
             raise ValueError(f"rows of arm {arm!r} lack the numeric columns {x_col!r} and {y_col!r}")
         points.append(

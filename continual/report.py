@@ -140,15 +140,15 @@ def _interval(entry: Mapping[str, Any] | None, key: str = "value", ci: str = "ci
 
 
 def _gain_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per claim of a federated summary (local gain, generalisation gains) and the
-    personalised own-site score, with intervals and the paper's figure beside them."""
+    """One row per claim of a federated summary (local gain, generalization gains) and the
+    personalized own-site score, with intervals and the paper's figure beside them."""
     paper = summary.get("paper", {})
     compared = summary.get("bn_compared", {})
     rows = []
     claims = (
         ("local_gain", "local gain: federated vs local-only, own test site", "federated_own", "local_own",
          paper.get("local_gain_relative")),
-        ("generalizability_gain", "generalisation: held-out federation vs local-only, on sites never trained on",
+        ("generalizability_gain", "generalization: held-out federation vs local-only, on sites never trained on",
          "federated_heldout", "local_unseen", paper.get("generalizability_gain")),
         ("generalizability_gain_tta", "the same, both with test-time BN on the unseen site",
          "federated_heldout", "local_unseen", None),
@@ -170,9 +170,9 @@ def _gain_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "paper (relative)": "" if reported is None else f"{reported:+.1%}",
             }
         )
-    personal = summary.get("personalised_own_site")
+    personal = summary.get("personalized_own_site")
     if personal:
-        rows.append({"quantity": "personalised own-site score (FedBN, each site's own BN; not generalisation)",
+        rows.append({"quantity": "personalized own-site score (FedBN, each site's own BN; not generalization)",
                      "BN (federated / local)": "site_own", "federated": _interval(personal, fmt="{:.3f}")})  # fmt: skip
     return rows
 
@@ -203,7 +203,7 @@ def write_federated_report(
             "et al. 2020 (7 real institutions; its federated model had trained on every site).",
         )
     if summary.get("generalizability_note"):
-        report.text(f"Generalisation gain: {summary['generalizability_note']}.")
+        report.text(f"Generalization gain: {summary['generalizability_note']}.")
     matrix = summary.get("matrix", {})
     if matrix:
         report.heading("Cross-site matrix")

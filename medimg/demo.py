@@ -179,7 +179,7 @@ def _federated(out: Path, console: Console) -> bool:
         "starting model learned institution A from other patients, so heldout_site_a is not a new-institution "
         f"score). Outputs: "
         f"{out / 'federated'} (seed0/, cross_site.csv, summary.json, report.html). Tiny sites, 2 rounds, 1 seed: "
-        "this shows the mechanics; the README has the measured table."
+        "this shows the mechanics; docs/results/index.md has the measured table."
     )
     held = {label for label in summary["matrix"] if label.startswith("heldout_")}
     return (out / "federated" / "report.html").is_file() and len(held) == 2 * len(names)
@@ -253,11 +253,11 @@ def _saliency(data: Path, out: Path, console: Console, *, quiet: bool) -> bool:
     console.print(
         f"  outputs: {out / 'saliency'} (report.html, summary.csv, localization.csv, randomization.csv, "
         "repeatability.csv, reproducibility.csv). A handful of images: the verdicts show the mechanics, "
-        "not the model's trustworthiness. The two controls ignore the model: they must fail randomisation."
+        "not the model's trustworthiness. The two controls ignore the model: they must fail randomization."
     )
     controls_fail = all(result.matrix[c].get("randomization") is False for c in ("edge_control", "image_control"))
     if not controls_fail:
-        console.print("[red]a model-blind control passed randomisation: the criterion cannot fail here[/red]")
+        console.print("[red]a model-blind control passed randomization: the criterion cannot fail here[/red]")
     return bool(rows) and controls_fail
 
 
@@ -291,7 +291,7 @@ def _attention(data: Path, out: Path, console: Console) -> bool:
         ap.setdefault(key, []).append(float(row["average_precision"]))
     shown = ("attention model", "gradcam (trained)", "xrai (trained)", "prior (prior)")
     console.print(
-        "  localisation on the same images (mean average precision): "
+        "  localization on the same images (mean average precision): "
         + ", ".join(f"{k} {np.nanmean(ap[k]):.3f}" for k in shown if k in ap)
     )
     return not summary.failed

@@ -6,7 +6,7 @@ for reproducibility. Neither MONAI nor any package that installs beside our torc
 InceptionV3 (torchvision's wheels fail to load their operators beside the CPU build of torch
 2.13.0, and timm imports torchvision), so it is written here from the paper's architecture.
 
-Layout (module *names* follow the Keras model, whose block names the paper's randomisation figure
+Layout (module *names* follow the Keras model, whose block names the paper's randomization figure
 uses; the arithmetic follows torchvision's, which differs from Keras in two details: BatchNorm has
 a learned scale, which Keras's InceptionV3 leaves out, and the average pools inside the blocks count
 the zero padding, which Keras's SAME pooling does not; shapes for a 299 x 299 input):
@@ -218,9 +218,9 @@ class InceptionV3(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout_prob)
         self.fc = nn.Linear(2048, out_channels)
-        self._initialise()
+        self._initialize()
 
-    def _initialise(self) -> None:
+    def _initialize(self) -> None:
         """Truncated normal (sd 0.1) convolutions and dense weights, BN weight 1 and bias 0 (torchvision's scheme)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -238,10 +238,10 @@ class InceptionV3(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
     def randomization_blocks(self, include_stem: bool = True) -> list[tuple[str, Sequence[str]]]:
-        """Cascading randomisation stages, top-down: logits, ``mixed10`` .. ``mixed1``, then the stem with ``mixed0``.
+        """Cascading randomization stages, top-down: logits, ``mixed10`` .. ``mixed1``, then the stem with ``mixed0``.
 
-        Arun et al. randomise the logits and then ``mixed10`` down to ``mixed1``; ``mixed0`` and the
-        stem are never randomised, so ``include_stem=False`` reproduces their schedule.
+        Arun et al. randomize the logits and then ``mixed10`` down to ``mixed1``; ``mixed0`` and the
+        stem are never randomized, so ``include_stem=False`` reproduces their schedule.
         """
         blocks: list[tuple[str, Sequence[str]]] = [("logits", ["fc"])]
         blocks += [(f"mixed{i}", [f"mixed{i}"]) for i in range(10, 0, -1)]

@@ -182,7 +182,7 @@ def build_network(
     out_channels: int,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """Build a freshly initialised classification network.
+    """Build a freshly initialized classification network.
 
     Args:
         architecture: one of :data:`ARCHITECTURES`.
@@ -362,7 +362,7 @@ def load_medimg_file(
     map_location: Any = "cpu",
     error: type[Exception] = CheckpointError,
 ) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a medimg file (checkpoint, Fisher, localiser, ...).
+    """``torch.load(weights_only=True)`` of a medimg file (checkpoint, Fisher, localizer, ...).
 
     Args:
         path: the file.

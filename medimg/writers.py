@@ -74,7 +74,7 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], c
 def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
     """Write a (C, X, Y[, Z]) ``MetaTensor`` with a RAS affine as NIfTI, atomically.
 
-    Grey images are stored as (X, Y[, Z]); colour as (X, Y, Z, C). Integral values that fit
+    Grey images are stored as (X, Y[, Z]); color as (X, Y, Z, C). Integral values that fit
     int16 are stored as int16, everything else as float32.
 
     Args:
@@ -91,7 +91,7 @@ def write_nifti(tensor: Any, path: str | os.PathLike[str]) -> Path:
         data = array[0]
     else:
         data = np.moveaxis(array, 0, -1)
-        if data.ndim == 3:  # 2-D colour: add a singleton slice axis before the channels
+        if data.ndim == 3:  # 2-D color: add a singleton slice axis before the channels
             data = data[:, :, None, :]
     if np.all(np.isfinite(data)) and np.all(data == np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)

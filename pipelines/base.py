@@ -258,7 +258,7 @@ class Pipeline:
     @staticmethod
     def attention_forward(model: Any, images: Any) -> tuple[Any, Any] | None:
         """``(logits, maps (B, 1, X, Y) in [0, 1])`` from a model with the trainable attention gate
-        (:mod:`saliency.attention`; each map min-max normalised, a constant map becomes 0), or None
+        (:mod:`saliency.attention`; each map min-max normalized, a constant map becomes 0), or None
         for a model without one."""
         if not callable(getattr(model, "attention", None)):
             return None

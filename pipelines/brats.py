@@ -282,7 +282,7 @@ def segment(
 ) -> np.ndarray:
     """Region probabilities (3, X, Y, Z) on the case's own (reference) grid.
 
-    Preprocess (orientation, spacing, normalisation), ``sliding_window_inference`` with gaussian
+    Preprocess (orientation, spacing, normalization), ``sliding_window_inference`` with gaussian
     blending, sigmoid, then resample the probabilities back onto the case's grid (trilinear,
     through the affines), so that thresholding at 0.5 gives masks on the source grid.
     """

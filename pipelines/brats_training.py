@@ -1,8 +1,8 @@
 """Train and evaluate the BraTS segmentation pipeline on the BraTS NIfTI layout.
 
 Training: cases split by patient (seeded), the four sequences on the T1ce grid with their labels
-as TC/WT/ET channels, per-channel non-zero z-scoring, decoded and normalised volumes cached with
-MONAI ``PersistentDataset``, random patches (``RandCropByPosNegLabeld``: half centred on
+as TC/WT/ET channels, per-channel non-zero z-scoring, decoded and normalized volumes cached with
+MONAI ``PersistentDataset``, random patches (``RandCropByPosNegLabeld``: half centered on
 tumour) with flips and intensity jitter, MONAI DiceLoss, validation on whole volumes with
 gaussian-blended ``sliding_window_inference`` (:func:`medimg.training.train_segmenter`).
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "layer_reset_rows", "site_splits"]
 
-#: EWC lambdas swept by ``compare`` (mean-normalised Fisher; log-uniform, as the paper's sweep).
+#: EWC lambdas swept by ``compare`` (mean-normalized Fisher; log-uniform, as the paper's sweep).
 DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 100.0, 10000.0)
 SPLIT_SEED = 0
 
@@ -264,7 +264,7 @@ def compare_arms(
     ``OUT/reset.csv`` (layer-reset attribution of the first seed's models, :func:`layer_reset_rows`),
     ``OUT/report.html``; runs are resumable (each in ``OUT/runs/<arm>-l<lambda>-s<seed>``); the
     decoded training and validation images are cached once for all runs in ``OUT/cache``."""
-    from continual.metrics import summarise_arms
+    from continual.metrics import summarize_arms
     from continual.report import write_compare_report
 
     out = Path(out)
@@ -274,7 +274,7 @@ def compare_arms(
         epochs=epochs, batch_size=batch_size, lr=lr, select=select, quiet=quiet,
     )  # fmt: skip
     write_csv(out / "arms.csv", rows, list(rows[0]) if rows else [])
-    summary = summarise_arms(rows)
+    summary = summarize_arms(rows)
     write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
     reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained)
     if reset:

@@ -96,10 +96,10 @@ def simulate_federation(
     and the pooled model (``pooled.pt``), with ``leave_one_out`` for every site h the federation of
     the other sites (``heldout_<h>/federated.pt``), which never sees h's images. Then every model is
     scored on the test splits (:func:`pipelines.federated_eval.score_seed`) and the gains are
-    summarised over seeds with bootstrap intervals (:mod:`continual.crosssite`).
+    summarized over seeds with bootstrap intervals (:mod:`continual.crosssite`).
 
     Args:
-        seeds: training seeds; each one trains every model again (initialisation and data order).
+        seeds: training seeds; each one trains every model again (initialization and data order).
         leave_one_out: also train and score the held-out federations (needs >= 3 sites).
         n_boot: bootstrap replicates of the intervals.
         (the others: see ``medimg federated simulate --help``)
@@ -198,12 +198,12 @@ def train_seed(
             _check_reuse(fed, [path])
             if not path.is_file():
                 server = _run_inprocess(fed, [site], fed.config)
-                save_server(fed, server, path, f"local:{site.name}", personalised=False, trained_on=[site.name])
+                save_server(fed, server, path, f"local:{site.name}", personalized=False, trained_on=[site.name])
         path = seed_dir / "pooled.pt"
         _check_reuse(fed, [path])
         if not path.is_file():
             server = _run_inprocess(fed, [_pooled_site(fed)], fed.config)
-            save_server(fed, server, path, "pooled", personalised=False)
+            save_server(fed, server, path, "pooled", personalized=False)
     if leave_one_out:
         names = [s.name for s in fed.sites]
         for held in names:

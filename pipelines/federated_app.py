@@ -1,6 +1,6 @@
 """The medimg Flower apps: ``pipelines.federated_app:server_app`` and ``pipelines.federated_app:client_app``.
 
-Deployment (SuperLink + SuperNodes, see the README): the settings come from the run config
+Deployment (SuperLink + SuperNodes, see docs/commands/federated.md): the settings come from the run config
 (``pipeline``, ``num_sites``, ``rounds``, ``local_epochs``, ...; defaults in
 ``deploy/flower/pyproject.toml``), each SuperNode names its own data with ``--node-config
 "data-dir='/data/site' partition-id=0"``; the server writes ``federated.pt`` and ``rounds.csv``

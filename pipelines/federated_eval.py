@@ -5,8 +5,8 @@
 its role and the batch-norm statistics it used (:mod:`continual.crosssite`):
 
 * the federation's shared model on every member site (``federated_own``; BN ``federation_mean``,
-  or ``initial_frozen`` under ``global_frozen``), and under FedBN each site's personalised model
-  ``federated_<k>`` on site k (``personalised_own``, BN ``site_own``);
+  or ``initial_frozen`` under ``global_frozen``), and under FedBN each site's personalized model
+  ``federated_<k>`` on site k (``personalized_own``, BN ``site_own``);
 * local-only model k on k (``local_own``) and on every other site h (``local_unseen``), once with
   its own training site's BN (``training_site``) and once with test-time BN re-estimated on h's
   unlabelled training and validation images (``tta``); the pooled model on every site;
@@ -91,7 +91,7 @@ def score_seed(fed: Federation, seed_dir: Path, *, baselines: bool, leave_one_ou
     add(seed_dir / "federated.pt", "federated", "federated_own", shared_bn, names)
     if fed.config.bn_policy == "local":
         for k in names:
-            add(seed_dir / f"federated_{k}.pt", f"federated_{k}", "personalised_own", "site_own", [k])
+            add(seed_dir / f"federated_{k}.pt", f"federated_{k}", "personalized_own", "site_own", [k])
     if baselines:
         frozen = fed.config.bn_policy == "global_frozen"  # the baselines train under the same BN policy
         own_bn, unseen_bn = (shared_bn, shared_bn) if frozen else ("site_own", "training_site")
@@ -133,7 +133,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _claim(result: Mapping[str, Any], claim: str, terms: Mapping[str, str]) -> dict[str, Any] | None:
-    """A claim of :func:`continual.crosssite.summarise` with the means it compares (and their intervals)."""
+    """A claim of :func:`continual.crosssite.summarize` with the means it compares (and their intervals)."""
     if claim not in result["claims"]:
         return None
     out = dict(result["claims"][claim])
@@ -151,16 +151,16 @@ def build_summary(
     difference of the metric), ``ci95``, ``status`` (``met`` / ``not shown`` / ``reversed``),
     ``relative`` and ``relative_ci95`` (divided by the local-only term), and the two terms compared;
     None where the run lacks the models (no baselines; no ``--leave-one-out``).
-    ``personalised_own_site`` (FedBN only) and ``pooled_own_site``: means with intervals.
+    ``personalized_own_site`` (FedBN only) and ``pooled_own_site``: means with intervals.
     """
-    from continual.crosssite import BN_SOURCES, ROLES, summarise
+    from continual.crosssite import BN_SOURCES, ROLES, summarize
 
     monitor = fed.config.monitor
 
     def score_fn(y: np.ndarray, p: np.ndarray) -> float:
         return float(fed.pipeline.metrics(y, p)[monitor])
 
-    result = summarise(scores, fed.test_groups, score_fn, n_boot=n_boot, seed=0)
+    result = summarize(scores, fed.test_groups, score_fn, n_boot=n_boot, seed=0)
     q = result["quantities"]
     shared_bn = _shared_bn(fed)
     fedbn = fed.config.bn_policy == "local"
@@ -179,7 +179,7 @@ def build_summary(
             {"federated_heldout": "heldout_tta", "local_unseen": "local_unseen_tta"},
         ),
         "bn_compared": _bn_compared(shared_bn, fedbn),
-        "personalised_own_site": q["personalised_own"] if fedbn else None,
+        "personalized_own_site": q["personalized_own"] if fedbn else None,
         "pooled_own_site": q["pooled_own"] if math.isfinite(q["pooled_own"]["value"]) else None,
         "quantities": q,
         "per_seed": result["per_seed"],
@@ -203,7 +203,7 @@ def _bn_compared(shared_bn: str, fedbn: bool) -> dict[str, dict[str, str]]:
     """For each claim, the BN statistics each side of the comparison used."""
     return {
         "local_gain": {
-            "federated": "site_own (personalised)" if fedbn else shared_bn,
+            "federated": "site_own (personalized)" if fedbn else shared_bn,
             "local": "initial_frozen" if shared_bn == "initial_frozen" else "site_own",
         },
         "generalizability_gain": {
@@ -238,14 +238,14 @@ def _mean_matrix(
 
 def _summary_notes(settings: Mapping[str, Any], *, undefined_gain: bool) -> dict[str, str]:
     """``initial_weights_note`` (a held-out site the initial weights may have seen) and ``generalizability_note``
-    (why the generalisation gain is undefined), where they apply."""
+    (why the generalization gain is undefined), where they apply."""
     notes = {}
     if settings.get("weights") and settings.get("leave_one_out"):
         notes["initial_weights_note"] = (
             f"every model started from {settings['weights']} (trained on "
             f"{settings.get('weights_data') or 'data not recorded in it'}): a held-out site is unseen by this "
             "run's training only; if those weights learned from a held-out institution, its score there "
-            "overstates generalisation"
+            "overstates generalization"
         )
     if undefined_gain:
         ran = settings.get("leave_one_out") and settings.get("baselines", True)
@@ -289,9 +289,9 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     lines = [f"{summary['metric']}, seeds {summary.get('seeds')}, 95% intervals (bootstrap over seeds and test exams):"]
     specs = (
         ("local_gain", "local gain, own test site", "federated_own", "local_own", "paper +6.3%"),
-        ("generalizability_gain", "generalisation, sites never trained on", "federated_heldout", "local_unseen",
+        ("generalizability_gain", "generalization, sites never trained on", "federated_heldout", "local_unseen",
          "paper +45.8%"),
-        ("generalizability_gain_tta", "generalisation with test-time BN", "federated_heldout", "local_unseen", ""),
+        ("generalizability_gain_tta", "generalization with test-time BN", "federated_heldout", "local_unseen", ""),
     )  # fmt: skip
     for key, label, fl, local, paper in specs:
         entry = summary.get(key)
@@ -304,12 +304,12 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
             f"{_ci(entry)} ({relative}): {entry['status']}"
         )
     if summary.get("generalizability_note"):
-        lines.append(f"  generalisation gain: {summary['generalizability_note']}")
+        lines.append(f"  generalization gain: {summary['generalizability_note']}")
     if summary.get("initial_weights_note"):
         lines.append(f"  note: {summary['initial_weights_note']}")
-    if summary.get("personalised_own_site"):
+    if summary.get("personalized_own_site"):
         lines.append(
-            "  personalised own-site score (FedBN, each site with its own BN; not generalisation): "
-            + _ci(summary["personalised_own_site"], fmt="{:.3f}")
+            "  personalized own-site score (FedBN, each site with its own BN; not generalization): "
+            + _ci(summary["personalized_own_site"], fmt="{:.3f}")
         )
     return lines

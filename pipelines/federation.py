@@ -3,7 +3,7 @@
 Shared by the simulation (:mod:`pipelines.federated`) and the Flower apps that run it for real
 (:mod:`pipelines.federated_app`): :func:`load_federation` builds a :class:`Federation` from the
 settings a run records (or from a Flower run config), :func:`save_server` writes a server's best
-model (and FedBN's personalised ones) with :func:`federation_meta` in the checkpoint, and
+model (and FedBN's personalized ones) with :func:`federation_meta` in the checkpoint, and
 :func:`write_rounds` the per-round validation.
 """
 
@@ -56,7 +56,7 @@ class Federation:
     unlabelled: dict[str, Any] = field(default_factory=dict)
 
     def make_model(self) -> torch.nn.Module:
-        """A fresh network of the federation's architecture (random initialisation)."""
+        """A fresh network of the federation's architecture (random initialization)."""
         from medimg.models import build_network
 
         return build_network(self.meta["architecture"], **self.meta["network"])
@@ -144,7 +144,7 @@ def _classification_pipeline(name: str) -> Pipeline:
 
 def _initial_model(pipeline: Pipeline, s: Mapping[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The starting model and its checkpoint metadata: ``weights`` when given, else a fresh ``architecture``
-    (default ``compact``) initialised with ``seed``."""
+    (default ``compact``) initialized with ``seed``."""
     import torch
 
     from medimg.models import build_network, load_checkpoint
@@ -247,10 +247,10 @@ def save_server(
     path: Path,
     role: str,
     *,
-    personalised: bool = True,
+    personalized: bool = True,
     trained_on: Sequence[str] | None = None,
 ) -> None:
-    """The best global model to ``path``; under the ``local`` BN policy also each site's personalised
+    """The best global model to ``path``; under the ``local`` BN policy also each site's personalized
     model (best global weights + that site's own BN) to ``<stem>_<site>.pt`` beside it.
 
     ``trained_on``: the names of the sites whose images trained it (default: the federation's
@@ -264,7 +264,7 @@ def save_server(
         "best_val_" + fed.config.monitor: server.best_value,
         "trained_on": list(trained_on) if trained_on is not None else [s.name for s in fed.sites],
     }
-    for name, state in server.site_models().items() if personalised and fed.config.bn_policy == "local" else ():
+    for name, state in server.site_models().items() if personalized and fed.config.bn_policy == "local" else ():
         model.load_state_dict(state)
         save_checkpoint(path.with_name(f"{path.stem}_{name}.pt"), model, federation_meta(fed, f"{role}:{name}", extra))
     model.load_state_dict(server.best_state if server.best_state is not None else server.state)

@@ -19,9 +19,9 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray | None, *, alpha: float =
     grey = np.clip(np.nan_to_num(image), 0, 1)[..., None].repeat(3, axis=2)
     if heatmap is None:
         return (grey * 255).astype(np.uint8)
-    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+    colors = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
     weight = alpha * np.clip(heatmap, 0, 1)[..., None]  # transparent where the map is cold
-    return ((grey * (1 - weight) + colours * weight) * 255).astype(np.uint8)
+    return ((grey * (1 - weight) + colors * weight) * 255).astype(np.uint8)
 
 
 def write_overlay(

@@ -8,7 +8,7 @@ missing replicates (same architecture, other seeds) and the second-architecture 
 pipeline's own training.
 
 Images audited: the items with ground-truth boxes (the positives, as in the paper) when the
-dataset has boxes, otherwise every item (no localisation criterion then); at most ``max_images``,
+dataset has boxes, otherwise every item (no localization criterion then); at most ``max_images``,
 in the dataset's sorted order. The average-mask prior is, as in the paper, the mean of the training
 and validation masks (:func:`training_prior`: the folder the model was trained on, its own test
 split and the audited patients left out); ``prior="leave-one-out"`` uses the audited images instead
@@ -163,7 +163,7 @@ def _localizer_training_set(
 
     items = [i for i in pipeline.load_dataset(data_dir) if str(i.get("patient_id")) not in exclude]
     if not any(i.get("boxes") for i in items):
-        raise DatasetError(f"{data_dir}: no boxes to train the supervised localiser on")
+        raise DatasetError(f"{data_dir}: no boxes to train the supervised localizer on")
     transform = pipeline.transforms(preprocessing, train=False)
     images = torch.stack([torch.as_tensor(pipeline.load(item, transform)).float() for item in items])
     return images, _masks(items, preprocessing["image_size"])
@@ -181,9 +181,9 @@ def localizer_baseline(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Maps of the "fully supervised" localiser(s) on the audited images: ``(maps, replica maps, source)``.
+    """Maps of the "fully supervised" localizer(s) on the audited images: ``(maps, replica maps, source)``.
 
-    ``localizers`` are saved localisers (:func:`saliency.localizer.save_localizer`); with
+    ``localizers`` are saved localizers (:func:`saliency.localizer.save_localizer`); with
     ``train_data`` the missing ones (up to two: seeds ``seed`` and ``seed + 1``) are trained on that
     folder's boxes, never on the audited patients, and saved under ``OUT/localizers/`` (a rerun
     reuses them).
@@ -327,7 +327,7 @@ def _training_folder(meta: Mapping[str, Any], train_data: str | os.PathLike[str]
 def _reference_models(
     model: torch.nn.Module, meta: Mapping[str, Any], weights: str | os.PathLike[str], seed: int
 ) -> list[AuditModel]:
-    """The ``trained`` model and its ``untrained`` twin (its architecture, randomly initialised with ``seed``)."""
+    """The ``trained`` model and its ``untrained`` twin (its architecture, randomly initialized with ``seed``)."""
     import torch
 
     from medimg.models import build_network
@@ -338,7 +338,7 @@ def _reference_models(
     untrained = build_network(arch, **meta["network"]).eval()
     return [
         AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights)),
-        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialisation, seed {seed}"),
+        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialization, seed {seed}"),
     ]
 
 
@@ -387,7 +387,7 @@ def _add_localizer_baseline(
     progress: bool,
 ) -> None:
     """Set ``data.localizer`` / ``data.localizer_replica`` (:func:`localizer_baseline`); ``train``: train the
-    missing localisers on ``source``, the training folder."""
+    missing localizers on ``source``, the training folder."""
     if train and (source is None or not source.is_dir()):
         raise DatasetError(f"{source or 'the weights record no training folder'}: no training boxes for "
                            "--train-localizer (pass --train-data)")  # fmt: skip
@@ -395,7 +395,7 @@ def _add_localizer_baseline(
         pipeline, data, preprocessing, out, localizers=localizers, train_data=source if train else None,
         epochs=epochs, seed=seed, progress=progress,
     )  # fmt: skip
-    data.description += f"; supervised localiser: {located}"
+    data.description += f"; supervised localizer: {located}"
 
 
 def audit_pipeline(
@@ -434,10 +434,10 @@ def audit_pipeline(
     (``other_architecture``, default :data:`OTHER_ARCHITECTURE`). ``prior="training"`` makes the
     average-mask prior from ``prior_data`` (or ``train_data``, or the folder the weights were
     trained on): its training + validation masks; ``"leave-one-out"`` from the audited images.
-    ``localizers`` / ``train_localizer`` add the supervised-localiser baseline (see
+    ``localizers`` / ``train_localizer`` add the supervised-localizer baseline (see
     :func:`localizer_baseline`); ``variants`` maps a label to another checkpoint of the pipeline
     (e.g. attention models trained with 0%, 10% and 100% box supervision) whose maps (attention
-    when gated, else Grad-CAM) are scored for localisation on the same images.
+    when gated, else Grad-CAM) are scored for localization on the same images.
 
     Raises:
         DatasetError: bad data folder; ValueError: a 3-D pipeline, models whose preprocessing differs,

@@ -75,9 +75,9 @@ def site_dataset(
 #: Attention-gate training settings (``medimg train ... --attention``).
 ATTENTION_DEFAULTS: dict[str, Any] = {
     "heads": 1,
-    "activation": "softmax",  # measured: sigmoid maps localised worse (README, "Trainable attention")
-    "regulariser": "none",
-    "regulariser_weight": 0.0,
+    "activation": "softmax",  # measured: sigmoid maps localized worse (README, "Trainable attention")
+    "regularizer": "none",
+    "regularizer_weight": 0.0,
     "box_fraction": 0.0,
     "box_weight": 1.0,
 }
@@ -107,7 +107,7 @@ class TrainPipelineConfig:
         epochs: training epochs (>= 1).
         batch_size: items per training batch (>= 1).
         lr: AdamW learning rate.
-        seed: seed of the patient split, the initialisation and the augmentation.
+        seed: seed of the patient split, the initialization and the augmentation.
         val_fraction: fraction of patients in the validation split, in (0, 1).
         cache: cache the decoded images on disk (``run_dir/cache``) so later epochs skip decoding.
         resume: continue from ``run_dir/last.pt`` when it exists.
@@ -115,7 +115,7 @@ class TrainPipelineConfig:
         note: free text stored in the checkpoint (what the weights are valid for).
         loss: brats: ``dice`` (None means dice) or ``dicece``; 2-D pipelines ignore it.
         attention: wrap the classifier in the trainable attention gate of :mod:`saliency.attention`
-            (keys of :data:`ATTENTION_DEFAULTS`: heads, activation, regulariser and its weight, the
+            (keys of :data:`ATTENTION_DEFAULTS`: heads, activation, regularizer and its weight, the
             fraction of positive training images whose boxes supervise the map, and the box loss
             weight); None: no gate. The settings are recorded in the checkpoint.
         quiet: no progress bar.
@@ -201,8 +201,8 @@ def train_pipeline(
     model = build_network(config.architecture, **network)
     if gate is not None:
         model.configure_losses(
-            regulariser=gate["regulariser"],
-            regulariser_weight=float(gate["regulariser_weight"]),
+            regularizer=gate["regularizer"],
+            regularizer_weight=float(gate["regularizer_weight"]),
             box_weight=float(gate["box_weight"]) if supervised else 0.0,
         )
     loop_config = TrainConfig(
@@ -224,7 +224,7 @@ def train_pipeline(
         checkpoint_meta=meta,
         resume=config.resume,
         quiet=config.quiet,
-        extra_loss=model.auxiliary_loss if gate is not None else None,  # the gate's regulariser, box loss
+        extra_loss=model.auxiliary_loss if gate is not None else None,  # the gate's regularizer, box loss
     )
     from medimg.training import rank
 
@@ -280,7 +280,7 @@ def _split_datasets(
 
 
 def _class_balance(labels: Sequence[str], train_items: list[dict]) -> tuple[dict[str, int], list[float]]:
-    """Training images per class name, and inverse-frequency class weights normalised to mean 1
+    """Training images per class name, and inverse-frequency class weights normalized to mean 1
     (absent classes get weight 0)."""
     counts = Counter(int(item["label"]) for item in train_items)
     n_classes = len(labels)

@@ -1,6 +1,6 @@
 """Trainable saliency: a spatial attention gate between a CNN backbone and its classifier.
 
-**This is our design, not paper B's.** Paper B (Aggarwal et al., arXiv 2011.07482) adds a
+**This is our design, not Aggarwal et al.'s.** Aggarwal et al. (arXiv 2011.07482) adds a
 "model design element agnostic to both architecture complexity and model task" that makes the
 classifier self-explanatory, but its exact element, read-out and numbers are not public. What
 follows is our own design (docs/commands/saliency.md). Its closest published relatives are the
@@ -30,14 +30,14 @@ Model (:class:`AttentionClassifier`), for a backbone feature map ``F in R^{K x s
   and the model starts as global average pooling; the gate's hidden layer and the linear head
   use PyTorch's defaults; the backbone keeps MONAI's init.
 * **Read-out** (:meth:`AttentionClassifier.attention`): the head mean of ``A``, upsampled
-  (bilinear / trilinear, ``align_corners=False``) to the input size, *not* normalised; the
-  saliency protocol (§2-5) min-max normalises it like every other map.
+  (bilinear / trilinear, ``align_corners=False``) to the input size, *not* normalized; the
+  saliency protocol min-max normalizes it like every other map.
 * **Training**: image-level labels only, end to end with the classification loss; optional
-  regularisers on the maps (:func:`attention_regulariser`: ``"sparsity"`` = mean of ``A``,
+  regularizers on the maps (:func:`attention_regularizer`: ``"sparsity"`` = mean of ``A``,
   ``"tv"`` = total variation) and, where boxes exist, :func:`box_supervision_loss`.
-* **Sanity** (§3): :meth:`AttentionClassifier.randomization_blocks` lists the head, then the gate,
-  then the backbone's blocks top-down, so cascading randomisation re-initialises the gate (to
-  its own near-uniform initialiser) right after the logits.
+* **Sanity**: :meth:`AttentionClassifier.randomization_blocks` lists the head, then the gate,
+  then the backbone's blocks top-down, so cascading randomization re-initializes the gate (to
+  its own near-uniform initializer) right after the logits.
 
 The backbone is a MONAI ``DenseNet`` (``"densenet121"``, ``"compact"``) or ``ResNet``
 (``"resnet18"``, ``"resnet-compact"``) from :func:`medimg.models.build_network`, 2-D or 3-D. Its
@@ -74,19 +74,19 @@ from saliency.randomization import Blocks, named_blocks, prefix_blocks
 
 __all__ = [
     "ACTIVATIONS",
-    "REGULARISERS",
+    "REGULARIZERS",
     "WRAPPER_NAME",
     "AttentionClassifier",
     "AttentionGate",
     "attention_network",
-    "attention_regulariser",
+    "attention_regularizer",
     "box_supervision_loss",
 ]
 
 #: Name under which the wrapper is registered with :func:`medimg.models.register_wrapper`.
 WRAPPER_NAME = "attention"
 ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
-REGULARISERS: tuple[str, ...] = ("none", "sparsity", "tv")
+REGULARIZERS: tuple[str, ...] = ("none", "sparsity", "tv")
 #: Standard deviation of the scoring weights times sqrt(fan_in): small, so the first map is near-uniform.
 SCORE_INIT_SCALE = 0.01
 _EPS = 1e-6
@@ -94,10 +94,10 @@ _WRAPPER_KEYS = ("name", "heads", "activation", "hidden")
 
 
 class _PointwiseScore(nn.Module):
-    """The scoring 1x1 convolution ``(B, C, *s) -> (B, heads, *s)`` with its own near-uniform initialiser.
+    """The scoring 1x1 convolution ``(B, C, *s) -> (B, heads, *s)`` with its own near-uniform initializer.
 
-    It owns its parameters (it is not a ``Conv``), so cascading randomisation re-initialises it
-    through :meth:`reset_parameters`, i.e. with the initialiser the model was built with.
+    It owns its parameters (it is not a ``Conv``), so cascading randomization re-initializes it
+    through :meth:`reset_parameters`, i.e. with the initializer the model was built with.
     """
 
     def __init__(self, in_channels: int, heads: int) -> None:
@@ -145,7 +145,7 @@ class AttentionGate(nn.Module):
         self.score = _PointwiseScore(hidden or channels, heads)
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores ``z`` ``(B, heads, *s)``."""
+        """Unnormalized scores ``z`` ``(B, heads, *s)``."""
         x = features
         if self.hidden is not None:
             x = self.relu(self.hidden(x))
@@ -252,27 +252,27 @@ class AttentionClassifier(nn.Module):
         self.hidden = hidden
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.last_attention: torch.Tensor | None = None
-        self.regulariser, self.regulariser_weight, self.box_weight = "none", 0.0, 0.0
+        self.regularizer, self.regularizer_weight, self.box_weight = "none", 0.0, 0.0
 
     def configure_losses(
-        self, *, regulariser: str = "none", regulariser_weight: float = 0.0, box_weight: float = 0.0
+        self, *, regularizer: str = "none", regularizer_weight: float = 0.0, box_weight: float = 0.0
     ) -> None:
         """Set the training-time terms :meth:`auxiliary_loss` adds to the classification loss: a
-        regulariser (:func:`attention_regulariser`) with its weight, and the weight of the box
+        regularizer (:func:`attention_regularizer`) with its weight, and the weight of the box
         supervision (:func:`box_supervision_loss`). They are training settings, not weights: the
         pipeline records them in the checkpoint's training metadata."""
-        if regulariser not in REGULARISERS:
-            raise ValueError(f"unknown attention regulariser {regulariser!r}; known: {', '.join(REGULARISERS)}")
-        if regulariser_weight < 0 or box_weight < 0:
+        if regularizer not in REGULARIZERS:
+            raise ValueError(f"unknown attention regularizer {regularizer!r}; known: {', '.join(REGULARIZERS)}")
+        if regularizer_weight < 0 or box_weight < 0:
             raise ValueError("loss weights must be >= 0")
-        self.regulariser, self.regulariser_weight, self.box_weight = (
-            regulariser,
-            float(regulariser_weight),
+        self.regularizer, self.regularizer_weight, self.box_weight = (
+            regularizer,
+            float(regularizer_weight),
             float(box_weight),
         )
 
     def auxiliary_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """``regulariser_weight * regulariser(A) + box_weight * BCE(A, boxes)`` for the last forward.
+        """``regularizer_weight * regularizer(A) + box_weight * BCE(A, boxes)`` for the last forward.
 
         Meant as the ``extra_loss`` of :func:`medimg.training.train_classifier`
         (``extra_loss=model.auxiliary_loss``), which calls it after each training forward with the
@@ -284,8 +284,8 @@ class AttentionClassifier(nn.Module):
             raise RuntimeError("auxiliary_loss needs a forward pass first")
         attention = self.last_attention
         total = attention.new_zeros(())
-        if self.regulariser != "none" and self.regulariser_weight > 0:
-            total = total + self.regulariser_weight * attention_regulariser(attention, self.regulariser)
+        if self.regularizer != "none" and self.regularizer_weight > 0:
+            total = total + self.regularizer_weight * attention_regularizer(attention, self.regularizer)
         if self.box_weight > 0 and isinstance(batch, Mapping) and "box_mask" in batch:
             masks = torch.as_tensor(batch["box_mask"]).to(attention.device).float()
             weight = torch.as_tensor(batch.get("box_weight", 1.0)).to(attention.device).float().reshape(-1)
@@ -343,7 +343,7 @@ class AttentionClassifier(nn.Module):
         return self.head(self.pool(features, attention))
 
     def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits (B, n), maps (B, 1, *input_spatial))``: heads averaged, upsampled, not normalised.
+        """``(logits (B, n), maps (B, 1, *input_spatial))``: heads averaged, upsampled, not normalized.
 
         Upsampling is linear (bilinear / trilinear, ``align_corners=False``), so the maps stay in
         ``[0, 1]``. Gradients flow when enabled; wrap in ``torch.no_grad()`` for read-out.
@@ -355,7 +355,7 @@ class AttentionClassifier(nn.Module):
         return logits, maps
 
     def randomization_blocks(self, include_stem: bool = True) -> Blocks:
-        """Top-down randomisation stages: ``("logits", ["head"])``, ``("gate", ["gate"])``, then the backbone's.
+        """Top-down randomization stages: ``("logits", ["head"])``, ``("gate", ["gate"])``, then the backbone's.
 
         The backbone's blocks are :func:`saliency.randomization.named_blocks` of ``self.backbone``
         (its classifier is gone, so it has no "logits" stage of its own), prefixed ``backbone.``.
@@ -375,7 +375,7 @@ def attention_network(
     hidden: int = 0,
     **backbone_kwargs: Any,
 ) -> AttentionClassifier:
-    """An :class:`AttentionClassifier` on a freshly initialised ``architecture`` backbone.
+    """An :class:`AttentionClassifier` on a freshly initialized ``architecture`` backbone.
 
     Args:
         architecture: ``"densenet121"``, ``"compact"``, ``"resnet18"`` or ``"resnet-compact"``.
@@ -423,7 +423,7 @@ register_wrapper(WRAPPER_NAME, _build_from_network_kwargs)
 # ---------------------------------------------------------------------------------------------- losses
 
 
-def attention_regulariser(maps: torch.Tensor, kind: str) -> torch.Tensor:
+def attention_regularizer(maps: torch.Tensor, kind: str) -> torch.Tensor:
     """A scalar penalty on attention maps ``(B, heads, *s)`` (e.g. :attr:`AttentionClassifier.last_attention`).
 
     * ``"sparsity"``: the mean of ``A`` over everything (pushes sigmoid maps towards small
@@ -437,8 +437,8 @@ def attention_regulariser(maps: torch.Tensor, kind: str) -> torch.Tensor:
     Raises:
         ValueError: unknown kind, or maps with fewer than 3 dimensions.
     """
-    if kind not in REGULARISERS:
-        raise ValueError(f"unknown attention regulariser {kind!r}; known: {', '.join(REGULARISERS)}")
+    if kind not in REGULARIZERS:
+        raise ValueError(f"unknown attention regularizer {kind!r}; known: {', '.join(REGULARIZERS)}")
     if maps.ndim < 3:
         raise ValueError(f"attention maps must be (B, heads, *spatial), got shape {tuple(maps.shape)}")
     if kind == "none":

@@ -5,10 +5,10 @@ maps for localizing abnormalities in medical imaging") over any torch classifier
 images with ground-truth masks. The rules of each criterion come from a preset,
 :mod:`saliency.protocol` (``paper``, the default, or ``calibrated``):
 
-1. **Localisation utility**: per-image AUPRC of each map against the mask, for the trained model,
+1. **Localization utility**: per-image AUPRC of each map against the mask, for the trained model,
    an untrained model of the same architecture (informative), the average-mask prior and
-   (optional) a supervised localiser's maps (informative).
-2. **Randomisation sensitivity**: cascading top-down re-initialisation of the network's named
+   (optional) a supervised localizer's maps (informative).
+2. **Randomization sensitivity**: cascading top-down re-initialization of the network's named
    blocks (:mod:`saliency.randomization`; the stem stays trained unless ``include_stem``), for
    each replicate of the audited architecture; per state the SSIM between each image's map and
    its map under that replicate. Baseline: the inter-image SSIM (maps of different images under
@@ -70,9 +70,9 @@ class AuditModel:
 
     Attributes:
         name: its role: ``"trained"``, ``"replica1"``, ``"replica2"``, ... (same architecture, other
-            seeds), ``"other"`` (another architecture), ``"untrained"`` (fresh initialisation) or
-            ``"variant:LABEL"`` (another model scored for localisation only).
-        model: the classifier (never modified: methods and randomisation work on copies).
+            seeds), ``"other"`` (another architecture), ``"untrained"`` (fresh initialization) or
+            ``"variant:LABEL"`` (another model scored for localization only).
+        model: the classifier (never modified: methods and randomization work on copies).
         architecture: its architecture name (reported).
         layer: Grad-CAM layer name (None: the methods' automatic choice).
         source: where the weights came from (a path, "trained here", "random init, seed 0").
@@ -92,13 +92,13 @@ class AuditData:
     Attributes:
         ids: one identifier per image.
         images: ``(N, C, *spatial)`` float32 preprocessed network inputs.
-        masks: ``(N, *spatial)`` bool ground-truth regions (None: no localisation criterion).
+        masks: ``(N, *spatial)`` bool ground-truth regions (None: no localization criterion).
         labels: ``(N,)`` ground-truth classes (reported beside the explained class), or None.
         prior: the average-mask prior ``(*spatial)``; None = leave-one-out over ``masks`` (image
             i's prior is the mean of the other images' masks).
         prior_source: how the prior was made (reported).
-        localizer: ``(N, *spatial)`` maps of a supervised localiser (optional baseline).
-        localizer_replica: the maps of a second localiser trained with another seed: their SSIM
+        localizer: ``(N, *spatial)`` maps of a supervised localizer (optional baseline).
+        localizer_replica: the maps of a second localizer trained with another seed: their SSIM
             with ``localizer`` is the repeatability baseline (informative).
         to_display: maps an array on the network grid to viewing orientation (e.g. a transpose
             for MONAI's (X, Y) grid); identity by default.
@@ -131,10 +131,10 @@ class AuditConfig:
         preset: the protocol, ``"paper"`` or ``"calibrated"`` (:mod:`saliency.protocol`): SSIM
             data range, statistics, pass rules, replicates and prior, together.
         method_preset: the methods' settings, ``"paper"`` (the paper code's) or ``"captum"``.
-        include_stem: the last randomisation state re-initialises the stem too (a fully random
-            network); the paper never randomises it.
+        include_stem: the last randomization state re-initializes the stem too (a fully random
+            network); the paper never randomizes it.
         pairs_per_image: random partners per image for the inter-image SSIM baseline.
-        seed: seeds the noise of SmoothGrad, the randomisation and the baseline pairs.
+        seed: seeds the noise of SmoothGrad, the randomization and the baseline pairs.
         alpha: significance level after Holm correction.
         batch_size: images x samples per forward/backward chunk.
         examples: images shown in the overlay figure.
@@ -171,7 +171,7 @@ class AuditConfig:
 
 @dataclass
 class _Plan:
-    """What the audit will compute: methods (controls last), criteria, model roles, randomisation stages."""
+    """What the audit will compute: methods (controls last), criteria, model roles, randomization stages."""
 
     protocol: AuditProtocol
     methods: list[str]
@@ -221,7 +221,7 @@ def _criteria(
     criteria, notes = list(config.criteria), []
     if "localization" in criteria and data.masks is None:
         criteria.remove("localization")
-        notes.append("Localisation skipped: no ground-truth masks or boxes.")
+        notes.append("Localization skipped: no ground-truth masks or boxes.")
     if "repeatability" in criteria and len(replicates) < 2:
         criteria.remove("repeatability")
         notes.append("Repeatability skipped: no replicate model (--replica or --train-replicas).")
@@ -245,7 +245,7 @@ def _plan(data: AuditData, models: Sequence[AuditModel], config: AuditConfig) ->
     if len(given) + 1 != protocol.replicates and {"randomization", "repeatability"} & set(config.criteria):
         notes.append(
             f"The '{protocol.name}' preset uses {protocol.replicates} replicates of the audited architecture; "
-            f"{len(given) + 1} given, {len(replicates)} used (randomisation curves and repeatability pairs are "
+            f"{len(given) + 1} given, {len(replicates)} used (randomization curves and repeatability pairs are "
             "over these)."
         )
     criteria, skipped = _criteria(config, data, by_name, replicates)
@@ -274,16 +274,16 @@ def _compute_maps(plan: _Plan, by_name: Mapping[str, AuditModel], cache: MapCach
                 plan.notes.append(f"Attention: the {role} model ({entry.architecture}) has no gate; not compared.")
                 continue
             maps.setdefault(role, {})[method] = cache.maps(entry.model, method, entry.layer)
-    for entry in plan.variants:  # localisation of differently trained models (e.g. box supervision levels)
+    for entry in plan.variants:  # localization of differently trained models (e.g. box supervision levels)
         method = ATTENTION if has_attention(entry.model) else "gradcam"
         maps[entry.name] = {method: cache.maps(entry.model, method, entry.layer)}
     return maps
 
 
 def randomization_seed(seed: int, replicates: Sequence[str], role: str) -> int:
-    """The re-initialisation seed of a replicate: ``seed`` plus its index (``trained`` 0, ``replica1`` 1, ...).
+    """The re-initialization seed of a replicate: ``seed`` plus its index (``trained`` 0, ``replica1`` 1, ...).
 
-    Each replicate is randomised with its own draws, as the paper's independently randomised
+    Each replicate is randomized with its own draws, as the paper's independently randomized
     replicates were, so the SD over replicates covers the draws as well as the training.
     """
     return int(seed) + list(replicates).index(role)
@@ -297,7 +297,7 @@ def _randomize(
     data: AuditData,
     config: AuditConfig,
 ) -> tuple[list[dict[str, Any]], dict[str, RandomizationScores]]:
-    """Per-image SSIM rows of every randomised state of every replicate, and each method's scores."""
+    """Per-image SSIM rows of every randomized state of every replicate, and each method's scores."""
     from saliency.audit_rows import stage_rows
     from saliency.randomization import cascading_randomization
 
@@ -331,7 +331,7 @@ def _randomize(
 def _baselines(
     plan: _Plan, maps: Mapping[str, Mapping[str, Any]], scores: dict[str, RandomizationScores], config: AuditConfig
 ) -> list[dict[str, Any]]:
-    """The inter-image SSIM baseline of each method under each randomised replicate (one summary row each)."""
+    """The inter-image SSIM baseline of each method under each randomized replicate (one summary row each)."""
     from saliency.audit_rows import baseline_ssim
 
     rows: list[dict[str, Any]] = []
@@ -471,7 +471,7 @@ def _summary(
 def _localizer_agreement(
     plan: _Plan, data: AuditData, pairs: Mapping[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """Informative rows: the two supervised localisers' SSIM, the repeatability baseline of the paper."""
+    """Informative rows: the two supervised localizers' SSIM, the repeatability baseline of the paper."""
     from saliency.criteria import ssim
 
     if "repeatability" not in plan.criteria or data.localizer is None or data.localizer_replica is None:
@@ -488,7 +488,7 @@ def _localizer_agreement(
             "criterion": "repeatability",
             "statistic": "mean SSIM",
             "value": finite_mean([r["ssim"] for r in pairs["repeatability"] if r["method"] == method]),
-            "baseline": "supervised localiser pair (two seeds)",
+            "baseline": "supervised localizer pair (two seeds)",
             "baseline_value": finite_mean(pair),
             "p_value": float("nan"),
             "p_holm": float("nan"),
@@ -505,7 +505,7 @@ def _localizer_agreement(
 def _variant_rows(
     plan: _Plan, data: AuditData, maps: Mapping[str, Mapping[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Localisation rows of the variant models and one comparison row per variant."""
+    """Localization rows of the variant models and one comparison row per variant."""
     from saliency.audit_rows import localization_rows
 
     if not plan.variants or "localization" not in plan.criteria or data.masks is None:
@@ -544,9 +544,9 @@ def _mark_discrimination(
 #: Why a control can pass a criterion: structural for the two agreement criteria, data-dependent otherwise.
 _WHY = {
     "repeatability": "a map that ignores the model is identical for every model, so this criterion can only "
-    "be read beside randomisation",
+    "be read beside randomization",
     "reproducibility": "a map that ignores the model is identical for every model, so this criterion can only "
-    "be read beside randomisation",
+    "be read beside randomization",
     "localization": "on these images an edge or intensity map already beats the prior, so beating it says "
     "little about the model",
 }
@@ -659,8 +659,8 @@ def run_audit(
     Args:
         data: images and ground truth (:class:`AuditData`).
         models: the networks by role (:class:`AuditModel`); ``trained`` is required, ``untrained``
-            enables the localisation baseline, ``replica1``, ``replica2`` ... repeatability (and
-            more randomisation replicates), ``other`` reproducibility. A criterion whose inputs are
+            enables the localization baseline, ``replica1``, ``replica2`` ... repeatability (and
+            more randomization replicates), ``other`` reproducibility. A criterion whose inputs are
             missing is skipped and the report says why.
         config: :class:`AuditConfig`.
         out: output folder (created; a rerun reuses ``OUT/cache``).

@@ -177,8 +177,8 @@ def _opening(report: Report, result: AuditResult, config: Any) -> None:
     protocol = result.settings["protocol"]
     report.text(
         f"Preset '{protocol['name']}': SSIM data range {protocol['data_range']:g} for every criterion; "
-        f"localisation statistic: {protocol['localization_statistic'].replace('_', ' ')}; model replicates: "
-        f"{len(result.settings['replicates'])} used ({protocol['replicates']} in the preset); randomisation "
+        f"localization statistic: {protocol['localization_statistic'].replace('_', ' ')}; model replicates: "
+        f"{len(result.settings['replicates'])} used ({protocol['replicates']} in the preset); randomization "
         f"{'includes' if config.include_stem else 'stops above'} the stem. Method settings: '{config.method_preset}'."
     )
 
@@ -186,14 +186,14 @@ def _opening(report: Report, result: AuditResult, config: Any) -> None:
 def _localization_section(report: Report, result: AuditResult, methods: Sequence[str]) -> None:
     rows = result.rows["localization.csv"]
     statistic = result.settings["protocol"]["localization_statistic"]
-    report.heading("Localisation utility (AUPRC)")
+    report.heading("Localization utility (AUPRC)")
     groups: list[tuple[str, np.ndarray]] = []
     for method in methods:
         for source in ("trained", "untrained"):
             values = [r[statistic] for r in rows if r["method"] == method and r["source"] == source]
             if values:
                 groups.append((f"{method_label(method)} ({source})", np.asarray(values, dtype=float)))
-    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
+    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localizer")):
         values = [r[statistic] for r in rows if r["source"] == source]
         if values:
             groups.append((label, np.asarray(values, dtype=float)))
@@ -206,7 +206,7 @@ def _localization_section(report: Report, result: AuditResult, methods: Sequence
         {"maps": method_label(m), **_source_means([r for r in rows if r["method"] == m and r["source"] == "trained"])}
         for m in methods
     ]
-    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localiser")):
+    for source, label in (("prior", "average-mask prior"), ("localizer", "supervised localizer")):
         chosen = [r for r in rows if r["source"] == source]
         if chosen:
             comparison.append({"maps": label, **_source_means(chosen)})
@@ -293,10 +293,10 @@ def write_report(
     if "localization" in criteria and result.rows["localization.csv"]:
         _localization_section(report, result, methods)
     if "randomization" in criteria and result.randomization:
-        report.heading("Sensitivity to cascading weight randomisation")
+        report.heading("Sensitivity to cascading weight randomization")
         report.figure(
             _randomization_figure(result.randomization, methods),
-            "Mean SSIM between each image's map under the progressively randomised network and under the "
+            "Mean SSIM between each image's map under the progressively randomized network and under the "
             "trained one (top-down, cumulative): thin lines per model replicate, thick line their mean, band "
             "+/- SD over replicates; dashed: the inter-image SSIM baseline. Table: randomization.csv.",
         )
@@ -329,7 +329,7 @@ def _summary_and_settings(report: Report, result: AuditResult) -> None:
         report.table(
             [{"setting": k, "value": json.dumps(v, default=str)} for k, v in settings["randomization"].items()],
             ["setting", "value"],
-            caption="Randomisation",
+            caption="Randomization",
         )
     report.table(
         [{"role": k, **v} for k, v in settings["models"].items()],

@@ -23,7 +23,7 @@ class AuditResult:
         rows: the per-image tables by file name (``localization.csv``, ``randomization.csv``,
             ``repeatability.csv``, ``reproducibility.csv``).
         randomization: ``{method: saliency.verdicts.RandomizationScores}``.
-        variant_rows: localisation of the other models (``--variant``).
+        variant_rows: localization of the other models (``--variant``).
         settings: everything recorded in ``settings.json``.
         notes: what was skipped or substituted, and why.
         files: the files written.

@@ -111,7 +111,7 @@ def stage_rows(
     *,
     calibrate: bool,
 ) -> list[dict[str, Any]]:
-    """SSIM per image between a randomised state's maps and the original model's."""
+    """SSIM per image between a randomized state's maps and the original model's."""
     rows = []
     for i, image_id in enumerate(ids):
         value, range2 = _ssims(reference.maps[i], batch.maps[i], data_range, calibrate)
@@ -164,7 +164,7 @@ def calibration_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every (range-2 SSIM, protocol-range SSIM) pair of ``method`` in randomization.csv and the model-pair tables.
 
-    Randomised states span the whole SSIM scale (1 at the top state down to unrelated maps), so they
+    Randomized states span the whole SSIM scale (1 at the top state down to unrelated maps), so they
     place the line; the inter-image baseline pairs are not used (their per-pair values are not written).
     """
     rows = [r for r in rand_rows if r["method"] == method and r["stage_index"] > 0]

@@ -3,7 +3,7 @@
 For a head ``logits = W @ GAP(A) + b`` (DenseNet, ResNet and every MONAI classifier we build),
 the Grad-CAM channel weights are ``d logit_c / d A_k`` averaged over space, which is exactly
 ``W[c, k] / (h * w)``. Grad-CAM = ReLU(sum_k alpha_k A_k) therefore equals the class activation
-map ReLU(W[c] . A) up to a positive factor, and after normalisation to [0, 1] the two maps are
+map ReLU(W[c] . A) up to a positive factor, and after normalization to [0, 1] the two maps are
 identical. Computing it from the forward pass alone gives the prediction and the map together,
 without a backward pass (a test checks the equality against MONAI's ``GradCAM``). Maps are scaled
 so that 1 marks the most important pixels (MONAI's default post-processing maps the maximum to 0).
@@ -50,7 +50,7 @@ def gradcam_forward(
 
     Returns:
         ``(logits (B, n_classes), maps (B, 1, *spatial))``: maps upsampled (bilinear or
-        trilinear) to the input size and normalised to [0, 1] per image (all-zero maps stay 0).
+        trilinear) to the input size and normalized to [0, 1] per image (all-zero maps stay 0).
     """
     modules = dict(model.named_modules())
     if feature_layer not in modules:

@@ -10,11 +10,11 @@ model. Every audit therefore scores two such controls beside the methods, throug
 
 Both go through the paper's post-processing chain (absolute value, channel sum, 99th-percentile
 clip, min-max); the image keeps its sign (it is the image as the network sees it). They ignore the
-weights, so under cascading randomisation their SSIM stays 1 and they must fail that criterion. A
+weights, so under cascading randomization their SSIM stays 1 and they must fail that criterion. A
 control that *passes* a criterion shows that the criterion does not tell model-aware maps from
 model-blind ones on this setting: the report says so in its first lines, and the summary marks the
 criterion as not discriminating. Repeatability and reproducibility are always so marked (a map
-blind to the model is the same for every model); localisation depends on the images.
+blind to the model is the same for every model); localization depends on the images.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@
 - Randomization, repeatability, reproducibility: :func:`ssim` between two maps;
   :func:`inter_image_ssim` is the randomization baseline (SSIM between maps of different images).
 - Statistics: :func:`paired_wilcoxon_holm` (paired tests against a baseline, Holm-corrected across
-  methods), :func:`holm`, and :func:`summarise` (distribution plus bootstrap CI of the mean).
+  methods), :func:`holm`, and :func:`summarize` (distribution plus bootstrap CI of the mean).
 
 Degenerate maps (a NaN, or a constant map) score NaN everywhere, so that callers exclude them and
-count them (:func:`summarise` reports ``n_nan``).
+count them (:func:`summarize` reports ``n_nan``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "inter_image_ssim",
     "paired_wilcoxon_holm",
     "ssim",
-    "summarise",
+    "summarize",
 ]
 
 
@@ -43,7 +43,7 @@ def boxes_to_mask(
     *,
     source_shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Rasterise bounding boxes into a boolean mask, with the RSNA rule of paper A.
+    """Rasterise bounding boxes into a boolean mask, with the RSNA rule of Arun et al..
 
     Each box ``(x, y, w, h)`` (x along columns, y along rows) gives the corners ``x, y, x + w, y + h``.
     With ``source_shape = (H_src, W_src)`` each corner coordinate ``c`` is rescaled to
@@ -177,8 +177,8 @@ def ssim(a: ArrayLike, b: ArrayLike, *, data_range: float = 1.0) -> float:
     ``skimage.metrics.structural_similarity`` with a 7-pixel uniform window, K1 = 0.01, K2 = 0.03,
     sample covariance, mean over the map after cropping a ``(win_size - 1) / 2`` border; N-D (2-D
     and 3-D maps alike). ``data_range`` is explicit: 1.0 is the right value for maps in [0, 1];
-    2.0 reproduces paper A, whose 2020-era scikit-image inferred the float range (-1, 1). A larger
-    ``data_range`` raises the stabilising constants and hence the SSIM of dissimilar maps.
+    2.0 reproduces Arun et al., whose 2020-era scikit-image inferred the float range (-1, 1). A larger
+    ``data_range`` raises the stabilizing constants and hence the SSIM of dissimilar maps.
 
     Maps smaller than 7 along some axis use the largest odd window that fits (at least 3).
 
@@ -213,15 +213,15 @@ def inter_image_ssim(
     data_range: float = 1.0,
     seed: int = 0,
 ) -> np.ndarray:
-    """The randomization baseline: SSIM between maps of *different* images (paper A, Fig. 3).
+    """The randomization baseline: SSIM between maps of *different* images (Arun et al., Fig. 3).
 
     For every image ``i``, ``pairs_per_image`` partners are drawn uniformly with replacement from
     the other images with a finite map (never ``i`` itself), with a seeded numpy ``Generator``;
     each pair gives ``ssim(maps[i], maps[j])``. Maps with a non-finite value are skipped: never
-    drawn as partners, and their own ``pairs_per_image`` entries are NaN, so that :func:`summarise`
+    drawn as partners, and their own ``pairs_per_image`` entries are NaN, so that :func:`summarize`
     counts them in ``n_nan``. Unordered pairs drawn twice are computed once (SSIM is symmetric).
 
-    Paper A drew 50 partners for each of its 100 images (about 5 000 pairs; the caption says 50),
+    Arun et al. drew 50 partners for each of its 100 images (about 5 000 pairs; the caption says 50),
     unseeded, with a generator that never drew the last image; we draw from all other images.
 
     Args:
@@ -336,7 +336,7 @@ def paired_wilcoxon_holm(
     return results
 
 
-def summarise(
+def summarize(
     values: ArrayLike,
     *,
     n_boot: int = 1000,

@@ -1,20 +1,20 @@
-"""A dense, fully supervised lesion localiser: the reference a saliency map has to beat.
+"""A dense, fully supervised lesion localizer: the reference a saliency map has to beat.
 
-What it is for. Paper A (Arun et al. 2020; docs/methods/saliency-protocol.md) compares the
+What it is for. Arun et al. (2020; docs/methods/saliency-protocol.md) compares the
 saliency maps of a classifier with the output of a network trained *directly* on the boxes or
 masks: RetinaNet on RSNA pneumonia and a U-Net on SIIM pneumothorax. It serves two criteria:
 
-* **Localisation utility** (criterion 1): the localiser's per-image AUPRC / average precision is
-  the "strong pass" bar; no saliency method in paper A reaches it.
-* **Repeatability** (criterion 3): the SSIM between the maps of *two localisers trained with
+* **Localization utility** (criterion 1): the localizer's per-image AUPRC / average precision is
+  the "strong pass" bar; no saliency method in Arun et al. reaches it.
+* **Repeatability** (criterion 3): the SSIM between the maps of *two localizers trained with
   different seeds* is the bar for the SSIM between two classifier replicates.
 
 Ours is a MONAI :class:`~monai.networks.nets.BasicUNet` with one output channel (a logit per
 pixel or voxel), 2-D or 3-D, trained on the same masks the audit scores against, but on the
-**training** images only, never on the images being audited (otherwise the bar is a memorised
-answer, not a localiser). Its maps are ``sigmoid(logit)`` in [0, 1].
+**training** images only, never on the images being audited (otherwise the bar is a memorized
+answer, not a localizer). Its maps are ``sigmoid(logit)`` in [0, 1].
 
-Settings (:class:`LocalizerConfig`, recorded in every saved localiser):
+Settings (:class:`LocalizerConfig`, recorded in every saved localizer):
 
 * features ``(16, 16, 32, 64, 128, 16)``: a compact BasicUNet (MONAI's default is
   ``(32, 32, 64, 128, 256, 32)``) that trains in seconds on a CPU on 32-pixel images; four
@@ -37,8 +37,8 @@ batches, the flips) comes from ``config.seed`` through private generators, and t
 RNG is left as it was; the same seed on the same machine gives identical weights on the CPU (on
 CUDA only with ``torch.use_deterministic_algorithms(True)``, which is the caller's choice).
 
-Maps are probabilities, not min-max normalised as paper A did with its RetinaNet output: AP and
-AUPRC depend only on the ranking, and SSIM between two localisers is computed with data range 1.
+Maps are probabilities, not min-max normalized as Arun et al. did with its RetinaNet output: AP and
+AUPRC depend only on the ranking, and SSIM between two localizers is computed with data range 1.
 
 Measured (one CPU thread, 64 toy images of 32 x 32, 51 trained on): the defaults take about 10 s
 and reach per-image AP 1.0 on held-out positives; with so few steps per epoch, ``lr=1e-2`` and 5
@@ -96,7 +96,7 @@ class LocalizerConfig:
     Attributes:
         features: the six BasicUNet feature counts (four encoder levels, bottleneck, last decoder).
         epochs: passes over the training images.
-        batch_size: images per optimisation step.
+        batch_size: images per optimization step.
         lr: peak learning rate of AdamW (cosine-annealed to 0 over ``epochs``).
         weight_decay: AdamW's decoupled weight decay.
         seed: seed of the initial weights, the validation split, the batch order and the flips.
@@ -130,7 +130,7 @@ class Localizer(BasicUNet):
         in_channels: image channels.
         features: the six feature counts.
         record: what :func:`train_localizer` did (config, item counts, final metrics, seconds);
-            None for an untrained localiser. Saved in the metadata by :func:`save_localizer`.
+            None for an untrained localizer. Saved in the metadata by :func:`save_localizer`.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, features: Sequence[int] = DEFAULT_FEATURES) -> None:
@@ -151,7 +151,7 @@ class Localizer(BasicUNet):
 def build_localizer(
     spatial_dims: int, in_channels: int, features: Sequence[int] = DEFAULT_FEATURES, *, seed: int | None = None
 ) -> Localizer:
-    """A fresh localiser: BasicUNet, ``(B, in_channels, *s)`` -> logits ``(B, 1, *s)``.
+    """A fresh localizer: BasicUNet, ``(B, in_channels, *s)`` -> logits ``(B, 1, *s)``.
 
     Args:
         spatial_dims: 2 or 3.
@@ -185,7 +185,7 @@ def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         raise ValueError(f"images must be (N, C, H, W) or (N, C, D, H, W), not of shape {tuple(tensor.shape)}")
     if min(tensor.shape[2:]) < MIN_SIZE or math.prod(_bottleneck(tensor.shape[2:])) < 2:
         raise ValueError(
-            f"images of shape {tuple(tensor.shape)} are too small for the localiser: every spatial size must be at "
+            f"images of shape {tuple(tensor.shape)} are too small for the localizer: every spatial size must be at "
             f"least {MIN_SIZE} (the BasicUNet pools four times) and its instance norm needs more than one element "
             "at the bottleneck (each size halved four times), e.g. 32 x 32, 16 x 32 or 16 x 16 x 32"
         )
@@ -260,7 +260,7 @@ def _check_data(
             raise ValueError("masks must be boolean or 0/1")
         y = y != 0
     if not bool(y.any()):
-        raise ValueError("no image has a lesion (every mask is empty): nothing to localise")
+        raise ValueError("no image has a lesion (every mask is empty): nothing to localize")
     return x, y
 
 
@@ -296,7 +296,7 @@ class _ShuffledBatches:
 
 
 class _LocalizerEpochs(EpochSteps):
-    """What each epoch of :func:`train_localizer` does beside the optimisation steps of the shared loop."""
+    """What each epoch of :func:`train_localizer` does beside the optimization steps of the shared loop."""
 
     def __init__(
         self,
@@ -335,7 +335,7 @@ def train_localizer(
     val_fraction: float = 0.2,
     progress: bool = False,
 ) -> tuple[Localizer, list[dict[str, float]]]:
-    """Train a localiser on images and their lesion masks (boxes rasterised as masks).
+    """Train a localizer on images and their lesion masks (boxes rasterised as masks).
 
     Runs the shared epoch loop :func:`medimg.training.run_epochs` (one AdamW step per batch, the
     progress bar, one history row per epoch) with this module's batches, loss and validation.
@@ -421,10 +421,10 @@ def _monai_version() -> str:
 
 
 def localizer_maps(model: nn.Module, images: torch.Tensor | np.ndarray, *, batch_size: int = 8) -> np.ndarray:
-    """The localiser's lesion probability per pixel or voxel.
+    """The localizer's lesion probability per pixel or voxel.
 
     Args:
-        model: a localiser (``(B, C, *s)`` -> logits ``(B, 1, *s)``), on any device; its
+        model: a localizer (``(B, C, *s)`` -> logits ``(B, 1, *s)``), on any device; its
             training/eval mode is restored afterwards.
         images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float; every spatial size at least 16 and
             at least two elements at the bottleneck (e.g. 32 x 32).
@@ -451,7 +451,7 @@ def localizer_maps(model: nn.Module, images: torch.Tensor | np.ndarray, *, batch
                 logits = model(x[start : start + batch_size].to(device))
                 if logits.shape[1] != 1 or logits.shape[2:] != x.shape[2:]:
                     raise ValueError(
-                        f"the localiser returned shape {tuple(logits.shape)} for a batch of shape "
+                        f"the localizer returned shape {tuple(logits.shape)} for a batch of shape "
                         f"{tuple(x[start : start + batch_size].shape)}; it must be (B, 1, *spatial)"
                     )
                 maps.append(torch.sigmoid(logits[:, 0].float()).cpu().numpy())
@@ -466,7 +466,7 @@ def localizer_maps(model: nn.Module, images: torch.Tensor | np.ndarray, *, batch
 
 
 def save_localizer(path: str | os.PathLike[str], model: Localizer, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a localiser to ``path`` atomically (a temporary file renamed when complete).
+    """Write a localizer to ``path`` atomically (a temporary file renamed when complete).
 
     The file is a ``torch.save`` of ``{"format": "medimg-localizer", "version": 1, "state_dict",
     "meta"}``, readable with ``torch.load(weights_only=True)``. ``meta`` holds ``spatial_dims``,
@@ -514,7 +514,7 @@ def save_localizer(path: str | os.PathLike[str], model: Localizer, meta: Mapping
 def load_localizer(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> tuple[Localizer, dict[str, Any]]:
-    """Read a localiser written by :func:`save_localizer`.
+    """Read a localizer written by :func:`save_localizer`.
 
     Args:
         path: the file.
@@ -526,7 +526,7 @@ def load_localizer(
 
     Raises:
         CheckpointError: (a ``ValueError``) the file is missing, unreadable or corrupt, not a
-            medimg localiser, of a newer format version, or its weights do not fit its metadata;
+            medimg localizer, of a newer format version, or its weights do not fit its metadata;
             the message names the file.
     """
     path = Path(path)

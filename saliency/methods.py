@@ -27,7 +27,7 @@ captum's ``GuidedGradCam``); XRAI is the same in both. Every knob is a field of
 :class:`MethodSettings` (``method_settings(method, preset, **overrides)``), and every map goes
 through the method's :class:`~saliency.postprocess.PostProcess` (the paper's map chain).
 
-Why IG is hand-written: PAIR's IG (which paper A used) evaluates the gradient at
+Why IG is hand-written: PAIR's IG (which Arun et al. used) evaluates the gradient at
 ``alpha = linspace(0, 1, steps)`` *including both ends*, with equal weights ``1 / steps``. No captum
 rule does this: ``riemann_trapezoid`` uses the same alphas but halves the end weights,
 ``riemann_left/right/middle`` shift the alphas and ``gausslegendre`` uses Legendre nodes. The
@@ -118,9 +118,9 @@ _RELEVANT: dict[str, tuple[str, ...]] = {
     "integrated_gradients": ("steps", "baseline", "integration", "implementation"),
     "smoothgrad_ig": ("samples", "noise", "noise_relative", "nt_type", "steps", "baseline", "integration",
                       "implementation"),
-    "gradcam": ("relu", "cam_normalise", "interpolation"),
+    "gradcam": ("relu", "cam_normalize", "interpolation"),
     "guided_backprop": (),
-    "guided_gradcam": ("combine", "relu", "cam_normalise", "interpolation", "component_postprocess"),
+    "guided_gradcam": ("combine", "relu", "cam_normalize", "interpolation", "component_postprocess"),
     "xrai": ("steps", "baseline", "integration", "xrai"),
 }  # fmt: skip
 
@@ -149,7 +149,7 @@ class MethodSettings:
         implementation: ``"batched"`` (this module's chunked code) or ``"captum"`` (captum's
             ``NoiseTunnel`` / ``IntegratedGradients``, which cannot do ``"riemann_equal"``).
         relu: Grad-CAM ReLU on the weighted channel sum (captum ``relu_attributions``).
-        cam_normalise: divide the Grad-CAM map by its maximum before upsampling (PAIR); a map whose
+        cam_normalize: divide the Grad-CAM map by its maximum before upsampling (PAIR); a map whose
             maximum is not positive (e.g. all zero after the ReLU) becomes NaN, i.e. degenerate.
         interpolation: Grad-CAM upsampling: ``"linear"`` (bilinear in 2-D, trilinear in 3-D),
             ``"nearest"`` or ``"area"``.
@@ -173,7 +173,7 @@ class MethodSettings:
     integration: str = RIEMANN_EQUAL
     implementation: str = "batched"
     relu: bool = True
-    cam_normalise: bool = True
+    cam_normalize: bool = True
     interpolation: str = "linear"
     combine: str = "postprocessed"
     component_postprocess: PostProcess = PostProcess()
@@ -252,7 +252,7 @@ _PAPER: dict[str, dict[str, Any]] = {
     "smoothgrad": {"samples": 25, "noise": 0.15, "nt_type": "smoothgrad_sq"},
     "integrated_gradients": {"steps": 10, "baseline": "min"},
     "smoothgrad_ig": {"samples": 25, "noise": 0.15, "nt_type": "smoothgrad_sq", "steps": 10, "baseline": "min"},
-    "gradcam": {"relu": True, "cam_normalise": True, "interpolation": "linear"},
+    "gradcam": {"relu": True, "cam_normalize": True, "interpolation": "linear"},
     "guided_backprop": {},
     "guided_gradcam": {"combine": "postprocessed", "postprocess": _PRODUCT},
     "xrai": {"steps": 100, "baseline": ("min", "max"), "postprocess": _MAP_2D},
@@ -264,9 +264,9 @@ _CAPTUM: dict[str, dict[str, Any]] = {
     "smoothgrad": {**_CAPTUM_NOISE, "abs_gradient": True, "implementation": "captum"},
     "integrated_gradients": _CAPTUM_IG,
     "smoothgrad_ig": {**_CAPTUM_NOISE, **_CAPTUM_IG},
-    "gradcam": {"relu": False, "cam_normalise": False, "interpolation": "nearest"},
+    "gradcam": {"relu": False, "cam_normalize": False, "interpolation": "nearest"},
     "guided_backprop": {},
-    "guided_gradcam": {"combine": "captum", "relu": True, "cam_normalise": False, "interpolation": "nearest"},
+    "guided_gradcam": {"combine": "captum", "relu": True, "cam_normalize": False, "interpolation": "nearest"},
     "xrai": _PAPER["xrai"],
 }
 _POSTPROCESS_FIELDS = tuple(f.name for f in dataclasses.fields(PostProcess))
@@ -692,7 +692,7 @@ def _gradcam(
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         maps = cam.attribute(x, target=t, relu_attributions=settings.relu, attribute_to_layer_input=to_input)
         maps = maps.detach()
-        if settings.cam_normalise:
+        if settings.cam_normalize:
             peak = maps.flatten(1).max(dim=1).values.view(-1, *([1] * (maps.ndim - 1)))
             # PAIR divides by the maximum; an all-zero map gives 0/0 = NaN (degenerate). A negative
             # maximum (only without ReLU) would flip the sign, so it is marked degenerate too.

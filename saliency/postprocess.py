@@ -2,7 +2,7 @@
 
 The chain is the one of Arun et al. 2020: PAIR's
 ``VisualizeImageGrayscale`` (absolute value, sum over channels, clip at the 99th percentile:
-``(v - min) / (p99 - min)`` clipped to [0, 1]) followed by a min-max normalisation to [0, 1].
+``(v - min) / (p99 - min)`` clipped to [0, 1]) followed by a min-max normalization to [0, 1].
 Every step is optional (:class:`PostProcess`), so the same function serves signed maps (IG and XRAI
 without ``abs``), maps that are already single-channel (XRAI, channel reduction ``None``) and
 other percentiles.
@@ -10,7 +10,7 @@ other percentiles.
 Degenerate maps: a map holding a non-finite value, a constant map (min-max is undefined) and a
 map whose percentile equals its minimum (the clip divides by zero; PAIR's numpy code returns NaN
 there too) are flagged and returned filled with NaN, so that every later score of such a map is
-NaN and can be counted. The computation is vectorised over the batch and
+NaN and can be counted. The computation is vectorized over the batch and
 works for 2-D and 3-D maps alike.
 """
 
@@ -38,7 +38,7 @@ class PostProcess:
             attribution), or ``None`` when the map has no channel axis (already single-channel).
         clip_percentile: ``p`` in ``(v - min) / (percentile_p - min)`` clipped to [0, 1], with
             numpy's default (linear) percentile; ``None`` skips the step.
-        minmax: final min-max normalisation to [0, 1].
+        minmax: final min-max normalization to [0, 1].
     """
 
     abs: bool = True

@@ -7,10 +7,10 @@ compared with a statistic computed the way the threshold was meant for):
 
 * SSIM with ``data_range=2.0`` for every criterion: their 2020 scikit-image inferred the range of
   a float map from its dtype, (-1, 1), although the maps lie in [0, 1];
-* localisation: the trapezoidal AUPRC (their estimator); pass when the mean over images exceeds
+* localization: the trapezoidal AUPRC (their estimator); pass when the mean over images exceeds
   the average-mask prior's mean (the prior made from the training and validation masks);
-* randomisation: cascading re-initialisation from the logits down to the block above the stem
-  (the stem, and for InceptionV3 ``mixed0``, are never randomised); the curve is the mean SSIM per
+* randomization: cascading re-initialization from the logits down to the block above the stem
+  (the stem, and for InceptionV3 ``mixed0``, are never randomized); the curve is the mean SSIM per
   state, averaged over the model replicates (mean +- SD drawn); pass when the curve goes below
   the inter-image SSIM baseline at some state;
 * repeatability (replicate pairs) and reproducibility (two architectures): pass when the mean
@@ -20,19 +20,19 @@ compared with a statistic computed the way the threshold was meant for):
 ``calibrated`` is for users who want principled settings:
 
 * SSIM with ``data_range=1.0``, the true range of the maps;
-* localisation: average precision (not biased towards ties, unlike the trapezoid); pass when the
+* localization: average precision (not biased towards ties, unlike the trapezoid); pass when the
   mean exceeds the prior's *and* a one-sided paired Wilcoxon test (method > prior) gives a
   Holm-adjusted p below alpha;
-* randomisation: at the *last* state (no choice of the best state), the per-image SSIM must lie
+* randomization: at the *last* state (no choice of the best state), the per-image SSIM must lie
   below the per-image inter-image baseline: mean below it and a one-sided paired Wilcoxon test,
   Holm-adjusted over the methods;
 * repeatability / reproducibility: the paper's line 0.5 is defined at data range 2; its value at
   data range 1 depends on the maps (smooth maps lose more SSIM when the constants shrink), so the
   line is *calibrated per method* on the audit's own map pairs: every pair written to its tables
-  (randomised states against the original, model pairs) is also scored at range 2, an isotonic
+  (randomized states against the original, model pairs) is also scored at range 2, an isotonic
   regression maps range-2 SSIM to range-1 SSIM, and the line is its value at 0.5
   (:func:`calibrate_line`). The report states each method's calibrated line and the pairs behind it;
-* the stem stays out of the randomisation unless asked for (``include_stem``), in both presets.
+* the stem stays out of the randomization unless asked for (``include_stem``), in both presets.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class AuditProtocol:
         agreement_line: fixed repeatability/reproducibility line, or None: calibrated per method
             from :data:`PAPER_LINE` at :data:`PAPER_LINE_RANGE` (:func:`calibrate_line`).
         replicates: models of the audited architecture (the trained one included) the protocol
-            uses for randomisation curves and repeatability pairs.
+            uses for randomization curves and repeatability pairs.
     """
 
     name: str

@@ -1,23 +1,23 @@
-"""Cascading model-parameter randomisation (Adebayo et al. 2018; Arun et al. 2020, criterion 2).
+"""Cascading model-parameter randomization (Adebayo et al. 2018; Arun et al. 2020, criterion 2).
 
-A trained model is re-initialised top-down, one *named block* at a time and cumulatively: state
-``k`` has blocks ``1..k`` of :func:`named_blocks` re-initialised and every other parameter as
+A trained model is re-initialized top-down, one *named block* at a time and cumulatively: state
+``k`` has blocks ``1..k`` of :func:`named_blocks` re-initialized and every other parameter as
 trained. Saliency maps of each state are then compared with those of the original model (SSIM);
 a trustworthy method's maps must degrade.
 
 Protocol choices (recorded by :func:`randomization_settings` for the report):
 
-* **Granularity**: named blocks (Adebayo: InceptionV3 ``Mixed_*`` blocks; paper A: Keras
+* **Granularity**: named blocks (Adebayo: InceptionV3 ``Mixed_*`` blocks; Arun et al.: Keras
   ``mixed*``), not single modules as in Quantus. Block lists per family are documented in
   :func:`named_blocks`; the stem is included by default (Adebayo goes down to the first conv,
-  paper A stops one block above it; ``include_stem=False`` mimics the latter).
-* **Re-initialisation**: every parameter of a block is redrawn with *its own initializer*, the one
+  Arun et al. stops one block above it; ``include_stem=False`` mimics the latter).
+* **Re-initialization**: every parameter of a block is redrawn with *its own initializer*, the one
   the network's constructor used (Adebayo re-runs each variable's TF initializer). For MONAI
   networks that is the constructor's init loop on top of PyTorch's layer defaults; see
   :data:`INIT_SCHEMES` and :func:`init_scheme`.
-* **Normalisation statistics**: BatchNorm (and InstanceNorm) ``running_mean`` / ``running_var`` /
+* **Normalization statistics**: BatchNorm (and InstanceNorm) ``running_mean`` / ``running_var`` /
   ``num_batches_tracked`` are **kept** (:data:`NORM_RUNNING_STATS`), as in Adebayo, whose
-  re-initialisation touches trainable variables only; affine weights go back to 1 and biases to 0.
+  re-initialization touches trainable variables only; affine weights go back to 1 and biases to 0.
 * **Randomness**: all draws come from a ``torch.Generator`` (``torch.nn.init`` functions with
   ``generator=``), drawn on the generator's device and copied into the parameter, never from the
   global RNG. Stage ``k`` (1-based) uses :func:`stage_generator` ``(seed, k)``, so every state is
@@ -31,7 +31,7 @@ can build it with :func:`prefix_blocks`::
     def randomization_blocks(self, include_stem=True):
         return [("gate", ["gate"])] + prefix_blocks(named_blocks(self.backbone, include_stem=include_stem), "backbone")
 
-Each module is re-initialised with the scheme of its nearest ancestor that is a known network
+Each module is re-initialized with the scheme of its nearest ancestor that is a known network
 family (so ``backbone.*`` still gets MONAI's DenseNet init, the gate PyTorch's defaults).
 """
 
@@ -59,18 +59,18 @@ __all__ = [
     "named_blocks",
     "prefix_blocks",
     "randomization_settings",
-    "reinitialise",
+    "reinitialize",
     "stage_generator",
 ]
 
 #: ``[(label, [module names])]``, top-down: stage 1 first.
 Blocks = list[tuple[str, list[str]]]
 
-#: Randomisation granularity recorded in reports.
+#: Randomization granularity recorded in reports.
 GRANULARITY = "named blocks"
-#: What happens to BatchNorm/InstanceNorm running statistics when a block is re-initialised.
+#: What happens to BatchNorm/InstanceNorm running statistics when a block is re-initialized.
 NORM_RUNNING_STATS = "kept"
-#: The initialisation schemes, by name, as applied by :func:`reinitialise`.
+#: The initialization schemes, by name, as applied by :func:`reinitialize`.
 INIT_SCHEMES: dict[str, str] = {
     "monai-densenet": (
         "MONAI DenseNet constructor: Conv weights kaiming_normal_ (fan_in, gain sqrt 2); BatchNorm weight 1, "
@@ -122,7 +122,7 @@ def _family(module: nn.Module) -> str | None:
 
 
 def init_scheme(model: nn.Module) -> str:
-    """Name of the initialisation scheme (a key of :data:`INIT_SCHEMES`) of a network.
+    """Name of the initialization scheme (a key of :data:`INIT_SCHEMES`) of a network.
 
     ``"monai-densenet"`` for MONAI ``DenseNet`` and its subclasses (``DenseNet121``, the compact
     net), ``"monai-resnet"`` for MONAI ``ResNet``, ``"inception-v3"`` for :class:`medimg.inception.InceptionV3`,
@@ -200,7 +200,7 @@ def _segresnet_blocks(model: nn.Module, include_stem: bool) -> Blocks:
     preferred = ["conv_final", "up_layers", "up_samples"]
     children = dict(model.named_children())
     head = [n for n in preferred if n in children and _has_params(children[n])]
-    # Any other parameterised top-level module (e.g. SegResNetVAE's VAE branch) is decoder side too.
+    # Any other parameterized top-level module (e.g. SegResNetVAE's VAE branch) is decoder side too.
     head += [n for n, m in children.items() if n not in encoder and n not in head and _has_params(m)]
     blocks: Blocks = [("head", head)] if head else []
     downs = len(model.down_layers)
@@ -235,7 +235,7 @@ def _validate(model: nn.Module, blocks: Sequence[tuple[str, Sequence[str] | str]
 
 
 def named_blocks(model: nn.Module, *, include_stem: bool = True) -> Blocks:
-    """Top-down randomisation stages of a network: ``[(label, [module names])]``, stage 1 first.
+    """Top-down randomization stages of a network: ``[(label, [module names])]``, stage 1 first.
 
     Block lists (module names as in ``model.named_modules()``):
 
@@ -248,7 +248,7 @@ def named_blocks(model: nn.Module, *, include_stem: bool = True) -> Blocks:
       "features.norm0"])``.
     * MONAI ``ResNet``: ``("logits", ["fc"])`` (when ``fc`` exists), ``layer4`` .. ``layer1``,
       ``("stem", ["conv1", "bn1"])``.
-    * MONAI ``SegResNet`` (encoder randomisation): ``("head", ["conv_final", "up_layers",
+    * MONAI ``SegResNet`` (encoder randomization): ``("head", ["conv_final", "up_layers",
       "up_samples"])`` (the whole decoder, plus any other non-encoder module), then
       ``down_layers.N`` .. ``down_layers.0``, then ``("stem", ["convInit"])``.
     * ``DataParallel`` / ``DistributedDataParallel``: the wrapped module's blocks under ``module.``.
@@ -301,7 +301,7 @@ def named_blocks(model: nn.Module, *, include_stem: bool = True) -> Blocks:
     return _validate(model, blocks)
 
 
-# -------------------------------------------------------------------------------------- re-initialisation
+# -------------------------------------------------------------------------------------- re-initialization
 
 
 def _draw(tensor: torch.Tensor, generator: torch.Generator, fill: Callable[..., Any], **kwargs: Any) -> None:
@@ -329,8 +329,8 @@ def _fallback(module: nn.Module, generator: torch.Generator) -> None:
     reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
     if not callable(reset):
         raise TypeError(
-            f"cannot re-initialise {type(module).__name__}: it owns parameters but has no reset_parameters(); "
-            "give it one, or leave it out of the randomisation blocks"
+            f"cannot re-initialize {type(module).__name__}: it owns parameters but has no reset_parameters(); "
+            "give it one, or leave it out of the randomization blocks"
         )
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     buffers = {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
@@ -377,7 +377,7 @@ def _reinit_one(module: nn.Module, scheme: str, generator: torch.Generator) -> N
 
 
 def _reinit_modules(targets: Sequence[tuple[nn.Module, str]], generator: torch.Generator) -> None:
-    """Re-initialise every module owning parameters directly, descendants before ancestors, each once."""
+    """Re-initialize every module owning parameters directly, descendants before ancestors, each once."""
     seen: set[int] = set()
     owners: list[tuple[nn.Module, str]] = []
     for module, inherited in targets:
@@ -393,11 +393,11 @@ def _reinit_modules(targets: Sequence[tuple[nn.Module, str]], generator: torch.G
         _reinit_one(sub, scheme, generator)
 
 
-def reinitialise(module: nn.Module, generator: torch.Generator, *, scheme: str | None = None) -> None:
+def reinitialize(module: nn.Module, generator: torch.Generator, *, scheme: str | None = None) -> None:
     """Re-run the original initializer of every parameter of ``module``, in place.
 
-    Conv / Linear / norm layers are redrawn as their network's constructor initialised them (see
-    :data:`INIT_SCHEMES`); other parameterised layers through their ``reset_parameters()`` under a
+    Conv / Linear / norm layers are redrawn as their network's constructor initialized them (see
+    :data:`INIT_SCHEMES`); other parameterized layers through their ``reset_parameters()`` under a
     global RNG forked and seeded from ``generator`` (the caller's global RNG state is untouched).
     Norm running statistics (and every other buffer) are kept.
 
@@ -437,9 +437,9 @@ def cascading_randomization(
     seed: int = 0,
     include_stem: bool = True,
 ) -> Iterator[tuple[str, nn.Module]]:
-    """Cumulative top-down re-initialisation: ``("original", copy)``, then one state per block.
+    """Cumulative top-down re-initialization: ``("original", copy)``, then one state per block.
 
-    State ``k`` (label of block ``k``) has blocks ``1..k`` re-initialised (:func:`reinitialise`,
+    State ``k`` (label of block ``k``) has blocks ``1..k`` re-initialized (:func:`reinitialize`,
     with the scheme of each module's network family) and all else as in ``model``. Block ``k`` is
     redrawn from :func:`stage_generator` ``(seed, k)`` when state ``k`` is made and keeps those
     weights in later states, so the same seed gives identical weights at every stage and state
@@ -448,7 +448,7 @@ def cascading_randomization(
     Args:
         model: the trained network; never modified.
         blocks: stages ``[(label, [module names])]``; None: :func:`named_blocks`.
-        seed: non-negative randomisation seed (record it: :func:`randomization_settings`).
+        seed: non-negative randomization seed (record it: :func:`randomization_settings`).
         include_stem: passed to :func:`named_blocks` when ``blocks`` is None.
 
     Yields:
@@ -459,7 +459,7 @@ def cascading_randomization(
     """
     stages = _validate(model, blocks) if blocks is not None else named_blocks(model, include_stem=include_stem)
     if not stages:
-        raise ValueError("no blocks to randomise")
+        raise ValueError("no blocks to randomize")
     working = copy.deepcopy(model)
     modules = dict(working.named_modules())
     schemes = _scheme_map(working)
@@ -476,16 +476,16 @@ def randomization_settings(
     seed: int = 0,
     include_stem: bool = True,
 ) -> dict[str, Any]:
-    """The randomisation protocol as a JSON-able dict for reports.
+    """The randomization protocol as a JSON-able dict for reports.
 
     Args:
         model: the network (for its block list and init schemes); may be None when ``blocks`` is given.
         blocks: the stages used, if not :func:`named_blocks` of ``model``.
-        seed: the randomisation seed.
+        seed: the randomization seed.
         include_stem: as passed to :func:`cascading_randomization`.
 
     Returns:
-        ``granularity``, ``order``, ``include_stem`` (requested), ``stem_randomised`` (a stage is
+        ``granularity``, ``order``, ``include_stem`` (requested), ``stem_randomized`` (a stage is
         labelled "stem"), ``blocks`` (``[{"label", "modules"}]`` or None), ``n_states`` (original
         included), ``init_schemes`` (``{scheme: description}`` used by the blocks' modules),
         ``norm_running_stats`` ("kept"), ``seed``, ``stage_seeding``, ``reference``.
@@ -507,9 +507,9 @@ def randomization_settings(
                         schemes[inner[sub_name]] = INIT_SCHEMES[inner[sub_name]]
     return {
         "granularity": GRANULARITY,
-        "order": "cumulative top-down (state k: blocks 1..k re-initialised)",
+        "order": "cumulative top-down (state k: blocks 1..k re-initialized)",
         "include_stem": include_stem,
-        "stem_randomised": None if stages is None else any(label == "stem" for label, _ in stages),
+        "stem_randomized": None if stages is None else any(label == "stem" for label, _ in stages),
         "blocks": None if stages is None else [{"label": label, "modules": names} for label, names in stages],
         "n_states": None if stages is None else len(stages) + 1,
         "init": "each layer's own initializer (the network constructor's scheme)",
@@ -517,5 +517,5 @@ def randomization_settings(
         "norm_running_stats": NORM_RUNNING_STATS,
         "seed": seed,
         "stage_seeding": "stage k draws from torch.Generator seeded with numpy SeedSequence([seed, k])",
-        "reference": "Adebayo et al. 2018, Sanity Checks for Saliency Maps (cascading randomisation)",
+        "reference": "Adebayo et al. 2018, Sanity Checks for Saliency Maps (cascading randomization)",
     }

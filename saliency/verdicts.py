@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 CRITERION_LABELS = {
-    "localization": "Localisation (AUPRC)",
-    "randomization": "Randomisation sensitivity",
+    "localization": "Localization (AUPRC)",
+    "randomization": "Randomization sensitivity",
     "repeatability": "Repeatability",
     "reproducibility": "Reproducibility",
 }
@@ -171,7 +171,7 @@ def localization_summary(
                     method,
                     "localization",
                     **common,
-                    baseline="supervised localiser",
+                    baseline="supervised localizer",
                     baseline_value=finite_mean(scores["localizer"]["localizer"]),
                     passed=None,
                     rule=INFORMATIVE,
@@ -182,13 +182,13 @@ def localization_summary(
 
 @dataclass
 class RandomizationScores:
-    """The SSIMs behind one method's randomisation verdict.
+    """The SSIMs behind one method's randomization verdict.
 
     Attributes:
         states: state labels in order (the original excluded).
         ssim: ``{model role: (states, N) per-image SSIM against that model's original maps}``.
         baseline: ``{model role: (N,) per-image mean inter-image SSIM under that model}``.
-        degenerate: degenerate maps over all randomised states.
+        degenerate: degenerate maps over all randomized states.
     """
 
     states: list[str]

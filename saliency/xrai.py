@@ -5,7 +5,7 @@ regions. Candidate regions come from Felzenszwalb over-segmentations of the imag
 scales (:func:`segments`); a greedy loop then grows a covered area one region at a time, always
 taking the candidate whose *not yet covered* pixels have the highest mean attribution, and writes
 that marginal density into those pixels (:func:`xrai_map`). The reference implementation is
-PAIR-code ``saliency`` (paper A used its defaults); this module is written from the algorithm's
+PAIR-code ``saliency`` (Arun et al. used its defaults); this module is written from the algorithm's
 description, not from that code.
 
 The base attribution (Integrated Gradients from the two constant baselines of :func:`baselines`,
@@ -40,7 +40,7 @@ _ImageT = TypeVar("_ImageT")
 
 @dataclass(frozen=True)
 class XraiSettings:
-    """Every knob of XRAI; the defaults are PAIR-code ``saliency``'s (paper A used them).
+    """Every knob of XRAI; the defaults are PAIR-code ``saliency``'s (Arun et al. used them).
 
     Attributes:
         steps: Integrated-Gradients steps per baseline (two baselines, so ``2 * steps`` passes);

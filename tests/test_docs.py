@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: What a user reads: the code with its docstrings, the README, the changelog and the docs.
 READ_BY_USERS = ("medimg", "pipelines", "saliency", "uncertainty", "continual", "docs", "deploy")
-OUTSIDE = re.compile(r"\.\./shared|shared/specs|\bspecs? *(§|section|Q\d|\d|``\w+\.md)|\(spec(:|\s\w)|the spec\b|spec's")
+OUTSIDE = re.compile(
+    r"\.\./shared|shared/specs|\bspecs? *(§|section|Q\d|\d|``\w+\.md)|\(spec(:|\s\w)|the spec\b|spec's"
+)
 
 
 def _user_files() -> list[Path]:

@@ -1,4 +1,4 @@
-"""Uncertainty: QU-BraTS scoring (exact to the official scorer, vectorised) and team ranking.
+"""Uncertainty: QU-BraTS scoring (exact to the official scorer, vectorized) and team ranking.
 
 - :mod:`uncertainty.qubrats`: the score of one case from arrays (numpy only).
 - :mod:`uncertainty.submission`: finding and validating submission and truth files.

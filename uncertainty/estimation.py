@@ -275,7 +275,7 @@ def _mc_dropout_sum(
     seed: int,
 ) -> tuple[torch.Tensor, int]:
     """Monte Carlo dropout: ``samples`` seeded passes with only the dropout layers in train mode; the caller's
-    RNG state (CPU and initialised CUDA devices) is unchanged afterwards."""
+    RNG state (CPU and initialized CUDA devices) is unchanged afterwards."""
     dropouts = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
     if not dropouts:
         raise ValueError(

@@ -1,7 +1,7 @@
 """Rank challenge teams and write the leaderboard outputs, from submissions or from scores.
 
 :func:`build_leaderboard` scores every team folder against the truth and ranks them;
-:func:`rank_from_scores` ranks teams an organiser has already scored (a ``scores.csv`` with
+:func:`rank_from_scores` ranks teams an organizer has already scored (a ``scores.csv`` with
 ``team,case_id,region,SCORE``). Both write ``OUT/ranking.csv`` (one row per team, final order),
 ``OUT/pairwise_p_values.csv`` (team x team permutation-test p-values), ``OUT/errors.csv`` (what
 was missing or failed, per team) and ``OUT/report.html``; the folder path also writes

@@ -1,4 +1,4 @@
-"""QU-BraTS uncertainty score of one case, vectorised, with the official scorer's semantics.
+"""QU-BraTS uncertainty score of one case, vectorized, with the official scorer's semantics.
 
 Semantics (docs/methods/qubrats.md; the official script is ``BraTS_Seg_Uncertainty.py``
 of RagMeh11/QU-BraTS):
@@ -18,7 +18,7 @@ of RagMeh11/QU-BraTS):
 - AUC = trapezoid area of the curve against tau, divided by 100; score =
   (DSC_AUC + (1 - FTP_AUC) + (1 - FTN_AUC)) / 3.
 
-Vectorised (instead of re-filtering the volume per threshold, as the official script does): for every voxel the
+Vectorized (instead of re-filtering the volume per threshold, as the official script does): for every voxel the
 index of the first threshold at which it is kept is found once (``searchsorted``), and one
 ``bincount`` over (that index, truth, prediction, brain) gives a count table from which
 cumulative sums yield every threshold at once. Only voxels in truth or prediction need that

@@ -15,7 +15,7 @@ silent (ties, missing results):
    they are not independent evidence: the case is the unit of everything that follows.
 3. **Order.** A team's mean rank is the mean of its cumulative ranks over the cases (the same
    number as the mean over all case-region ranks). Teams are ordered by mean rank, then by name
-   so that the order is reproducible. The normalised ranking score is mean rank / number of
+   so that the order is reproducible. The normalized ranking score is mean rank / number of
    teams (lower is better).
 4. **Significance.** Every pair of teams (not only neighbours in the order) is compared by a
    paired sign-flip permutation test over **cases**: the statistic is the mean over cases of the
@@ -56,7 +56,7 @@ RANKING_COLUMNS = (
     "position",
     "team",
     "mean_rank",
-    "normalised_ranking_score",
+    "normalized_ranking_score",
     "pairs_scored",
     "pairs_missing",
     "mean_score_WT",
@@ -214,7 +214,7 @@ def _table(
             "position": t + 1,
             "team": team,
             "mean_rank": float(mean_rank[t]),
-            "normalised_ranking_score": float(mean_rank[t] / len(names)),
+            "normalized_ranking_score": float(mean_rank[t] / len(names)),
             "pairs_scored": int(np.count_nonzero(~missing)),
             "pairs_missing": int(np.count_nonzero(missing)),
         }

@@ -74,7 +74,7 @@ def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]) ->
 
 
 def _pairwise_figure(ranking: Ranking) -> Any:
-    """Heat map of the pairwise p-values (log colour scale); cells with p < alpha outlined."""
+    """Heat map of the pairwise p-values (log color scale); cells with p < alpha outlined."""
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
@@ -128,7 +128,7 @@ def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty
         report.heading("Curves")
         report.figure(
             _curve_figure({"submission": result.cases}, "DSC / FTP / FTN against the threshold"),
-            "Grey: each case; colour: the mean over cases.",
+            "Grey: each case; color: the mean over cases.",
         )
         report.heading("Score distribution")
         report.figure(_distribution_figure({"submission": _region_scores(result.cases)}), "Score per case and region.")
@@ -211,7 +211,7 @@ def ranking_report(
     report.text(
         "Teams are ranked per case and region by score (ties share the mean rank; a missing or failed result "
         "takes the worst rank); a team's cumulative rank for a case is the mean of its three region ranks, its "
-        "mean rank over cases orders the teams, and the normalised ranking score is the mean rank divided by the "
+        "mean rank over cases orders the teams, and the normalized ranking score is the mean rank divided by the "
         f"number of teams (lower is better). p vs next: the pairwise test below (significant: p < {ranking.alpha:g})."
     )
     if results is None:

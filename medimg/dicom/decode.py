@@ -3,7 +3,7 @@
 Order of operations (PS3.3 C.11): stored values -> modality LUT (rescale slope/intercept or
 Modality LUT Sequence, per frame for enhanced objects) -> optional VOI (window or VOI LUT)
 -> MONOCHROME1 inverted so that higher always means brighter (the MONOCHROME2 convention).
-Colour images come out as RGB (pydicom converts YBR; palette colour is expanded).
+Color images come out as RGB (pydicom converts YBR; palette color is expanded).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def decode_pixels(ds: Any, *, voi: VOI = None, path: str | None = None) -> np.nd
 
     Args:
         ds: a pydicom Dataset with pixel data.
-        voi: see :data:`VOI`. Ignored for colour images.
+        voi: see :data:`VOI`. Ignored for color images.
         path: file name used in error messages (default: ``ds.filename``).
 
     Returns:
@@ -117,7 +117,7 @@ def decode_pixels(ds: Any, *, voi: VOI = None, path: str | None = None) -> np.nd
         try:
             arr = apply_color_lut(arr, ds)
         except Exception as exc:  # noqa: BLE001
-            raise DecodeError(f"{name}: cannot apply the palette colour LUT: {exc}") from exc
+            raise DecodeError(f"{name}: cannot apply the palette color LUT: {exc}") from exc
         samples = 3
     arr = arr.reshape(frames, int(ds.Rows), int(ds.Columns), samples)
     if samples != 1:

@@ -58,7 +58,7 @@ def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI =
     Returns:
         float32 ``MetaTensor`` of shape (C, X, Y, Z) for series with plane geometry, (C, X, Y)
         for a single projection image, (C, X, Y, frames) for a multi-frame object without
-        geometry. C is 1 for grey, 3 for colour.
+        geometry. C is 1 for grey, 3 for color.
 
     Raises:
         SeriesError: mixed sizes or orientations, duplicate positions, missing slices, or

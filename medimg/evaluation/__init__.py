@@ -19,7 +19,7 @@ bootstrap recomputes on every resample use the hand-written kernels of
 :mod:`medimg.evaluation.kernels`, tested equal to scikit-learn and 35-140x faster on one resample.
 
 Degenerate inputs (one class only, no predicted positives, ...) give NaN for the metrics that are
-undefined, never an exception, so that bootstrap resamples and small test sets are summarised
+undefined, never an exception, so that bootstrap resamples and small test sets are summarized
 rather than aborted.
 
 Modules, lowest first (each imports only those above it in this list):

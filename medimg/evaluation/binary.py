@@ -141,7 +141,7 @@ def calibration_curve(
 
 
 def youden_threshold(y_true: ArrayLike, score: ArrayLike) -> float:
-    """The ROC threshold that maximises Youden's J = sensitivity + specificity - 1.
+    """The ROC threshold that maximizes Youden's J = sensitivity + specificity - 1.
 
     Choose it on validation data and pass it as ``threshold`` when evaluating test data; choosing
     it on the test data itself biases sensitivity and specificity upwards.

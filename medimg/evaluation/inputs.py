@@ -1,6 +1,6 @@
 """Input checks and value conversions shared by the evaluation modules.
 
-:func:`binary_inputs` and :func:`multiclass_inputs` validate and normalise the ``(y_true, score)``
+:func:`binary_inputs` and :func:`multiclass_inputs` validate and normalize the ``(y_true, score)``
 and ``(y_true, prob)`` arguments every public function takes; :func:`is_scalar` and
 :func:`to_plain` turn metric results into the plain Python values that JSON and the bootstrap use.
 """

@@ -102,7 +102,7 @@ class SampleDataSummary:
         return sum(d.n_bytes for d in self.datasets.values())
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dictionary (paths as strings)."""
+        """Return a JSON-serializable dictionary (paths as strings)."""
         return {
             "out": str(self.out),
             "seed": self.seed,

@@ -189,7 +189,7 @@ def _ellipsoid(
     center: tuple[float, float, float],
     axes: tuple[float, float, float],
 ) -> np.ndarray:
-    """Return the normalised ellipsoidal radius (``< 1`` inside) on a broadcast grid."""
+    """Return the normalized ellipsoidal radius (``< 1`` inside) on a broadcast grid."""
     x, y, z = coords
     return np.sqrt(
         ((x - center[0]) / axes[0]) ** 2 + ((y - center[1]) / axes[1]) ** 2 + ((z - center[2]) / axes[2]) ** 2
@@ -203,7 +203,7 @@ def make_phantom(
 ) -> BrainPhantom:
     """Build a brain with a glioma, in millimetres, on the given voxel grid.
 
-    Coordinates are millimetres from the volume centre along the voxel axes
+    Coordinates are millimetres from the volume center along the voxel axes
     (``+i`` patient left, ``+j`` posterior, ``+k`` superior). The brain is a
     smoothly perturbed ellipsoid scaled to fit the field of view; the cortex is
     a ribbon of varying depth (gyri) cut by sulcal CSF sheets; there are deep
@@ -302,7 +302,7 @@ def render_sequence(
     slope: float = 1.0,
     intercept: float = 0.0,
 ) -> np.ndarray:
-    """Render one MR contrast of a phantom and quantise it to a rescale grid.
+    """Render one MR contrast of a phantom and quantize it to a rescale grid.
 
     Per-tissue means from ``_INTENSITY`` (T1: tumour hypointense; T1ce: bright
     enhancing rim; T2: oedema and CSF bright; FLAIR: oedema bright, CSF dark)
@@ -345,7 +345,7 @@ def render_sequence(
 
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """Serialise a NIfTI-1 image and gzip it deterministically (``mtime=0``)."""
+    """Serialize a NIfTI-1 image and gzip it deterministically (``mtime=0``)."""
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

@@ -349,7 +349,7 @@ class DatasetSummary:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dictionary (paths as strings)."""
+        """Return a JSON-serializable dictionary (paths as strings)."""
         return {
             "name": self.name,
             "root": str(self.root),

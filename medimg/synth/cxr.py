@@ -139,7 +139,7 @@ def render_cxr(
 ) -> tuple[np.ndarray, tuple[Box, ...]]:
     """Render a frontal chest radiograph.
 
-    The image is built in normalised coordinates ``u`` (columns) and ``v``
+    The image is built in normalized coordinates ``u`` (columns) and ``v``
     (rows) in [0, 1], so anatomy scales with ``size``. Patient right is on image
     left. Components (in an attenuation-like scale where 1 is bright): air
     around a soft-tissue body with neck and shoulders, two pear-shaped lung

@@ -13,7 +13,7 @@ everywhere:
   :func:`encode_jpeg_baseline` stores a Pillow-encoded JPEG Baseline (Process 1)
   frame (pydicom has no JPEG Baseline encoder); :func:`compress_lossless` uses
   pydicom's encoders for RLE Lossless and JPEG 2000 Lossless.
-* :func:`write_dataset` serialises to memory and writes atomically;
+* :func:`write_dataset` serializes to memory and writes atomically;
   :class:`SeriesWriter` does the same for the many slices of a series, encoding
   the elements the slices share only once.
 
@@ -217,7 +217,7 @@ def set_pixels(
 def encode_jpeg_baseline(ds: Dataset, arr: np.ndarray, *, quality: int = 90) -> None:
     """Store ``arr`` as an encapsulated JPEG Baseline (Process 1) frame.
 
-    The frame is encoded with Pillow (4:4:4, no optimisation, so output is
+    The frame is encoded with Pillow (4:4:4, no optimization, so output is
     deterministic) and wrapped with :func:`pydicom.encaps.encapsulate` (with a
     Basic Offset Table). The transfer syntax becomes ``JPEGBaseline8Bit`` and the
     lossy-compression flags are set (``LossyImageCompression = "01"``,
@@ -268,7 +268,7 @@ def compress_lossless(ds: Dataset, transfer_syntax_uid: str) -> None:
 
 
 def write_dataset(ds: Dataset, path: str | os.PathLike[str], log: FileLog | None = None) -> int:
-    """Serialise ``ds`` as a DICOM Part 10 file and write it atomically.
+    """Serialize ``ds`` as a DICOM Part 10 file and write it atomically.
 
     Args:
         ds: Dataset with ``file_meta`` (transfer syntax set).

@@ -236,7 +236,7 @@ class SiteProfile:
             stored: Stored pixel values (any integer dtype).
 
         Returns:
-            ``float64`` display values, 0 = black (air), quantised by the bit depth.
+            ``float64`` display values, 0 = black (air), quantized by the bit depth.
         """
         v = np.asarray(stored, dtype=np.float64)
         if self.photometric == "MONOCHROME1":
@@ -253,7 +253,7 @@ class SiteProfile:
 SITES: tuple[SiteProfile, ...] = (
     SiteProfile(
         name="site_a",
-        institution="Synthetic Breast Centre A",
+        institution="Synthetic Breast Center A",
         manufacturer="HOLOGIC, Inc.",
         model="Selenia Dimensions",
         rows=320,
@@ -331,7 +331,7 @@ def render_breast(
 
     The breast is modelled in millimetres in a canonical frame with the chest
     wall at column 0 (a left breast) and mirrored for a right breast, so anatomy
-    keeps its physical size whatever the matrix. CC: a half-ellipse centred on
+    keeps its physical size whatever the matrix. CC: a half-ellipse centered on
     the chest wall. MLO: a taller, drooping half-ellipse reaching the upper edge,
     plus the pectoral muscle as a triangle in the upper chest-wall corner.
     The outline is perturbed by smooth noise and tissue fades towards the skin

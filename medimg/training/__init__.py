@@ -24,21 +24,21 @@ schedule over ``config.epochs`` (epoch ``e`` of ``E``, 1-based, uses
 ``lr * (1 + cos(pi * (e - 1) / E)) / 2``); a resumed run with a different ``epochs`` continues on
 the schedule stretched to the new total.
 
-Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group is initialised
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group is initialized
 (gloo on CPU, nccl on CUDA) unless the caller did so already, the model is wrapped in
 ``DistributedDataParallel``, the training data is sharded by ``DistributedSampler(seed=seed)``,
 batch-norm statistics are taken from rank 0 at the end of every epoch, every rank validates on
 the whole validation set (so all ranks hold the same metrics and weights) and only rank 0
 writes files. ``out_dir`` must be visible to every rank for resuming.
 
-Extra loss terms (an attention gate's regulariser, an EWC penalty, a FedProx term) are passed
+Extra loss terms (an attention gate's regularizer, an EWC penalty, a FedProx term) are passed
 explicitly as ``extra_loss``; the loop never looks for them on the model.
 
 Modules (each holds one part; this package re-exports the public names):
 
 * :mod:`.trainers`: :func:`train_classifier` and :func:`train_segmenter`, the public entry points;
 * :mod:`.supervised`: the run both share (checks, set-up, resume, loaders, per-epoch work);
-* :mod:`.loop`: the one epoch loop (optimiser steps, progress bar, history rows), also used by
+* :mod:`.loop`: the one epoch loop (optimizer steps, progress bar, history rows), also used by
   :func:`saliency.localizer.train_localizer`;
 * :mod:`.tasks`: what differs between classification and segmentation;
 * :mod:`.config`: :class:`TrainConfig`, :class:`TrainResult` and the callable types;

@@ -40,7 +40,7 @@ ExtraLoss = Callable[[Mapping[str, Any]], torch.Tensor]
 """A term added to the loss of every training batch: ``(collated batch) -> scalar``.
 
 Called after the network's forward pass on that batch (so it may read what the forward pass
-left behind, e.g. an attention map), e.g. an attention gate's regulariser and box supervision,
+left behind, e.g. an attention map), e.g. an attention gate's regularizer and box supervision,
 an EWC penalty or a FedProx proximal term.
 """
 
@@ -55,7 +55,7 @@ class TrainConfig:
             item makes each step ``batch_size * n`` patches).
         lr: peak learning rate of AdamW (cosine-annealed to 0 over ``epochs``).
         weight_decay: AdamW's decoupled weight decay.
-        seed: non-negative seed for data order, augmentation and initialisation-free RNG use.
+        seed: non-negative seed for data order, augmentation and initialization-free RNG use.
         num_workers: DataLoader worker processes.
         class_weights: one weight per class for the classification loss, or None (it must be
             None for segmentation).

@@ -1,6 +1,6 @@
 """Distributed set-up under torchrun: ranks, the process group, DDP wrapping and the epoch's collectives.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`process_group` initialises the default process
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`process_group` initializes the default process
 group (gloo on CPU, nccl on CUDA) unless the caller did so already, and tears down the one it
 created. Outside torchrun every function here answers as for a single process.
 """
@@ -48,15 +48,15 @@ def world_size() -> int:
 
 
 def group_active() -> bool:
-    """True when more than one process shares an initialised process group."""
+    """True when more than one process shares an initialized process group."""
     return world_size() > 1 and dist.is_available() and dist.is_initialized()
 
 
 def init_distributed(device: str = "cpu") -> torch.device:
-    """Initialise the default process group from torchrun's environment; return this rank's device.
+    """Initialize the default process group from torchrun's environment; return this rank's device.
 
     Backend gloo for CPU, nccl for CUDA (where the device becomes ``cuda:LOCAL_RANK``). Does
-    nothing to the process group when not distributed or when it is already initialised.
+    nothing to the process group when not distributed or when it is already initialized.
 
     Args:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.

@@ -1,9 +1,9 @@
-"""The one epoch loop of medimg: optimisation steps, the progress bar, one history row per epoch.
+"""The one epoch loop of medimg: optimization steps, the progress bar, one history row per epoch.
 
 :func:`run_epochs` drives any training that goes "for each epoch: draw batches, take one
-optimiser step per batch, validate, step the schedule, record a row": the supervised trainers
+optimizer step per batch, validate, step the schedule, record a row": the supervised trainers
 (:func:`medimg.training.train_classifier`, :func:`medimg.training.train_segmenter`) and the
-lesion localiser (:func:`saliency.localizer.train_localizer`). What differs between them
+lesion localizer (:func:`saliency.localizer.train_localizer`). What differs between them
 (where batches come from, how a batch becomes a loss, validation, what is kept or written after
 an epoch, the line shown for it) is an :class:`EpochSteps`.
 
@@ -36,7 +36,7 @@ class Batches(Protocol):
 
 
 class EpochSteps(abc.ABC):
-    """What a training run does in each epoch beside the shared optimisation steps."""
+    """What a training run does in each epoch beside the shared optimization steps."""
 
     @abc.abstractmethod
     def batches(self, epoch: int) -> Batches:
@@ -90,7 +90,7 @@ def train_one_epoch(
     bar: TaskID | None = None,
     log_every: int = 1,
 ) -> tuple[float, int]:
-    """One optimiser step per batch; returns ``(sum of batch loss x items, items)``.
+    """One optimizer step per batch; returns ``(sum of batch loss x items, items)``.
 
     The running mean loss is shown on ``bar`` after the first step and every ``log_every`` steps.
 

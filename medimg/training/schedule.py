@@ -1,4 +1,4 @@
-"""The optimiser of the supervised trainers: AdamW with a cosine learning-rate schedule over the epochs.
+"""The optimizer of the supervised trainers: AdamW with a cosine learning-rate schedule over the epochs.
 
 Epoch ``e`` of ``E`` (1-based) uses ``lr * (1 + cos(pi * (e - 1) / E)) / 2``. The factor is a
 plain function, so a resumed run follows its own ``E`` (:func:`follow_schedule`): a run resumed

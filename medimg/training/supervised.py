@@ -2,7 +2,7 @@
 
 :func:`run_task` trains a model for a :class:`~medimg.training.tasks.Task` (classification or
 segmentation) inside the torchrun process group; :class:`SupervisedEpochs` is what each of its
-epochs does beside the optimisation steps: seed every RNG from ``(seed, epoch, rank)`` and
+epochs does beside the optimization steps: seed every RNG from ``(seed, epoch, rank)`` and
 shard the data, add the caller's ``extra_loss``, reduce the loss over ranks, validate, keep the
 best epoch and write the run's files.
 """
@@ -115,7 +115,7 @@ class SupervisedEpochs(EpochSteps):
         """The task's loss of the batch through ``net``, plus ``extra_loss(batch)`` when given."""
         inputs, targets = self.task.split_batch(batch, self.device)
         batch_loss = self.criterion(self.net(inputs), targets)
-        if self.extra_loss is not None:  # e.g. an attention gate's regulariser, an EWC penalty
+        if self.extra_loss is not None:  # e.g. an attention gate's regularizer, an EWC penalty
             batch_loss = batch_loss + self.extra_loss(batch)
         return batch_loss, inputs.shape[0]
 

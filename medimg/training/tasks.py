@@ -31,7 +31,7 @@ __all__ = ["Task", "check_model_matches_meta", "classification_task", "segmentat
 class Task:
     """What the shared loop needs to know about a task.
 
-    Everything else (seeding, sampling, DDP, optimisation, checkpoints, resuming, logging) is the
+    Everything else (seeding, sampling, DDP, optimization, checkpoints, resuming, logging) is the
     same for every task: :func:`medimg.training.train_classifier` and
     :func:`medimg.training.train_segmenter` differ only in the :class:`Task` they pass to
     :func:`medimg.training.supervised.run_task`.
@@ -158,7 +158,7 @@ def segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> Ta
 
 def check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
     """Fail before training when ``meta`` would rebuild a network the weights do not fit."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+    with torch.device("meta"):  # shapes only: no memory, no initialization cost
         try:
             reference = build_network(meta["architecture"], **meta["network"]).state_dict()
         except TypeError as exc:  # keyword arguments the architecture's constructor does not take

@@ -55,7 +55,7 @@ def train_classifier(
         quiet: no progress bar and no per-epoch lines (on stderr).
         extra_loss: ``extra_loss(batch) -> scalar`` added to the loss of every training batch,
             called after the network's forward pass with the collated batch (e.g. an attention
-            gate's regulariser and box supervision, an EWC penalty, a FedProx term); None for
+            gate's regularizer and box supervision, an EWC penalty, a FedProx term); None for
             the task's loss alone. Not part of the checkpoint: a resumed run needs it again.
 
     The global Python, NumPy and torch RNGs are re-seeded from ``(config.seed, epoch, rank)`` at
@@ -141,7 +141,7 @@ def train_segmenter(
         quiet: no progress bar and no per-epoch lines (on stderr).
         extra_loss: ``extra_loss(batch) -> scalar`` added to the loss of every training batch,
             called after the network's forward pass with the collated batch (e.g. an attention
-            gate's regulariser and box supervision, an EWC penalty, a FedProx term); None for
+            gate's regularizer and box supervision, an EWC penalty, a FedProx term); None for
             the task's loss alone. Not part of the checkpoint: a resumed run needs it again.
 
     ``val_loss`` in ``metrics.csv`` is ``1 - mean Dice`` of the thresholded predictions (over the

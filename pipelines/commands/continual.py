@@ -48,7 +48,7 @@ def continual_expand(
     method: Annotated[str, typer.Option(help="ewc-gbn (proposed), ewc, finetune, finetune-gbn, bn-*, lwf, ...")] = (
         "ewc-gbn"
     ),
-    lam: Annotated[float, typer.Option("--lambda", min=0.0, help="EWC lambda (mean-normalised Fisher).")] = 100.0,
+    lam: Annotated[float, typer.Option("--lambda", min=0.0, help="EWC lambda (mean-normalized Fisher).")] = 100.0,
     old: Annotated[
         Optional[Path], typer.Option(exists=True, file_okay=False, help="Old site, to measure forgetting.")  # noqa: UP045
     ] = None,

@@ -41,7 +41,7 @@ def federated_simulate(
     ] = "0,1,2",
     leave_one_out: Annotated[
         bool,
-        typer.Option(help="Also federate every K-1 sites and score them on the held-out site (generalisation)."),
+        typer.Option(help="Also federate every K-1 sites and score them on the held-out site (generalization)."),
     ] = False,
     n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap replicates of the 95% intervals.")] = 1000,
     engine: Annotated[

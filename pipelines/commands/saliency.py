@@ -67,17 +67,17 @@ _Criteria = Annotated[
 _MethodSettings = Annotated[
     str, typer.Option(help="Method settings: paper (the paper code's) or captum (captum's defaults).")
 ]
-_IncludeStem = Annotated[bool, typer.Option("--include-stem", help="Randomise the stem too (the paper never does).")]
+_IncludeStem = Annotated[bool, typer.Option("--include-stem", help="Randomize the stem too (the paper never does).")]
 _Localizer = Annotated[
     Optional[list[Path]],  # noqa: UP045
-    typer.Option(exists=True, dir_okay=False, help="Saved supervised localiser (twice: the repeatability pair)."),
+    typer.Option(exists=True, dir_okay=False, help="Saved supervised localizer (twice: the repeatability pair)."),
 ]
 _TrainLocalizer = Annotated[
-    bool, typer.Option("--train-localizer", help="Train two supervised localisers (seeds) on the training boxes.")
+    bool, typer.Option("--train-localizer", help="Train two supervised localizers (seeds) on the training boxes.")
 ]
 _Variant = Annotated[
     Optional[list[str]],  # noqa: UP045
-    typer.Option(help="LABEL=WEIGHTS: another model whose maps are scored for localisation (repeatable)."),
+    typer.Option(help="LABEL=WEIGHTS: another model whose maps are scored for localization (repeatable)."),
 ]
 
 
@@ -111,7 +111,7 @@ def saliency_audit(
     method_settings: _MethodSettings = "paper",
     include_stem: _IncludeStem = False,
     max_images: Annotated[int, typer.Option(min=1, help="At most this many images (positives first).")] = 100,
-    seed: Annotated[int, typer.Option(help="Seeds noise, randomisation, baseline pairs, replicas.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds noise, randomization, baseline pairs, replicas.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images x samples per forward/backward chunk.")] = 32,
     localizer: _Localizer = None,
     train_localizer: _TrainLocalizer = False,
@@ -119,7 +119,7 @@ def saliency_audit(
     variant: _Variant = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Audit a model's saliency maps: localisation, randomisation, repeatability, reproducibility.
+    """Audit a model's saliency maps: localization, randomization, repeatability, reproducibility.
 
     Two model-blind controls (an edge detector, the input image) are judged beside the methods;
     a criterion they pass is reported as not discriminating. A model with the trainable attention

@@ -44,7 +44,7 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialisation and augmentation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialization and augmentation.")] = 0,
     image_size: Annotated[
         str | None, typer.Option(help="Network input WxH, e.g. 128x128 (default per architecture).")
     ] = None,  # noqa: UP045
@@ -58,10 +58,17 @@ def train(
     ] = False,
     attention_heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 1,
     attention_activation: Annotated[
-        str, typer.Option(help="softmax (spatial; default) or sigmoid (see the README: measured choice).")
+        str, typer.Option(help="softmax (spatial; default) or sigmoid (measured: docs/results).")
     ] = "softmax",
-    attention_regulariser: Annotated[str, typer.Option(help="none, sparsity or tv.")] = "none",
-    attention_regulariser_weight: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    attention_regularizer: Annotated[
+        str,
+        typer.Option(
+            "--attention-regularizer", "--attention-regulariser", help="none, sparsity or tv (old spelling accepted)."
+        ),
+    ] = "none",
+    attention_regularizer_weight: Annotated[
+        float, typer.Option("--attention-regularizer-weight", "--attention-regulariser-weight", min=0.0)
+    ] = 0.0,
     box_fraction: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="Fraction of positive training images whose boxes supervise the map."),
@@ -88,8 +95,8 @@ def train(
             attention,
             heads=attention_heads,
             activation=attention_activation,
-            regulariser=attention_regulariser,
-            regulariser_weight=attention_regulariser_weight,
+            regularizer=attention_regularizer,
+            regularizer_weight=attention_regularizer_weight,
             box_fraction=box_fraction,
             box_weight=box_weight,
         ),

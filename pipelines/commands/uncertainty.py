@@ -110,7 +110,7 @@ def _print_ranking(ranking: Ranking) -> None:
             str(row["position"]),
             row["team"],
             f"{row['mean_rank']:.3f}",
-            f"{row['normalised_ranking_score']:.3f}",
+            f"{row['normalized_ranking_score']:.3f}",
             str(row["pairs_missing"]),
             _fmt(row["mean_score_WT"]),
             _fmt(row["mean_score_TC"]),
@@ -183,7 +183,7 @@ def uncertainty_rank(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
     quiet: QuietOption = False,
 ) -> None:
-    """Rank teams: cumulative rank per case, mean rank, normalised ranking score, pairwise permutation tests."""
+    """Rank teams: cumulative rank per case, mean rank, normalized ranking score, pairwise permutation tests."""
     from uncertainty.leaderboard import missing_rows, rank_from_scores
 
     _check_rank_sources(teams_dir, truth, from_scores)

@@ -22,7 +22,7 @@ Measured on the shared 2-core x86-64 CPU (torch 2.13.0+cpu), 2 threads, defaults
 chunks of 256): 0.61-0.64 s against 3.52-3.55 s, **5.5-5.8x**, max relative difference 2.3e-5.
 Smaller workloads miss the target: 256 images in chunks of 128 4.7-4.9x, 64 images in one chunk of
 64 4.0x (1 thread: 2.8x). A vmap call has a fixed cost of about 25 ms (Python dispatch through the
-~700 module calls of functional_call under grad and vmap), amortised only over large chunks, and
+~700 module calls of functional_call under grad and vmap), amortized only over large chunks, and
 the per-sample work is about twice an ordinary batched backward pass: the script also prints the
 bound "loop / plain batched forward+backward" (no per-sample gradients at all), 8.7x here.
 

@@ -36,8 +36,8 @@ def generate(root: Path, n_cases: int) -> list[Path]:
     files = []
     for i in range(n_cases):
         case_id = f"BraTS20_Validation_{i:03d}"
-        centre = np.array([120, 120, 77]) + rng.integers(-20, 20, 3)
-        r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + ((xx - centre[2]) * 1.2) ** 2)
+        center = np.array([120, 120, 77]) + rng.integers(-20, 20, 3)
+        r = np.sqrt((zz - center[0]) ** 2 + (yy - center[1]) ** 2 + ((xx - center[2]) * 1.2) ** 2)
         truth = np.zeros(SHAPE, np.uint8)
         truth[r < 28] = 2
         truth[r < 17] = 4

@@ -52,14 +52,14 @@ def make_net(seed: int = 0) -> DropNet:
 def train_steps(model: nn.Module, steps: int = 3, seed: int = 1) -> None:
     """A few Adam steps of cross-entropy on shifted random data, after ``model.train()``."""
     gen = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     for _ in range(steps):
         images = torch.randn(6, 1, 8, 8, generator=gen) * 3 - 1  # "site B": other statistics
         labels = torch.randint(0, 3, (6,), generator=gen)
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         nn.functional.cross_entropy(model(images), labels).backward()
-        optimiser.step()
+        optimizer.step()
 
 
 def test_bn_modules_and_snapshot() -> None:

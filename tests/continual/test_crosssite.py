@@ -19,7 +19,7 @@ from continual.crosssite import (
     combine,
     replicate,
     seed_quantities,
-    summarise,
+    summarize,
 )
 
 
@@ -32,8 +32,8 @@ def _table() -> list[dict]:
             {"seed": seed, "role": "local_own", "bn": "site_own", "site": "b", "score": 0.6},
             {"seed": seed, "role": "federated_own", "bn": "federation_mean", "site": "a", "score": 0.5},
             {"seed": seed, "role": "federated_own", "bn": "federation_mean", "site": "b", "score": 0.5},
-            {"seed": seed, "role": "personalised_own", "bn": "site_own", "site": "a", "score": 0.9 + shift},
-            {"seed": seed, "role": "personalised_own", "bn": "site_own", "site": "b", "score": 0.7},
+            {"seed": seed, "role": "personalized_own", "bn": "site_own", "site": "a", "score": 0.9 + shift},
+            {"seed": seed, "role": "personalized_own", "bn": "site_own", "site": "b", "score": 0.7},
             {"seed": seed, "role": "local_unseen", "bn": "training_site", "site": "b", "score": 0.1},
             {"seed": seed, "role": "local_unseen", "bn": "training_site", "site": "a", "score": 0.3},
             {"seed": seed, "role": "local_unseen", "bn": "tta", "site": "b", "score": 0.4},
@@ -47,11 +47,11 @@ def _table() -> list[dict]:
 
 
 def test_gains_by_hand_on_a_score_table() -> None:
-    """Breaking it: counting the personalised own-site scores as generalisation, mixing the BN
-    variants, or comparing against the shared model where FedBN has personalised ones."""
+    """Breaking it: counting the personalized own-site scores as generalization, mixing the BN
+    variants, or comparing against the shared model where FedBN has personalized ones."""
     per_seed = seed_quantities(_table())
     q0 = per_seed[0]
-    assert q0["federated_own"] == pytest.approx((0.9 + 0.7) / 2)  # personalised wins over the shared model
+    assert q0["federated_own"] == pytest.approx((0.9 + 0.7) / 2)  # personalized wins over the shared model
     assert q0["federated_shared_own"] == pytest.approx(0.5)
     assert q0["local_own"] == pytest.approx(0.7)
     assert q0["local_gain"] == pytest.approx(((0.9 - 0.8) + (0.7 - 0.6)) / 2)
@@ -70,7 +70,7 @@ def test_gains_by_hand_on_a_score_table() -> None:
     assert combine(per_seed, [1, 1])["local_gain"] == pytest.approx(0.15)
 
 
-def test_generalisation_is_paired_over_the_held_out_sites() -> None:
+def test_generalization_is_paired_over_the_held_out_sites() -> None:
     """A site where the held-out federation's score is undefined (NaN) leaves both sides: the local
     models' scores there do not count either. Breaking it: the unpaired means (G_local over every
     pair, 0.2 here) compare the federation at site a alone with the local models at a and b."""
@@ -122,16 +122,16 @@ def test_seed_resampling_interval_includes_zero_so_not_shown() -> None:
             scores.append(_score(seed, "federated", "federated_own", "federation_mean", site, f))
             scores.append(_score(seed, f"local_{site}", "local_own", "site_own", site, lo))
     groups = {"a": ["p1", "p2"], "b": ["p3", "p4"]}
-    result = summarise(scores, groups, _accuracy, n_boot=400, seed=1)
+    result = summarize(scores, groups, _accuracy, n_boot=400, seed=1)
     claim = result["claims"]["local_gain"]
     assert claim["value"] == pytest.approx(0.0)
     assert claim["ci95"] == pytest.approx([-0.5, 0.5])
     assert claim["status"] == "not shown"
-    assert "generalizability_gain" not in result["claims"]  # no held-out scores: no generalisation claim
+    assert "generalizability_gain" not in result["claims"]  # no held-out scores: no generalization claim
     # federated right everywhere, local-only wrong everywhere: +1 in every replicate -> met
     scores = [_score(0, "federated", "federated_own", "federation_mean", "a", both),
               _score(0, "local_a", "local_own", "site_own", "a", [False, False])]  # fmt: skip
-    met = summarise(scores, {"a": ["p1", "p2"]}, _accuracy, n_boot=50)["claims"]["local_gain"]
+    met = summarize(scores, {"a": ["p1", "p2"]}, _accuracy, n_boot=50)["claims"]["local_gain"]
     assert met["ci95"] == [1.0, 1.0] and met["status"] == "met"
 
 
@@ -157,7 +157,7 @@ def test_test_images_are_resampled_by_patient() -> None:
 
 
 def test_a_model_is_never_scored_as_unseen_where_it_trained() -> None:
-    """Breaking it: dropping the check lets a personalised or full federation pose as held-out."""
+    """Breaking it: dropping the check lets a personalized or full federation pose as held-out."""
     with pytest.raises(ValueError, match="trained on a"):
         _score(0, "federated", "heldout", "federation_mean", "a", [True], trained_on=("a", "b"))
     with pytest.raises(ValueError, match="unknown BN"):

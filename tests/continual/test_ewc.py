@@ -123,7 +123,7 @@ def test_linear_classifier_by_hand(mode: str, reference: bool) -> None:
     np.testing.assert_allclose(fisher.values["bias"].numpy(), fb, rtol=1e-5, atol=1e-7)
     meta = fisher.meta
     assert meta["mode"] == mode and meta["n_samples"] == 4 and meta["n_classes"] == 3
-    assert meta["normalisation"] == ("mean" if logprob else "sum")
+    assert meta["normalization"] == ("mean" if logprob else "sum")
     assert meta["bn_eval"] is logprob  # qtim: BN in train mode by default
     assert meta["algorithm"] == ("loop" if reference else ("vmap" if logprob else "shared forward"))
     assert meta["shapes"] == {"weight": [3, 2], "bias": [3]}

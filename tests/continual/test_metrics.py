@@ -14,7 +14,7 @@ from continual.metrics import (
     arm_row,
     forgetting_reduction,
     site_metrics,
-    summarise_arms,
+    summarize_arms,
     tradeoff_curve,
 )
 
@@ -202,7 +202,7 @@ def test_invalid_matrices_and_requests() -> None:
         AccuracyMatrix(R2).forward_transfer("A")
 
 
-def test_matrix_is_read_only_and_serialisable() -> None:
+def test_matrix_is_read_only_and_serializable() -> None:
     r = AccuracyMatrix(R2, domains=("mgh", "dmist"), metric="accuracy")
     with pytest.raises(ValueError):
         r.values[0, 0] = 1.0
@@ -319,8 +319,8 @@ def _rows() -> list[dict]:
     return rows
 
 
-def test_summarise_arms_mean_and_sd() -> None:
-    summary = summarise_arms(_rows())
+def test_summarize_arms_mean_and_sd() -> None:
+    summary = summarize_arms(_rows())
     assert [(s["arm"], s["lambda"]) for s in summary] == [
         ("ewc", 10.0),
         ("ewc", 0.5),
@@ -338,16 +338,16 @@ def test_summarise_arms_mean_and_sd() -> None:
     naive = summary[3]
     assert naive["lambda"] is None and naive["old_kappa_after_mean"] == pytest.approx(0.25)
     # One seed: SD undefined.
-    single = summarise_arms(_rows()[:1])[0]
+    single = summarize_arms(_rows()[:1])[0]
     assert single["n_seeds"] == 1 and math.isnan(single["old_kappa_after_sd"])
 
 
-def test_summarise_arms_rejects_a_repeated_seed() -> None:
+def test_summarize_arms_rejects_a_repeated_seed() -> None:
     rows = _rows()
     with pytest.raises(ValueError, match="seed 0 twice"):
-        summarise_arms([rows[0], rows[0]])
+        summarize_arms([rows[0], rows[0]])
     with pytest.raises(ValueError, match="lacks"):
-        summarise_arms([{"arm": "x", "seed": 0}])
+        summarize_arms([{"arm": "x", "seed": 0}])
 
 
 def test_tradeoff_curve_is_sorted_by_lambda_with_means_over_seeds() -> None:

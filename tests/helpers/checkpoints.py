@@ -21,7 +21,7 @@ def untrained_checkpoint(
     training: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Save a freshly initialised (seeded) classifier of ``pipeline`` with valid checkpoint metadata."""
+    """Save a freshly initialized (seeded) classifier of ``pipeline`` with valid checkpoint metadata."""
     task = get_pipeline(pipeline)
     network = {"spatial_dims": 2, "in_channels": 1, "out_channels": len(task.labels)}
     meta = {

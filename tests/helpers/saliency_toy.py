@@ -30,13 +30,13 @@ def train(
     """A few Adam steps on mini-batches of the data; returns the model in eval mode."""
     torch.manual_seed(seed)
     target = torch.as_tensor(labels, dtype=torch.long)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         index = torch.randint(0, len(images), (16,), generator=generator)
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(images[index]), target[index])
         loss.backward()
-        optimiser.step()
+        optimizer.step()
     return model.eval()

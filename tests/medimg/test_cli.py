@@ -172,7 +172,12 @@ def test_train_fills_the_pipeline_config(tmp_path: Path, monkeypatch: pytest.Mon
         False,
     )
     assert config.attention == {
-        "heads": 2, "activation": "softmax", "regulariser": "none", "regulariser_weight": 0.0,
+        "heads": 2, "activation": "softmax", "regularizer": "none", "regularizer_weight": 0.0,
         "box_fraction": 0.5, "box_weight": 1.0,
     }  # fmt: skip
+    for spelling in ("regularizer", "regulariser"):  # the American name, and the old British one
+        options = [f"--attention-{spelling}", "tv", f"--attention-{spelling}-weight", "0.5"]
+        assert runner.invoke(app, [*args, *options]).exit_code == 0
+        assert (seen[-1][3].attention["regularizer"], seen[-1][3].attention["regularizer_weight"]) == ("tv", 0.5)
+    assert runner.invoke(app, [*args, "--attention-regularise", "tv"]).exit_code == 2
     assert runner.invoke(app, ["train", "lungs", str(tmp_path), "-o", str(out)]).exit_code == 2

@@ -356,7 +356,7 @@ def test_kappa_properties() -> None:
     constant = multiclass_metrics(y, one_hot(np.full(y.size, 2), 4), labels=DENSITY)
     assert constant["kappa_linear"] == pytest.approx(0.0, abs=1e-15)
     assert constant["kappa_quadratic"] == pytest.approx(0.0, abs=1e-15)
-    # Linear weights penalise a two-class miss twice, quadratic four times, a one-class miss.
+    # Linear weights penalize a two-class miss twice, quadratic four times, a one-class miss.
     off_by_one = cohen_kappa([[4, 1, 0], [0, 5, 0], [0, 0, 5]], weights="quadratic")
     off_by_two = cohen_kappa([[4, 0, 1], [0, 5, 0], [0, 0, 5]], weights="quadratic")
     assert off_by_two < off_by_one

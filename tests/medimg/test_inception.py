@@ -78,7 +78,7 @@ def test_block_shapes_follow_the_keras_names() -> None:
     assert gradcam_layer("inception_v3") == "mixed10"
 
 
-def test_randomisation_stops_above_mixed0_as_the_paper_unless_the_stem_is_asked_for() -> None:
+def test_randomization_stops_above_mixed0_as_the_paper_unless_the_stem_is_asked_for() -> None:
     model = InceptionV3(in_channels=1, out_channels=2)
     labels = [label for label, _ in named_blocks(model, include_stem=False)]
     assert labels == ["logits", *[f"mixed{i}" for i in range(10, 0, -1)]]
@@ -115,8 +115,8 @@ def test_guided_backprop_is_not_the_gradient_and_gradcam_uses_mixed10() -> None:
     assert cam.maps.shape == (2, 80, 80) and np.isfinite(cam.maps[~cam.degenerate]).all()
 
 
-def test_randomisation_redraws_inception_layers_with_their_own_initializer() -> None:
-    """A re-initialised InceptionV3 block must look like a freshly built one (truncated normal, sd 0.1),
+def test_randomization_redraws_inception_layers_with_their_own_initializer() -> None:
+    """A re-initialized InceptionV3 block must look like a freshly built one (truncated normal, sd 0.1),
     not like PyTorch's layer defaults (about 8x smaller for mixed10's 1x1 convolutions)."""
     from saliency.randomization import cascading_randomization, init_scheme
 

@@ -231,13 +231,13 @@ def test_extra_loss_is_added_to_every_training_batch(tmp_path: Path, data) -> No
     for name, value in plain_model.state_dict().items():
         assert torch.equal(shifted_model.state_dict()[name], value), name
 
-    penalised_model = compact()
-    weights = [p for p in penalised_model.parameters() if p.ndim > 1]
+    penalized_model = compact()
+    weights = [p for p in penalized_model.parameters() if p.ndim > 1]
     penalty = lambda batch: 10.0 * sum((w**2).sum() for w in weights)  # noqa: E731
-    train_classifier(penalised_model, train, val, out_dir=tmp_path / "penalised", extra_loss=penalty, **common)
+    train_classifier(penalized_model, train, val, out_dir=tmp_path / "penalized", extra_loss=penalty, **common)
     norm = {name: sum(float(p.detach().norm()) for p in m.parameters() if p.ndim > 1) for name, m in
-            (("plain", plain_model), ("penalised", penalised_model))}  # fmt: skip
-    assert norm["penalised"] < norm["plain"]
+            (("plain", plain_model), ("penalized", penalized_model))}  # fmt: skip
+    assert norm["penalized"] < norm["plain"]
 
 
 @pytest.mark.slow

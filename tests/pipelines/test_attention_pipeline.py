@@ -34,7 +34,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             "train", "pneumonia", str(CXR), "-o", str(run), "--architecture", "compact", "--epochs", "2",
             "--batch-size", "4", "--image-size", "64x64", "--attention", "--box-fraction", "1.0",
-            "--attention-regulariser", "tv", "--attention-regulariser-weight", "0.1", "-q",
+            "--attention-regularizer", "tv", "--attention-regularizer-weight", "0.1", "-q",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -45,7 +45,7 @@ def test_checkpoint_records_the_gate_and_reloads(gated: Path) -> None:
     model, meta = load_checkpoint(gated, pipeline="pneumonia")
     assert meta["network"]["wrapper"]["name"] == "attention"
     settings = meta["training"]["attention"]
-    assert settings["box_fraction"] == 1.0 and settings["regulariser"] == "tv"
+    assert settings["box_fraction"] == 1.0 and settings["regularizer"] == "tv"
     assert settings["box_supervised_images"] >= 1
     logits, maps = model.attention(torch.rand(2, 1, 64, 64))
     assert logits.shape == (2, 2) and maps.shape == (2, 1, 64, 64)
@@ -70,7 +70,7 @@ def test_audit_scores_attention_as_a_ninth_method(gated: Path, tmp_path: Path) -
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     stages = {r["stage"] for r in _rows(tmp_path / "randomization.csv") if r["method"] == "attention"}
-    assert {"logits", "gate"} <= stages and "stem" not in stages  # the paper never randomises the stem
+    assert {"logits", "gate"} <= stages and "stem" not in stages  # the paper never randomizes the stem
     summary = _rows(tmp_path / "summary.csv")
     assert {r["method"] for r in summary} == {"attention", "gradcam", "edge_control", "image_control"}  # + controls
     settings = json.loads((tmp_path / "settings.json").read_text())
@@ -95,9 +95,7 @@ def test_attention_is_refused_for_segmentation_and_bad_settings(tmp_path: Path) 
     with pytest.raises(ValueError, match="segmentation"):
         train_pipeline(get_pipeline("brats"), CXR, tmp_path / "b", TrainPipelineConfig(attention={}))
     with pytest.raises(ValueError, match="unknown attention setting"):
-        train_pipeline(
-            get_pipeline("pneumonia"), CXR, tmp_path / "p", TrainPipelineConfig(attention={"colour": "blue"})
-        )
+        train_pipeline(get_pipeline("pneumonia"), CXR, tmp_path / "p", TrainPipelineConfig(attention={"color": "blue"}))
 
 
 def test_density_trains_with_the_gate_and_writes_attention_overlays(tmp_path: Path) -> None:

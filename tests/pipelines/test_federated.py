@@ -43,7 +43,7 @@ def _check_outputs(out: Path, sites: dict[str, Path]) -> dict:
     names = ["site_a", "site_b", "site_c"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "kappa_linear" and summary["sites"] == names and summary["seeds"] == [0]
-    assert {"local_gain", "generalizability_gain", "personalised_own_site", "bootstrap", "matrix"} <= set(summary)
+    assert {"local_gain", "generalizability_gain", "personalized_own_site", "bootstrap", "matrix"} <= set(summary)
     assert {"value", "ci95", "status", "relative", "federated_own", "local_own"} <= set(summary["local_gain"])
     assert summary["local_gain"]["status"] in ("met", "not shown", "reversed")
     assert summary["generalizability_gain"] is None and "--leave-one-out" in summary["generalizability_note"]
@@ -77,7 +77,7 @@ def test_inprocess_simulation_writes_the_cross_site_matrix_and_resumes(sites: di
     assert result.exit_code == 0, result.output
     assert "local gain" in result.output and "paper +6.3%" in result.output
     summary = _check_outputs(out, sites)
-    assert summary["personalised_own_site"] is None  # not FedBN
+    assert summary["personalized_own_site"] is None  # not FedBN
     # the baselines trained under the same frozen statistics, and their rows say so
     bns = {(r["role"], r["bn"]) for r in csv.DictReader((out / "cross_site.csv").open())}
     assert {
@@ -101,9 +101,9 @@ def test_inprocess_simulation_writes_the_cross_site_matrix_and_resumes(sites: di
     assert other.exit_code == 2 and "other settings (lr, bn_policy)" in " ".join(other.output.split())
 
 
-def test_fedbn_writes_one_personalised_model_per_site(sites: dict[str, Path]) -> None:
+def test_fedbn_writes_one_personalized_model_per_site(sites: dict[str, Path]) -> None:
     """Breaking it: a server BN that is not the example-weighted mean of the sites' BN (what the
-    held-out site is scored with), or personalised models that share their BN."""
+    held-out site is scored with), or personalized models that share their BN."""
     out = sites["root"] / "fedbn"
     result = runner.invoke(app, _args(sites, out, "--engine", "inprocess", "--bn-policy", "local", "--no-baselines"))
     assert result.exit_code == 0, result.output
@@ -127,10 +127,10 @@ def test_fedbn_writes_one_personalised_model_per_site(sites: dict[str, Path]) ->
     rows = list(csv.DictReader((out / "cross_site.csv").open()))
     assert {(r["model"], r["role"], r["bn"]) for r in rows} == {
         ("federated", "federated_own", "federation_mean"),
-        *((f"federated_{n}", "personalised_own", "site_own") for n in names),
+        *((f"federated_{n}", "personalized_own", "site_own") for n in names),
     }
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["local_gain"] is None and summary["personalised_own_site"]["ci95"]
+    assert summary["local_gain"] is None and summary["personalized_own_site"]["ci95"]
 
 
 def _paths(dataset: object) -> list[str]:
@@ -192,7 +192,7 @@ def test_leave_one_out_never_trains_on_the_held_out_site(sites: dict[str, Path],
     args = _args(sites, out, "--engine", "inprocess", "--bn-policy", "local", "--leave-one-out", "--rounds", "1")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "generalisation, sites never trained on" in result.output and "personalised own-site" in result.output
+    assert "generalization, sites never trained on" in result.output and "personalized own-site" in result.output
     names = ["site_a", "site_b", "site_c"]
     folder = dict(zip(names, sites["dirs"], strict=True))
     for held in names:
@@ -225,7 +225,7 @@ def test_leave_one_out_never_trains_on_the_held_out_site(sites: dict[str, Path],
     summary = json.loads((out / "summary.json").read_text())
     for key in ("local_gain", "generalizability_gain", "generalizability_gain_tta"):
         assert {"value", "ci95", "status", "relative", "relative_ci95", "undefined_replicates"} <= set(summary[key])
-    # the generalisation gain from the cross-site kappas: held-out federations and local models on
+    # the generalization gain from the cross-site kappas: held-out federations and local models on
     # the sites they never saw, paired per held-out site (one seed)
     kappa = {(r["model"], r["bn"], r["site"]): float(r["kappa_linear"]) for r in rows}
     for key, (fed_bn, local_bn) in {"generalizability_gain": ("federation_mean", "training_site"),
@@ -239,8 +239,8 @@ def test_leave_one_out_never_trains_on_the_held_out_site(sites: dict[str, Path],
         "federated_heldout": "federation_mean",
         "local_unseen": "training_site",
     }
-    assert summary["personalised_own_site"]["value"] == pytest.approx(
-        summary["quantities"]["personalised_own"]["value"]
+    assert summary["personalized_own_site"]["value"] == pytest.approx(
+        summary["quantities"]["personalized_own"]["value"]
     )
 
 

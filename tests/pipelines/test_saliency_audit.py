@@ -108,16 +108,16 @@ def test_train_replicas_trains_the_missing_models_with_the_pipeline(tmp_path: Pa
     assert len(_rows(out / "repeatability.csv")) == 3 * 3 * n  # three replicate pairs
 
 
-def test_density_audit_without_boxes_skips_localisation(tmp_path: Path) -> None:
+def test_density_audit_without_boxes_skips_localization(tmp_path: Path) -> None:
     result = audit_pipeline(
         "density", SAMPLE / "mammo", SAMPLE / "weights" / "density.pt", tmp_path, methods=("gradient",),
         criteria=("localization", "randomization"), max_images=4, progress=False,
     )  # fmt: skip
     assert set(result.matrix["gradient"]) == {"randomization"}
-    assert any("Localisation skipped" in n for n in result.notes)
+    assert any("Localization skipped" in n for n in result.notes)
 
 
-def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -> None:
+def test_supervised_localizer_and_variants_join_the_comparison(tmp_path: Path) -> None:
     from medimg.synth import generate_sample_data
 
     generate_sample_data(tmp_path / "train", seed=5, only=["cxr"], count=16)
@@ -135,20 +135,20 @@ def test_supervised_localiser_and_variants_join_the_comparison(tmp_path: Path) -
     by = {(r["source"], r["image_id"]): r["average_precision"] for r in loc if r["method"] == "gradcam"}
     assert all(by[("variant:same weights", i)] == by[("trained", i)] for s, i in by if s == "trained")
     summary = _rows(out / "summary.csv")
-    assert any(r["baseline"].startswith("supervised localiser pair") for r in summary)
+    assert any(r["baseline"].startswith("supervised localizer pair") for r in summary)
     html = (out / "report.html").read_text()
     assert "Comparison on the same images" in html and "same weights" in html
 
 
-def test_on_the_sample_data_the_controls_fail_randomisation_and_the_gradient_passes_once_blocks_are_random(
+def test_on_the_sample_data_the_controls_fail_randomization_and_the_gradient_passes_once_blocks_are_random(
     tmp_path: Path,
 ) -> None:
     """Preset paper, the demo model and its seed-1 replicate on the sample radiographs.
 
     The controls ignore the weights: SSIM exactly 1 at every state, so they fail. The documented
-    reason the Gradient passes: re-initialising the logits alone leaves its maps closer to the
+    reason the Gradient passes: re-initializing the logits alone leaves its maps closer to the
     originals (mean SSIM about 0.7) than maps of two different images are to each other (the
-    baseline, about 0.36); once the top dense block is re-initialised too, they fall below it (about
+    baseline, about 0.36); once the top dense block is re-initialized too, they fall below it (about
     0.25). A Gradient that ignored the weights (as the controls) or only reacted to the head would fail.
     """
     result = audit_pipeline(

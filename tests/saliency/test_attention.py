@@ -1,4 +1,4 @@
-"""Trainable attention gate (our design): shapes, gradients, losses, randomisation, checkpoints, a toy."""
+"""Trainable attention gate (our design): shapes, gradients, losses, randomization, checkpoints, a toy."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from medimg.models import build_network, load_checkpoint, save_checkpoint
 from saliency.attention import (
     AttentionClassifier,
     attention_network,
-    attention_regulariser,
+    attention_regularizer,
     box_supervision_loss,
 )
 from saliency.randomization import cascading_randomization, named_blocks
@@ -138,17 +138,17 @@ def test_gradients_reach_gate_head_and_backbone(architecture: str) -> None:
     assert _grad_norm(model.head) == 0
 
 
-def test_regularisers_known_answers() -> None:
+def test_regularizers_known_answers() -> None:
     maps = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
-    assert float(attention_regulariser(maps, "sparsity")) == pytest.approx(0.75)
+    assert float(attention_regularizer(maps, "sparsity")) == pytest.approx(0.75)
     # rows: |1-0|, |1-1| -> 0.5; columns: |1-0|, |1-1| -> 0.5
-    assert float(attention_regulariser(maps, "tv")) == pytest.approx(1.0)
-    assert float(attention_regulariser(maps, "none")) == 0.0
-    assert float(attention_regulariser(torch.full((2, 3, 4, 5), 0.3), "tv")) == 0.0
+    assert float(attention_regularizer(maps, "tv")) == pytest.approx(1.0)
+    assert float(attention_regularizer(maps, "none")) == 0.0
+    assert float(attention_regularizer(torch.full((2, 3, 4, 5), 0.3), "tv")) == 0.0
     volume = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 1, 3)  # singleton axes contribute 0
-    assert float(attention_regulariser(volume, "tv")) == pytest.approx(0.5)
+    assert float(attention_regularizer(volume, "tv")) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="entropy"):
-        attention_regulariser(maps, "entropy")
+        attention_regularizer(maps, "entropy")
 
 
 def test_box_supervision_loss_known_answers() -> None:
@@ -208,9 +208,9 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_auxiliary_loss_is_passed_explicitly_to_the_training_loop(tmp_path: Path) -> None:
-    """The gate's regulariser trains only when given as ``extra_loss``: the loop does not find it
+    """The gate's regularizer trains only when given as ``extra_loss``: the loop does not find it
     on the model. The sparsity term (mean attention, > 0) raises the training loss and changes the
-    weights; without ``extra_loss`` the same configured model trains as if it had no regulariser."""
+    weights; without ``extra_loss`` the same configured model trains as if it had no regularizer."""
     from toy_classification import roc_auc_metric
 
     from medimg.training import TrainConfig, train_classifier
@@ -221,7 +221,7 @@ def test_auxiliary_loss_is_passed_explicitly_to_the_training_loop(tmp_path: Path
     def fit(name: str, weight: float, explicit: bool) -> tuple[AttentionClassifier, float]:
         torch.manual_seed(0)
         model = attention_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
-        model.configure_losses(regulariser="sparsity", regulariser_weight=weight)
+        model.configure_losses(regularizer="sparsity", regularizer_weight=weight)
         info = {**meta(model), "labels": ["no", "yes"]}
         result = train_classifier(
             model, data, data[:8], config=TrainConfig(epochs=1, batch_size=8, lr=1e-2), out_dir=tmp_path / name,
@@ -232,11 +232,11 @@ def test_auxiliary_loss_is_passed_explicitly_to_the_training_loop(tmp_path: Path
 
     plain, plain_loss = fit("plain", 0.0, explicit=False)
     ignored, ignored_loss = fit("ignored", 5.0, explicit=False)
-    regularised, regularised_loss = fit("regularised", 5.0, explicit=True)
+    regularized, regularized_loss = fit("regularized", 5.0, explicit=True)
     assert ignored_loss == plain_loss
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), ignored.parameters(), strict=True))
-    assert regularised_loss > plain_loss
-    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularised.parameters(), strict=True))
+    assert regularized_loss > plain_loss
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularized.parameters(), strict=True))
 
 
 # ------------------------------------------------------------------------------------- planted-lesion toy
@@ -259,7 +259,7 @@ def _maps(model: AttentionClassifier, images: torch.Tensor) -> tuple[np.ndarray,
     return logits.numpy(), maps[:, 0].numpy()
 
 
-def test_trained_attention_localises_the_lesion(trained) -> None:
+def test_trained_attention_localizes_the_lesion(trained) -> None:
     model, untrained = trained
     images, labels, masks = lesion_data(32, 1, 48)
     logits, maps = _maps(model, images)
@@ -273,7 +273,7 @@ def test_trained_attention_localises_the_lesion(trained) -> None:
     assert ap > ap_before, (ap, ap_before)
 
 
-def test_attention_map_degrades_under_cascading_randomisation(trained) -> None:
+def test_attention_map_degrades_under_cascading_randomization(trained) -> None:
     model, _ = trained
     images, _, _ = lesion_data(8, 2, 48)
     _, original = _maps(model, images)
@@ -282,7 +282,7 @@ def test_attention_map_degrades_under_cascading_randomisation(trained) -> None:
     np.testing.assert_allclose(_maps(states["original"], images)[1], original, atol=1e-6)
     # The map does not depend on the linear head ...
     np.testing.assert_allclose(_maps(states["logits"], images)[1], original, atol=1e-6)
-    # ... the gate re-initialised (to its own near-uniform initialiser) wipes it out.
+    # ... the gate re-initialized (to its own near-uniform initializer) wipes it out.
     gate = _maps(states["gate"], images)[1]
     assert np.abs(gate - original).max() > 0.1
     assert gate.max() - gate.min() < 0.05 < original.max() - original.min()

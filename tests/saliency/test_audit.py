@@ -77,7 +77,7 @@ def test_audit_writes_every_table_and_the_matrix_and_resumes_from_its_cache(toy:
     rand = _read(tmp_path / "randomization.csv")
     stages = {(r["model"], r["stage"]) for r in rand if int(r["stage_index"]) > 0}
     assert {("trained", "logits"), ("replica1", "logits"), ("replica2", "logits")} <= stages
-    assert not any(stage == "stem" for _, stage in stages)  # the paper never randomises the stem
+    assert not any(stage == "stem" for _, stage in stages)  # the paper never randomizes the stem
     assert len(_read(tmp_path / "repeatability.csv")) == 3 * 5 * n  # three replicate pairs
     summary = _read(tmp_path / "summary.csv")
     assert {r["criterion"] for r in summary} == set(CRITERIA)
@@ -113,7 +113,7 @@ def test_missing_models_skip_their_criteria_with_a_note(toy: dict, tmp_path: Pat
     result = run_audit(bare, toy["models"][:1], AuditConfig(methods=("gradient",)), tmp_path, progress=False)
     assert set(result.matrix["gradient"]) == {"randomization"}
     text = " ".join(result.notes)
-    assert "Localisation skipped" in text and "Repeatability skipped" in text and "Reproducibility skipped" in text
+    assert "Localization skipped" in text and "Repeatability skipped" in text and "Reproducibility skipped" in text
 
 
 def test_degenerate_maps_are_counted_not_dropped(tmp_path: Path) -> None:
@@ -193,8 +193,8 @@ def test_report_pdf_when_weasyprint_works(toy: dict, tmp_path: Path) -> None:
     assert result.files["report.pdf"] == pdf and pdf.read_bytes()[:5] == b"%PDF-"
 
 
-def test_controls_fail_randomisation_and_expose_a_criterion_they_pass(toy: dict, tmp_path: Path) -> None:
-    """The controls ignore the weights: SSIM 1 at every state, so they fail randomisation; and being
+def test_controls_fail_randomization_and_expose_a_criterion_they_pass(toy: dict, tmp_path: Path) -> None:
+    """The controls ignore the weights: SSIM 1 at every state, so they fail randomization; and being
     perfectly repeatable they pass repeatability, which is then marked not discriminating."""
     config = AuditConfig(methods=("gradcam",), criteria=("randomization", "repeatability"))
     result = run_audit(toy["data"], toy["models"], config, tmp_path, progress=False)

@@ -20,7 +20,7 @@ from saliency.criteria import (
     inter_image_ssim,
     paired_wilcoxon_holm,
     ssim,
-    summarise,
+    summarize,
 )
 
 
@@ -171,7 +171,7 @@ def test_inter_image_ssim_skips_but_counts_nan_maps() -> None:
     # Only maps 0, 2, 3 pair up: with data_range 2.0.
     allowed = {round(ssim(maps[i], maps[j], data_range=2.0), 12) for i in (0, 2, 3) for j in (0, 2, 3) if i != j}
     assert {round(v, 12) for v in values[np.isfinite(values)]} <= allowed
-    assert summarise(values)["n_nan"] == 10
+    assert summarize(values)["n_nan"] == 10
     assert np.isnan(inter_image_ssim(maps[:2], pairs_per_image=3)).all()  # one valid map: no partner
 
 
@@ -206,19 +206,19 @@ def test_paired_wilcoxon_holm() -> None:
         paired_wilcoxon_holm({"short": reference[:5]}, reference)
 
 
-def test_summarise() -> None:
+def test_summarize() -> None:
     values = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 10.0])
-    out = summarise(values, seed=1)
+    out = summarize(values, seed=1)
     assert out["n"] == 5 and out["n_nan"] == 1
     assert out["mean"] == 4.0 and out["median"] == 3.0 and out["q25"] == 2.0 and out["q75"] == 4.0
     assert out["std"] == pytest.approx(np.std([1, 2, 3, 4, 10], ddof=1))
     assert 1.0 <= out["ci_low"] < out["mean"] < out["ci_high"] <= 10.0
-    assert summarise(values, seed=1) == out
+    assert summarize(values, seed=1) == out
     rng = np.random.default_rng(0)
-    big = summarise(rng.normal(0.5, 0.1, size=400))
+    big = summarize(rng.normal(0.5, 0.1, size=400))
     assert big["ci_low"] < 0.5 < big["ci_high"] and big["ci_high"] - big["ci_low"] < 0.03
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        empty = summarise([np.nan, np.nan])
+        empty = summarize([np.nan, np.nan])
     assert empty["n"] == 0 and empty["n_nan"] == 2
     assert all(math.isnan(empty[k]) for k in ("mean", "median", "std", "q25", "q75", "ci_low", "ci_high"))

@@ -1,4 +1,4 @@
-"""The fully supervised localiser baseline: shapes, determinism, localisation quality, files."""
+"""The fully supervised localizer baseline: shapes, determinism, localization quality, files."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ FAST = LocalizerConfig(epochs=5, lr=1e-2)
 
 @pytest.fixture(scope="module")
 def trained() -> Iterator[tuple[Localizer, list[dict[str, float]]]]:
-    """A localiser trained on the toy lesions (one torch thread, as the suite's autouse fixture sets)."""
+    """A localizer trained on the toy lesions (one torch thread, as the suite's autouse fixture sets)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -122,7 +122,7 @@ def test_passes_per_image_and_settings_report() -> None:
     assert method_settings("xrai").postprocess == PostProcess(channel_reduce=None)
     assert method_settings("xrai").baseline == ("min", "max")
     gcam = method_settings("gradcam", "captum")
-    assert (gcam.relu, gcam.interpolation, gcam.cam_normalise) == (False, "nearest", False)
+    assert (gcam.relu, gcam.interpolation, gcam.cam_normalize) == (False, "nearest", False)
     assert [m for m in METHODS if not supports_3d(m)] == ["xrai"]
 
 

@@ -1,4 +1,4 @@
-"""Cascading randomisation: block lists per family, re-initialisation, determinism, Adebayo's known answer."""
+"""Cascading randomization: block lists per family, re-initialization, determinism, Adebayo's known answer."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from saliency.randomization import (
     named_blocks,
     prefix_blocks,
     randomization_settings,
-    reinitialise,
+    reinitialize,
     stage_generator,
 )
 
@@ -141,7 +141,7 @@ def test_invalid_blocks_are_rejected() -> None:
 # ------------------------------------------------------------------------------------ cascading states
 
 
-def test_cascade_reinitialises_exactly_the_cumulative_set(family) -> None:
+def test_cascade_reinitializes_exactly_the_cumulative_set(family) -> None:
     architecture, model, shape = family
     blocks = named_blocks(model)
     before = _digest(model)
@@ -154,9 +154,9 @@ def test_cascade_reinitialises_exactly_the_cumulative_set(family) -> None:
         sd = state.state_dict()
         for name, tensor in sd.items():
             stage = _stage_of(name, blocks)
-            reinitialised = stage is not None and stage <= k
+            reinitialized = stage is not None and stage <= k
             is_buffer = name.endswith(("running_mean", "running_var", "num_batches_tracked"))
-            if is_buffer or not reinitialised:  # norm statistics are kept; untouched blocks stay as trained
+            if is_buffer or not reinitialized:  # norm statistics are kept; untouched blocks stay as trained
                 assert torch.equal(tensor, original[name]), (label, name)
             else:
                 assert not torch.equal(tensor, original[name]), (label, name)
@@ -248,7 +248,7 @@ def test_randomization_blocks_hook_is_honoured() -> None:
     assert conv.abs().max() > 1 / math.sqrt(conv[0].numel())  # normal draws exceed the uniform default's bound
 
 
-# ------------------------------------------------------------------------------------ re-initialisation
+# ------------------------------------------------------------------------------------ re-initialization
 
 
 def _z_scores(layers: list[nn.Module], std_of) -> torch.Tensor:
@@ -263,7 +263,7 @@ def test_densenet121_conv_weights_are_kaiming_normal() -> None:
     model = _trained_like(_build("densenet121"))
     assert init_scheme(model) == "monai-densenet"
     block = model.features.denseblock4
-    reinitialise(block, torch.Generator().manual_seed(0), scheme=init_scheme(model))
+    reinitialize(block, torch.Generator().manual_seed(0), scheme=init_scheme(model))
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     z = _z_scores(convs, lambda m: math.sqrt(2.0 / _fans(m)[0]))  # kaiming_normal_: fan_in, gain sqrt(2)
     assert abs(float(z.std()) - 1.0) < 0.02 and abs(float(z.mean())) < 0.02
@@ -279,7 +279,7 @@ def test_densenet121_conv_weights_are_kaiming_normal() -> None:
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
     assert all(torch.all(m.num_batches_tracked == 17) for m in norms)  # statistics kept
     head = model.class_layers.out
-    reinitialise(head, torch.Generator().manual_seed(0), scheme="monai-densenet")
+    reinitialize(head, torch.Generator().manual_seed(0), scheme="monai-densenet")
     bound = 1 / math.sqrt(head.in_features)  # PyTorch's Linear default weight, MONAI's zero bias
     assert torch.all(head.bias == 0) and head.weight.abs().max() <= bound
 
@@ -287,13 +287,13 @@ def test_densenet121_conv_weights_are_kaiming_normal() -> None:
 def test_resnet_and_segresnet_inits() -> None:
     resnet = _trained_like(_build("resnet18"))
     assert init_scheme(resnet) == "monai-resnet"
-    reinitialise(resnet.layer4, torch.Generator().manual_seed(0), scheme="monai-resnet")
+    reinitialize(resnet.layer4, torch.Generator().manual_seed(0), scheme="monai-resnet")
     convs = [m for m in resnet.layer4.modules() if isinstance(m, nn.Conv2d)]
     z = _z_scores(convs, lambda m: math.sqrt(2.0 / _fans(m)[1]))  # fan_out, relu
     assert abs(float(z.std()) - 1.0) < 0.01 and abs(float((z.abs() > 2).float().mean()) - 0.0455) < 0.003
     segresnet = _trained_like(_build("segresnet-compact", 3))
     assert init_scheme(segresnet) == "pytorch-default"
-    reinitialise(segresnet.down_layers[2], torch.Generator().manual_seed(0))
+    reinitialize(segresnet.down_layers[2], torch.Generator().manual_seed(0))
     convs = [m for m in segresnet.down_layers[2].modules() if isinstance(m, nn.Conv3d)]
     # kaiming_uniform_(a=sqrt 5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std bound / sqrt(3)
     z = _z_scores(convs, lambda m: 1 / math.sqrt(_fans(m)[0]))
@@ -302,13 +302,13 @@ def test_resnet_and_segresnet_inits() -> None:
     assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
 
 
-def test_reinitialise_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+def test_reinitialize_is_deterministic_and_leaves_the_global_rng_alone() -> None:
     model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4), nn.PReLU(), nn.BatchNorm1d(4))
     rng_before = torch.get_rng_state()
     a, b, c = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
-    reinitialise(a, torch.Generator().manual_seed(1))
-    reinitialise(b, torch.Generator().manual_seed(1))
-    reinitialise(c, torch.Generator().manual_seed(2))
+    reinitialize(a, torch.Generator().manual_seed(1))
+    reinitialize(b, torch.Generator().manual_seed(1))
+    reinitialize(c, torch.Generator().manual_seed(2))
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a[0].weight, c[0].weight) and not torch.equal(a[1].weight, c[1].weight)
@@ -318,16 +318,16 @@ def test_reinitialise_is_deterministic_and_leaves_the_global_rng_alone() -> None
     assert stage_generator(0, 1).initial_seed() != stage_generator(1, 1).initial_seed()
 
 
-def test_reinitialise_rejects_what_it_cannot_redraw() -> None:
+def test_reinitialize_rejects_what_it_cannot_redraw() -> None:
     class Raw(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.scale = nn.Parameter(torch.ones(3))
 
     with pytest.raises(TypeError, match="reset_parameters"):
-        reinitialise(nn.Sequential(Raw()), torch.Generator().manual_seed(0))
+        reinitialize(nn.Sequential(Raw()), torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="unknown init scheme"):
-        reinitialise(nn.Linear(2, 2), torch.Generator(), scheme="xavier")
+        reinitialize(nn.Linear(2, 2), torch.Generator(), scheme="xavier")
 
 
 def test_randomization_settings_for_the_report() -> None:
@@ -335,7 +335,7 @@ def test_randomization_settings_for_the_report() -> None:
     settings = randomization_settings(model, seed=4, include_stem=False)
     assert settings["granularity"] == "named blocks"
     assert settings["norm_running_stats"] == NORM_RUNNING_STATS == "kept"
-    assert settings["seed"] == 4 and settings["include_stem"] is False and settings["stem_randomised"] is False
+    assert settings["seed"] == 4 and settings["include_stem"] is False and settings["stem_randomized"] is False
     assert [b["label"] for b in settings["blocks"]] == EXPECTED_LABELS["compact"][:-1]
     assert settings["n_states"] == 5
     assert settings["init_schemes"] == {"monai-densenet": INIT_SCHEMES["monai-densenet"]}
@@ -352,9 +352,9 @@ def _gradient_and_guided_backprop(model: nn.Module, images: torch.Tensor) -> tup
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_adebayo_logits_randomisation_hits_gradient_not_guided_backprop() -> None:
-    """Randomising the logits layer changes Gradient maps strongly; Guided Backprop stays almost
-    unchanged until lower blocks are randomised (Adebayo et al. 2018, Fig. 2 and README erratum)."""
+def test_adebayo_logits_randomization_hits_gradient_not_guided_backprop() -> None:
+    """Randomizing the logits layer changes Gradient maps strongly; Guided Backprop stays almost
+    unchanged until lower blocks are randomized (Adebayo et al. 2018, Fig. 2 and README erratum)."""
     from skimage.metrics import structural_similarity
     from toy_classification import bright_square_dataset
 
@@ -367,15 +367,15 @@ def test_adebayo_logits_randomisation_hits_gradient_not_guided_backprop() -> Non
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build_network("compact", spatial_dims=2, in_channels=1, out_channels=2)
-        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         batches = torch.Generator().manual_seed(0)
         model.train()
         for _ in range(60):
             index = torch.randint(0, len(images), (16,), generator=batches)
             loss = nn.functional.cross_entropy(model(images[index]), labels[index])
-            optimiser.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            optimiser.step()
+            optimizer.step()
     model.eval()
     test_images, test_labels = tensors(16, seed=11)
     with torch.no_grad():

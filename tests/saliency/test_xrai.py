@@ -109,9 +109,9 @@ def test_segments_multiscale_resize_and_channels() -> None:
     # A single channel segments as grayscale.
     other = segments(image[None], settings)
     assert len(other) == len(masks) and all(np.array_equal(a, b) for a, b in zip(other, masks, strict=True))
-    # Several channels are segmented jointly (colour distance), still covering the image per scale.
-    colour = segments(np.stack([image, -image, image**2]), settings)
-    assert all(m.shape == (60, 80) for m in colour) and np.all(np.sum(colour, axis=0) >= 2)
+    # Several channels are segmented jointly (color distance), still covering the image per scale.
+    color = segments(np.stack([image, -image, image**2]), settings)
+    assert all(m.shape == (60, 80) for m in color) and np.all(np.sum(color, axis=0) >= 2)
     # Rescaled to [-1, 1] first: an affine change of intensity changes nothing.
     assert all(np.array_equal(a, b) for a, b in zip(segments(image * 10 - 3, settings), masks, strict=True))
     with pytest.raises(ValueError, match="2-D"):
@@ -141,7 +141,7 @@ def test_baselines_are_min_and_max() -> None:
     assert torch.equal(black_t, torch.full_like(tensor, -2.0)) and torch.equal(white_t, torch.full_like(tensor, 3.0))
 
 
-def test_settings_validate_and_serialise() -> None:
+def test_settings_validate_and_serialize() -> None:
     settings = XraiSettings(scales=[50, 100])
     assert settings.scales == (50, 100)
     assert settings.to_dict()["scales"] == [50, 100] and settings.to_dict()["algorithm"] == "full"

@@ -89,7 +89,7 @@ def small_cases(draw):
 
 @given(small_cases())
 @settings(max_examples=60, deadline=None)
-def test_vectorised_equals_direct_implementation(case) -> None:
+def test_vectorized_equals_direct_implementation(case) -> None:
     prediction, maps, truth, brain, num = case
     fast = score_case(prediction, maps, truth, brain, num_thresholds=num)
     slow = direct_score(prediction, maps, truth, brain, thresholds(num))

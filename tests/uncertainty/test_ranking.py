@@ -51,7 +51,7 @@ def test_cumulative_rank_by_hand() -> None:
     assert table["good"]["mean_rank"] == pytest.approx((5.5 / 3 + 1) / 2)
     assert table["middle"]["mean_rank"] == pytest.approx(2.25)
     assert table["partial"]["mean_rank"] == pytest.approx(7 / 3)
-    assert table["partial"]["normalised_ranking_score"] == pytest.approx(7 / 9)
+    assert table["partial"]["normalized_ranking_score"] == pytest.approx(7 / 9)
     assert table["partial"]["pairs_missing"] == 3 and table["good"]["pairs_missing"] == 0
     assert table["partial"]["mean_score_TC"] == pytest.approx(0.1)
     assert ranking.missing() == [("partial", "c2", r) for r in REGIONS]
