@@ -5,11 +5,11 @@ with BN layers; never imports ``pipelines``.
 Modules: :mod:`continual.bn` (BN statistics snapshot, freezing, BN-affine training,
 post-conditions), :mod:`continual.ewc` (Fisher diagonal at the old site, EWC penalty),
 :mod:`continual.lwf` (Learning without Forgetting), :mod:`continual.metrics` (forgetting
-metrics), :mod:`continual.expand` (the arms of a domain-expansion experiment).
+metrics), :mod:`continual.expansion` (the arms of a domain-expansion experiment).
 
 The entry points are importable from here (``from continual import EWCPenalty, estimate_fisher,
-freeze_bn_stats``), each imported on first use. The domain-expansion driver itself is
-:func:`continual.expand.expand` (its module has the same name, so it is not re-exported here).
+freeze_bn_stats``), each imported on first use, the domain-expansion driver
+(:func:`continual.expansion.expand`) and the federated simulation among them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "client_update",
     "distillation_loss",
     "estimate_fisher",
+    "expand",
     "ewc_penalty",
     "forgetting_reduction",
     "freeze_bn_stats",
@@ -66,9 +67,10 @@ _EXPORTS: dict[str, str] = {
     "ewc_penalty": "continual.ewc",
     "LwFLoss": "continual.lwf",
     "distillation_loss": "continual.lwf",
-    "ARMS": "continual.expand",
-    "SELECTIONS": "continual.expand",
-    "ArmSpec": "continual.expand",
+    "ARMS": "continual.expansion",
+    "SELECTIONS": "continual.expansion",
+    "ArmSpec": "continual.expansion",
+    "expand": "continual.expansion",
     "AccuracyMatrix": "continual.metrics",
     "forgetting_reduction": "continual.metrics",
     "site_metrics": "continual.metrics",
@@ -95,7 +97,7 @@ if TYPE_CHECKING:
     )
     from continual.crosssite import adapt_bn_statistics
     from continual.ewc import FISHER_MODES, EWCPenalty, Fisher, estimate_fisher, ewc_penalty
-    from continual.expand import ARMS, SELECTIONS, ArmSpec
+    from continual.expansion import ARMS, SELECTIONS, ArmSpec, expand
     from continual.federated import FedConfig, ServerState, Site, aggregate_states, client_update, simulate_inprocess
     from continual.lwf import LwFLoss, distillation_loss
     from continual.metrics import AccuracyMatrix, forgetting_reduction, site_metrics, summarize_arms

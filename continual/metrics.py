@@ -132,9 +132,13 @@ def site_metrics(
         unknown = values[~np.isin(values, classes)]
         if unknown.size:
             raise ValueError(f"class {int(unknown[0])} is not among labels {classes.tolist()}")
+    import warnings
+
     from sklearn.metrics import confusion_matrix
 
-    confusion = confusion_matrix(y, pred, labels=classes)  # rows = truth, in the caller's class order
+    with warnings.catch_warnings():  # a single class present is fine here: the labels are given
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        confusion = confusion_matrix(y, pred, labels=classes)  # rows = truth, in the caller's class order
     result = {
         "accuracy": float(np.mean(y == pred)),
         "kappa_linear": cohen_kappa(confusion, weights="linear"),

@@ -27,11 +27,15 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from pipelines.base import ImageResult, Pipeline, slug
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
 
 __all__ = [
     "BratsPipeline",
@@ -170,7 +174,7 @@ def load_case(
     *,
     channels: Sequence[str] = CHANNEL_ORDER,
     reference: str = REFERENCE_SEQUENCE,
-) -> Any:
+) -> MetaTensor:
     """The four sequences as one float32 MetaTensor (4, X, Y, Z) on the reference grid.
 
     Args:
@@ -258,7 +262,7 @@ def region_volumes_ml(labels: np.ndarray, affine: np.ndarray, convention: str = 
     }
 
 
-def preprocessing_transforms(spacing: Sequence[float] | None) -> Any:
+def preprocessing_transforms(spacing: Sequence[float] | None) -> Compose:
     """MONAI transforms for a (4, X, Y, Z) case: RAS orientation, optional resampling to
     ``spacing`` (mm), per-channel z-score over non-zero voxels (skull-stripped background stays 0)."""
     from monai.transforms import Compose, NormalizeIntensity, Orientation, Spacing

@@ -146,7 +146,7 @@ def expand_site(
     ``cache_dir``: decoded training and validation images cached there (MONAI
     ``PersistentDataset``: the deterministic transforms only, so the results do not change)."""
     from continual.ewc import Fisher
-    from continual.expand import ARMS, expand
+    from continual.expansion import ARMS, expand
     from medimg.models import load_checkpoint
     from medimg.training import TrainConfig
     from pipelines import get_pipeline
@@ -330,7 +330,7 @@ def _run_arms(
     """Adapt ``weights`` with every arm (EWC arms at every lambda) for every seed, each run in
     ``OUT/runs/<arm>-l<lambda>-s<seed>``: the ``arms.csv`` rows, and the first seed's trained runs
     (``{"arm", "lambda", "seed", "checkpoint"}``) for the layer-reset attribution."""
-    from continual.expand import ARMS
+    from continual.expansion import ARMS
     from continual.metrics import arm_row
 
     rows: list[dict[str, Any]] = []

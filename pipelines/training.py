@@ -20,17 +20,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medimg.writers import write_csv, write_json
 from pipelines.base import Pipeline, is_held_out_test, patient_split
 
+if TYPE_CHECKING:
+    from monai.data import Dataset
+
+    from medimg.training import TrainResult
+
 __all__ = ["TrainPipelineConfig", "evaluate_pipeline", "predict_items", "train_pipeline"]
 
 
-def _dataset(items: list[dict], transform: Any, cache_dir: Path | None) -> Any:
+def _dataset(items: list[dict], transform: Any, cache_dir: Path | None) -> Dataset:
     from monai.data import Dataset, PersistentDataset
 
     if cache_dir is None:
@@ -62,7 +67,7 @@ def site_dataset(
     *,
     train: bool,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> Any:
+) -> Dataset:
     """A dataset of ``{"image", "label"}`` items through the pipeline's (training or inference)
     transforms; with ``cache_dir`` the deterministic transforms are cached on disk."""
     return _dataset(
@@ -75,7 +80,7 @@ def site_dataset(
 #: Attention-gate training settings (``medimg train ... --attention``).
 ATTENTION_DEFAULTS: dict[str, Any] = {
     "heads": 1,
-    "activation": "softmax",  # measured: sigmoid maps localized worse (README, "Trainable attention")
+    "activation": "softmax",  # measured: sigmoid maps localized worse (docs/results)
     "regularizer": "none",
     "regularizer_weight": 0.0,
     "box_fraction": 0.0,
@@ -142,7 +147,7 @@ def train_pipeline(
     data_dir: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],
     config: TrainPipelineConfig | None = None,
-) -> Any:
+) -> TrainResult:
     """Train ``pipeline`` on ``data_dir``; checkpoints, metrics and plots go to ``run_dir``.
 
     Args:

@@ -44,6 +44,7 @@ from saliency.verdicts import (
     INFORMATIVE,
     SUMMARY_COLUMNS,
     RandomizationScores,
+    SummaryRow,
     finite_mean,
     is_informative,
     method_label,
@@ -483,21 +484,16 @@ def _localizer_agreement(
         ]
     )
     return [
-        {
-            "method": method,
-            "criterion": "repeatability",
-            "statistic": "mean SSIM",
-            "value": finite_mean([r["ssim"] for r in pairs["repeatability"] if r["method"] == method]),
-            "baseline": "supervised localizer pair (two seeds)",
-            "baseline_value": finite_mean(pair),
-            "p_value": float("nan"),
-            "p_holm": float("nan"),
-            "n": int(np.isfinite(pair).sum()),
-            "n_degenerate": 0,
-            "passed": None,
-            "discriminating": "",
-            "rule": INFORMATIVE,
-        }
+        SummaryRow(
+            method,
+            "repeatability",
+            statistic="mean SSIM",
+            value=finite_mean([r["ssim"] for r in pairs["repeatability"] if r["method"] == method]),
+            baseline="supervised localizer pair (two seeds)",
+            baseline_value=finite_mean(pair),
+            n=int(np.isfinite(pair).sum()),
+            rule=INFORMATIVE,
+        ).as_dict()
         for method in plan.methods
     ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from saliency.protocol import AuditProtocol
 __all__ = [
     "CRITERION_LABELS",
     "SUMMARY_COLUMNS",
+    "SummaryRow",
     "RandomizationScores",
     "agreement_summary",
     "finite_mean",
@@ -40,21 +41,48 @@ CRITERION_LABELS = {
     "repeatability": "Repeatability",
     "reproducibility": "Reproducibility",
 }
-SUMMARY_COLUMNS = (
-    "method",
-    "criterion",
-    "statistic",
-    "value",
-    "baseline",
-    "baseline_value",
-    "p_value",
-    "p_holm",
-    "n",
-    "n_degenerate",
-    "passed",
-    "discriminating",
-    "rule",
-)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of ``summary.csv``: a method's verdict on one criterion, or an informative row.
+
+    Attributes:
+        method: the method, control or baseline the row is about.
+        criterion: ``localization``, ``randomization``, ``repeatability`` or ``reproducibility``.
+        statistic: what ``value`` is (e.g. "mean AUPRC (trained)").
+        value: the statistic of the method.
+        baseline: what ``baseline_value`` is (e.g. the average-mask prior).
+        baseline_value: the statistic of the baseline, or the agreement line.
+        p_value, p_holm: the one-sided test's p-value and its Holm-adjusted value (NaN: no test).
+        n: images (or image pairs) with a finite statistic.
+        n_degenerate: degenerate (constant or non-finite) maps among them.
+        passed: the verdict (None: undecidable, or an informative row).
+        discriminating: False when a model-blind control passes the criterion ("" until checked).
+        rule: the rule the verdict follows, in words, or :data:`INFORMATIVE`.
+    """
+
+    method: str
+    criterion: str
+    statistic: str = ""
+    value: float = math.nan
+    baseline: str = ""
+    baseline_value: float = math.nan
+    p_value: float = math.nan
+    p_holm: float = math.nan
+    n: int = 0
+    n_degenerate: int = 0
+    passed: bool | None = None
+    discriminating: bool | str = ""
+    rule: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as ``summary.csv`` writes it (keys in :data:`SUMMARY_COLUMNS` order)."""
+        return {column: getattr(self, column) for column in SUMMARY_COLUMNS}
+
+
+#: The columns of ``summary.csv``, in order: the fields of :class:`SummaryRow`.
+SUMMARY_COLUMNS = tuple(f.name for f in fields(SummaryRow))
 INFORMATIVE = "informative (not a pass criterion)"
 
 
@@ -74,10 +102,8 @@ def method_label(method: str) -> str:
 
 
 def _row(method: str, criterion: str, **values: Any) -> dict[str, Any]:
-    row = {"method": method, "criterion": criterion, "p_value": math.nan, "p_holm": math.nan, "n_degenerate": 0}
-    row.update(values)
-    row.setdefault("discriminating", "")
-    return row
+    """A summary row as a dict; unknown keys fail here (:class:`SummaryRow` is the schema)."""
+    return SummaryRow(method, criterion, **values).as_dict()
 
 
 def _tests(

@@ -12,7 +12,7 @@ import torch
 from toy_classification import bright_square_dataset, roc_auc_metric, toy_meta
 
 from continual.ewc import estimate_fisher
-from continual.expand import ce_penalty_metric, expand, two_site_metric
+from continual.expansion import ce_penalty_metric, expand, two_site_metric
 from medimg.models import build_network, read_checkpoint
 from medimg.training import TrainConfig
 
