@@ -14,8 +14,9 @@ freeze_bn_stats``), each imported on first use, the domain-expansion driver
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medimg.lazy import lazy_exports
 
 __all__ = [
     "ARMS",
@@ -103,15 +104,4 @@ if TYPE_CHECKING:
     from continual.metrics import AccuracyMatrix, forgetting_reduction, site_metrics, summarize_arms
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

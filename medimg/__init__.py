@@ -8,8 +8,9 @@ stays fast: no torch, MONAI or pydicom until a name that needs them is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medimg.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -95,15 +96,4 @@ if TYPE_CHECKING:
     from medimg.writers import write_csv, write_json, write_nifti
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -12,8 +12,9 @@ imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medimg.lazy import lazy_exports
 
 __all__ = [
     "AttentionClassifier",
@@ -102,15 +103,4 @@ if TYPE_CHECKING:
     from saliency.xrai import XraiSettings, xrai_map
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

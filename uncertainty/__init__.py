@@ -15,9 +15,9 @@ Generic over any model; never imports ``pipelines``. The scoring modules never i
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from medimg.lazy import lazy_exports
 from uncertainty.leaderboard import Leaderboard, build_leaderboard, rank_from_scores
 from uncertainty.qubrats import REGIONS, CaseScore, RegionScore, score_case, thresholds
 from uncertainty.ranking import Ranking, rank_teams
@@ -65,15 +65,4 @@ if TYPE_CHECKING:
     from uncertainty.report import ranking_report, score_report
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name of :data:`_EXPORTS` on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
