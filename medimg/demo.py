@@ -18,6 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from medimg.untrusted import terminal_text
+
 __all__ = ["percent", "run_demo", "small_sites"]
 
 _DATASETS = {"cxr": "chest_xray", "mammo": "mammography", "brain/dicom": "brain_mr"}
@@ -65,7 +67,8 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
     console.print(summary)
     for folder, result in scans.items():
         for entry in result.quarantine[:3]:
-            console.print(f"  quarantine [dim]{folder}[/dim]: {Path(entry.path).name}: {entry.reason}")
+            name, reason = terminal_text(Path(entry.path).name), terminal_text(entry.reason)
+            console.print(f"  quarantine [dim]{terminal_text(folder)}[/dim]: {name}: {reason}")
 
     console.rule("[bold]2. Select series by rules")
     for folder, rule_name in _DATASETS.items():
@@ -86,7 +89,7 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
                     continue
                 series, inst = items[0]
                 cells.append(series.SeriesDescription or (inst.get("ViewPosition", "") if inst else ""))
-            table.add_row(study.PatientID[:20], *cells)
+            table.add_row(terminal_text(study.PatientID[:20]), *cells)
         console.print(table)
         console.print(f"  {complete}/{len(scans[folder].studies)} studies have every required selection")
 
@@ -273,7 +276,9 @@ def _attention(data: Path, out: Path, console: Console) -> bool:
     if weights is None or not weights.is_file():
         console.print("[red]no attention demo weights[/red] (make demo-weights-saliency writes them)")
         return False
-    summary = run_pipeline(get_pipeline("pneumonia"), data / "cxr", out / "pneumonia-attention", weights=weights)
+    summary = run_pipeline(
+        get_pipeline("pneumonia"), data / "cxr", out / "pneumonia-attention", weights=weights, overwrite=True
+    )
     table = Table(title=f"medimg run pneumonia {data / 'cxr'} --weights {weights.name}")
     for column in ("PatientID", "probability", "predicted", "n_boxes", "heatmap", "overlay"):
         table.add_column(column)
@@ -329,7 +334,8 @@ def _brats(data: Path, out: Path, console: Console) -> bool:
     by_case = {c.case_id: c for c in scores.cases}
     for row in summary.rows:
         case_id = row["case_id"]
-        labels = np.asarray(nib.load(out / "brats" / case_id / f"{case_id}.nii.gz").dataobj)
+        folder = out / "brats" / summary.folders[row["StudyInstanceUID"]]
+        labels = np.asarray(nib.load(folder / row["labels_file"]).dataobj)
         truth = np.asarray(nib.load(data / "brain" / "nifti" / case_id / f"{case_id}_seg.nii.gz").dataobj)
         dice = []
         for p, t in zip(labels_to_channels(labels), labels_to_channels(truth), strict=True):

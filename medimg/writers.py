@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_nifti", "write_nifti_array", "write_text"]
+from medimg.untrusted import spreadsheet_text
+
+__all__ = [
+    "atomic_path",
+    "remove_stale_temporaries",
+    "write_bytes",
+    "write_csv",
+    "write_json",
+    "write_nifti",
+    "write_nifti_array",
+    "write_text",
+]
 
 
 @contextlib.contextmanager
@@ -44,6 +56,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+#: The temporary names of :func:`atomic_path`: ``.NAME.XXXXXXXX.tmp[SUFFIXES]`` (mkstemp's 8 characters).
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..*)?$")
+
+
+def remove_stale_temporaries(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` under ``root`` (left by a killed process).
+
+    Call it only while no other process writes under ``root``. Symlinked folders are not
+    followed. Returns the paths removed.
+    """
+    removed = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if _TEMPORARY_NAME.match(name) and (path.is_symlink() or path.is_file()):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -62,12 +94,18 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """Write dict rows as CSV with the given column order, atomically."""
+    """Write dict rows as CSV with the given column order, atomically.
+
+    Keys not in ``columns`` are ignored, missing ones are left empty. A text cell (or column
+    name) that a spreadsheet would run as a formula is neutralised by
+    :func:`medimg.untrusted.spreadsheet_text`; numbers are written as they are.
+    """
+    columns = list(columns)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow([spreadsheet_text(c) for c in columns])
         for row in rows:
-            writer.writerow(row)
+            writer.writerow([spreadsheet_text(row.get(c, "")) for c in columns])
     return Path(path)
 
 

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from medimg.safepath import safe_name
+
 __all__ = ["DatasetError", "ImageResult", "Pipeline", "is_held_out_test", "patient_split", "slug"]
 
 
@@ -42,10 +44,9 @@ class ImageResult:
 
 
 def slug(text: str) -> str:
-    """A file-system-safe folder name from an identifier (UIDs keep their dots)."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text))[:96] or "x"
+    """A safe, collision-free single path component from an identifier (see
+    :func:`medimg.safepath.safe_name`; plain UIDs keep their names)."""
+    return safe_name(text)
 
 
 def is_held_out_test(item: Mapping[str, Any]) -> bool:
@@ -143,7 +144,7 @@ class Pipeline:
 
         intensity = preprocessing["intensity"]
         spatial = ("image", "box_mask") if box_masks else ("image",)
-        steps: list[Any] = [LoadDicomd("image", voi=preprocessing.get("voi"))]
+        steps: list[Any] = [LoadDicomd("image", voi=preprocessing.get("voi"), grey=True)]  # colour -> luminance
         if box_masks:
             steps.append(BoxMaskd())
         steps += [
@@ -198,8 +199,9 @@ class Pipeline:
     # --- running (see pipelines.runner) -------------------------------------------------
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
-        """Folder (relative to OUT) of a study's outputs and ``study.json``."""
-        return "studies/" + slug(study_uid)
+        """Folder (relative to OUT) of a study's outputs and ``study.json``: ``studies/{StudyInstanceUID}``,
+        made safe (one component, distinct UIDs never share a folder)."""
+        return "studies/" + safe_name(study_uid)
 
     def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
         """Work for inputs that are not DICOM (e.g. a BraTS NIfTI folder), or None to scan DICOM.

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from pipelines.base import ImageResult, Pipeline, slug
+from medimg.limits import InputLimitError, NonFiniteError, check_finite, check_size
+from medimg.safepath import inside, safe_name, short_hash
+from pipelines.base import ImageResult, Pipeline
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -151,9 +153,14 @@ def _load_sequence(case_id: str, source: Path | Sequence[str]) -> Any:
         from monai.data import MetaTensor
         from nibabel.spatialimages import SpatialImage
 
+        name = Path(source).name
         try:
             image = cast(SpatialImage, nib.load(str(source)))
+            check_size(image.shape, name)  # from the header, before any data is read
             data = np.asarray(image.get_fdata(dtype=np.float32))
+            check_finite(data, name, what="voxel")
+        except (InputLimitError, NonFiniteError) as exc:
+            raise CaseInputError(case_id, source, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
             raise CaseInputError(case_id, source, f"cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
         if data.ndim != 3:
@@ -164,7 +171,7 @@ def _load_sequence(case_id: str, source: Path | Sequence[str]) -> Any:
 
     try:
         return load_series(list(source))
-    except (SeriesError, DecodeError) as exc:
+    except (SeriesError, DecodeError, InputLimitError, NonFiniteError) as exc:
         raise CaseInputError(case_id, os.path.dirname(source[0]), str(exc)) from exc
 
 
@@ -387,7 +394,12 @@ class BratsPipeline(Pipeline):
         return load
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
-        return slug(item["case_id"])
+        """``{case ID}`` for a NIfTI case; ``{case ID}_{hash of StudyInstanceUID}`` for a DICOM study
+        (the case ID is its PatientID, shared by all the patient's studies), each made safe."""
+        case = safe_name(item["case_id"])
+        if item.get("source") == "dicom" and str(study_uid) != str(item["case_id"]):
+            return f"{case}_{short_hash(study_uid)}"
+        return case
 
     def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
         from pipelines.runner import resume_study
@@ -409,7 +421,7 @@ class BratsPipeline(Pipeline):
                 "source_file": str(roles["t1ce"].parent),
                 "sources": {s: str(roles[s]) for s in SEQUENCES},
             }
-            folder = out / self.output_folder(case_id, item)
+            folder = inside(out, out / self.output_folder(case_id, item))
             summary.folders[case_id] = folder.name
             if not resume_study(folder, overwrite, summary):
                 jobs.append((case_id, folder, [item]))
@@ -520,7 +532,7 @@ class BratsPipeline(Pipeline):
         from medimg.writers import write_nifti_array
 
         extras = result.extras
-        case_id = extras["item"]["case_id"]
+        case_id = safe_name(extras["item"]["case_id"])
         names = [f"{case_id}.nii.gz"]
         write_nifti_array(study_dir / names[0], extras["labels"], extras["affine"])
         for suffix, values in extras.get("uncertainty", {}).items():

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from medimg.limits import constant_image_warning
+from medimg.safepath import safe_name
 from medimg.writers import write_csv
 from pipelines.base import DatasetError, ImageResult, Pipeline
 
@@ -68,7 +70,17 @@ class DensityPipeline(Pipeline):
     rules = "mammography"
     monitor = "kappa_linear"
     default_image_size = {"densenet121": (224, 288), "compact": (128, 160)}
-    result_columns = ("predicted", "ImageLaterality", "ViewPosition", "prob_A", "prob_B", "prob_C", "prob_D", "overlay")
+    result_columns = (
+        "predicted",
+        "ImageLaterality",
+        "ViewPosition",
+        "prob_A",
+        "prob_B",
+        "prob_C",
+        "prob_D",
+        "overlay",
+        "warning",
+    )
 
     def augmentations(self, spatial_keys: Sequence[str] = ("image",)) -> list[Any]:
         from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised
@@ -151,6 +163,7 @@ class DensityPipeline(Pipeline):
                 "ImageLaterality": item.get("ImageLaterality") or item.get("Laterality") or "",
                 "ViewPosition": item.get("ViewPosition", ""),
                 **{f"prob_{c}": float(p) for c, p in zip(self.labels, prob[i], strict=True)},
+                "warning": constant_image_warning(images[i]),
             }
             if extras is None:
                 results.append(ImageResult(row=row))
@@ -165,7 +178,7 @@ class DensityPipeline(Pipeline):
             return []
         from pipelines.overlay import write_overlay
 
-        name = f"{result.row['SOPInstanceUID']}_attention.png"
+        name = f"{safe_name(result.row['SOPInstanceUID'])}_attention.png"
         write_overlay(study_dir / name, result.image, result.heatmap, (), f"density {result.row['predicted']}")
         result.row["overlay"] = name
         return [name]

@@ -191,7 +191,18 @@ def build_summary(
         "settings": {k: v for k, v in settings.items() if k != "cache_dir"},
     }
     summary.update(_summary_notes(settings, undefined_gain=summary["generalizability_gain"] is None))
+    _mark_data_warnings(summary, fed.data_warnings)
     return summary
+
+
+def _mark_data_warnings(summary: dict[str, Any], warnings: Sequence[str]) -> None:
+    """``data_warnings`` in the summary, and a ``warning`` on every gain averaged over the sites."""
+    summary["data_warnings"] = list(warnings)
+    if not warnings:
+        return
+    for key in ("local_gain", "generalizability_gain", "generalizability_gain_tta"):
+        if summary.get(key):
+            summary[key]["warning"] = "; ".join(warnings)
 
 
 def _shared_bn(fed: Federation) -> str:
@@ -303,6 +314,8 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
             f"  {label}: federated {entry[fl]['value']:.3f} vs local-only {entry[local]['value']:.3f} [BN {used}]: "
             f"{_ci(entry)} ({relative}): {entry['status']}"
         )
+    for warning in summary.get("data_warnings", []):
+        lines.append(f"  warning: {warning}")
     if summary.get("generalizability_note"):
         lines.append(f"  generalization gain: {summary['generalizability_note']}")
     if summary.get("initial_weights_note"):

@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Federation",
+    "duplicate_warnings",
     "evaluate_dataset",
     "federation_meta",
+    "fingerprint",
     "load_federation",
     "save_server",
     "settings_from_run_config",
     "site_names",
+    "split_warnings",
     "write_rounds",
 ]
 
@@ -54,6 +57,10 @@ class Federation:
     test_groups: dict[str, list[str]] = field(default_factory=dict)
     #: per site: its training and validation images through the inference transforms (test-time BN)
     unlabelled: dict[str, Any] = field(default_factory=dict)
+    #: what makes the averaged figures mislead: single-class splits, sites with identical data
+    data_warnings: list[str] = field(default_factory=list)
+    #: per site: a fingerprint of its items (patient, label, file name and size), see :func:`data_warnings`
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def make_model(self) -> torch.nn.Module:
         """A fresh network of the federation's architecture (random initialization)."""
@@ -129,6 +136,7 @@ def load_federation(
             fed.sites.append(Site(name=name, train=None, val=None, test=None))
         else:
             _add_site(fed, name, folder, Path(cache) / name if cache else None)
+    fed.data_warnings.extend(duplicate_warnings(fed.fingerprints))
     return fed
 
 
@@ -208,6 +216,8 @@ def _add_site(fed: Federation, name: str, folder: str, cache: Path | None) -> No
 
     pipeline, preprocessing = fed.pipeline, fed.meta["preprocessing"]
     splits = site_splits(pipeline, folder)
+    fed.data_warnings.extend(split_warnings(name, splits))
+    fed.fingerprints[name] = fingerprint([item for part in ("train", "val", "test") for item in splits[part]])
 
     def dataset(part: str, train: bool = False) -> Any:
         return site_dataset(pipeline, splits[part], preprocessing, train=train, cache_dir=cache)
@@ -219,6 +229,47 @@ def _add_site(fed: Federation, name: str, folder: str, cache: Path | None) -> No
         pipeline, splits["train"], preprocessing, train=False, cache_dir=cache / "inference" if cache else None
     )
     fed.unlabelled[name] = ConcatDataset([plain, fed.sites[-1].val])
+
+
+def split_warnings(name: str, splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Warnings for a site whose training or test split has a single class (its scores mislead)."""
+    out = []
+    for part in ("train", "test"):
+        labels = {str(item.get("label")) for item in splits.get(part, [])}
+        if len(labels) == 1:
+            out.append(
+                f"site {name}: its {part} split has a single class ({labels.pop()}); "
+                "its scores (and the gains averaged over sites) may mislead"
+            )
+    return out
+
+
+def fingerprint(items: Sequence[Mapping[str, Any]]) -> str:
+    """A hash of a site's items: patient, label, image file name and size (a copied site has the same)."""
+    import hashlib
+
+    def key(item: Mapping[str, Any]) -> str:
+        images = item.get("image")
+        paths = images if isinstance(images, list | tuple) else [images]
+        files = [(Path(p).name, Path(p).stat().st_size if p and Path(p).is_file() else -1) for p in paths if p]
+        return json.dumps([str(item.get("patient_id")), str(item.get("label")), files])
+
+    return hashlib.sha256("\n".join(sorted(key(item) for item in items)).encode()).hexdigest()
+
+
+def duplicate_warnings(fingerprints: Mapping[str, str]) -> list[str]:
+    """Warnings for sites whose data is identical (the same :func:`fingerprint`)."""
+    seen: dict[str, str] = {}
+    out = []
+    for name, value in fingerprints.items():
+        if value in seen:
+            out.append(
+                f"sites {seen[value]} and {name} have identical data (same patients, labels and files): "
+                "a held-out site is not unseen, and the averaged gains count it twice"
+            )
+        else:
+            seen[value] = name
+    return out
 
 
 def federation_meta(fed: Federation, role: str, extra: Mapping[str, Any]) -> dict[str, Any]:

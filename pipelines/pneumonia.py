@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from medimg.limits import constant_image_warning
+from medimg.safepath import safe_name
 from medimg.writers import write_csv
 from pipelines.base import DatasetError, ImageResult, Pipeline
 
@@ -60,7 +62,7 @@ class PneumoniaPipeline(Pipeline):
     labels = ("no_pneumonia", "pneumonia")
     rules = "chest_xray"
     monitor = "roc_auc"
-    result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "heatmap", "overlay")
+    result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "heatmap", "overlay", "warning")
 
     def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
         data_dir = Path(data_dir)
@@ -144,6 +146,7 @@ class PneumoniaPipeline(Pipeline):
                 "boxes": [[round(p * peak, 4), x, y, w, h] for x, y, w, h, peak in boxes],
                 "ViewPosition": item.get("ViewPosition", ""),
                 "heatmap": source,
+                "warning": constant_image_warning(images[i]),
             }
             results.append(ImageResult(row=row, heatmap=heat, image=image))
         return results
@@ -153,7 +156,7 @@ class PneumoniaPipeline(Pipeline):
             return []
         from pipelines.overlay import write_overlay
 
-        name = f"{result.row['SOPInstanceUID']}_overlay.png"
+        name = f"{safe_name(result.row['SOPInstanceUID'])}_overlay.png"
         boxes = [(x, y, w, h) for _, x, y, w, h in result.row["boxes"]]
         label = f"p(pneumonia) = {result.row['probability']:.3f} ({result.row.get('heatmap', 'grad-cam')})"
         write_overlay(study_dir / name, result.image, result.heatmap, boxes, label)

@@ -10,7 +10,7 @@ import numpy as np
 from medimg.report import Report
 from pipelines.base import Pipeline
 
-__all__ = ["run_report", "summarize_errors"]
+__all__ = ["plain_run_report", "run_report", "summarize_errors"]
 
 MAX_THUMBNAILS = 48
 
@@ -77,4 +77,15 @@ def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Rep
         report.table(summary.errors[:200], ["kind", "path", "reason"])
     else:
         report.text("Nothing was skipped.")
+    return report
+
+
+def plain_run_report(pipeline: Pipeline, summary: Any) -> Report:
+    """The report of a run whose full report could not be made: counts and what failed, no pictures."""
+    report = Report(f"medimg run {pipeline.name}", subtitle=pipeline.description)
+    report.heading("Run")
+    report.table([{"item": k, "value": v} for k, v in summary.counts.items()], ["item", "value"])
+    report.text(f"{len(summary.rows)} row(s) in results.csv.", warning=True)
+    report.heading("Skipped and failed")
+    report.table(summary.errors[:200], ["kind", "path", "reason"])
     return report

@@ -12,6 +12,16 @@ Outputs in OUT:
   study with ``study.json`` is done: a second run skips it unless ``overwrite``);
 - the pipeline's run-level files (``submission.csv``, ``exams.csv``) and ``report.html``.
 
+Every run finishes its bookkeeping: whatever fails for one file, image or study (decoding,
+transforms, inference, writing) becomes an ``error`` line of ``errors.csv`` with a readable cause,
+and ``results.csv``, ``errors.csv``, ``run.json`` and ``report.html`` are always written.
+
+One run at a time per OUT (``OUT/.medimg.lock``). A rerun resumes only when its result settings
+(pipeline, weights' SHA-256, uncertainty method, samples and ensemble weights) agree with those in
+``run.json``; otherwise it is refused (:class:`pipelines.run_state.RunRefused`) unless
+``overwrite``, which removes the earlier run's outputs (inside OUT only) and starts clean.
+Temporary files left by a killed run are removed at the start.
+
 Inputs are only read.
 """
 
@@ -29,10 +39,19 @@ from typing import Any
 import numpy as np
 
 from medimg import __version__
-from medimg.writers import write_csv, write_json
+from medimg.writers import remove_stale_temporaries, write_csv, write_json
 from pipelines.base import ImageResult, Pipeline
+from pipelines.run_state import (
+    OutputLock,
+    RunRefused,
+    check_rerun,
+    clean_previous_run,
+    describe_error,
+    prepare_output,
+    result_settings,
+)
 
-__all__ = ["ERROR_COLUMNS", "RunSummary", "default_weights", "resume_study", "run_pipeline"]
+__all__ = ["ERROR_COLUMNS", "RunRefused", "RunSummary", "default_weights", "resume_study", "run_pipeline"]
 
 ERROR_COLUMNS = ("kind", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "path", "reason")
 _HEADER_KEYS = ("PatientID", "Rows", "Columns", "ViewPosition", "ImageLaterality", "Laterality", "Modality")
@@ -80,9 +99,16 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _error_line(item: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """An ``error`` line of ``errors.csv`` for a work item (or a study's ids)."""
+    ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+    return {"kind": "error", **ids, "path": item.get("source_file", item.get("path", "")), "reason": reason}
+
+
 def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: RunSummary) -> list[tuple]:
-    """Select images per study; record skips; return jobs (study, folder, items) not yet done."""
-    from medimg.dicom import load_rules, select
+    """Select images per study; record skips; return jobs (study, folder, items) not yet done. A study
+    that cannot be planned (e.g. an unusable UID for its folder) is an error line, never raised."""
+    from medimg.dicom import load_rules
 
     rules = load_rules(pipeline.rules)
     jobs = []
@@ -91,64 +117,86 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
             {"kind": "error" if entry.is_error else "skipped", "path": entry.path, "reason": entry.reason}
         )
     for study in scan.studies:
-        chosen = select(study, rules)
-        ids = {"PatientID": study.PatientID, "StudyInstanceUID": study.StudyInstanceUID}
-        for decision in chosen.decisions:
-            if decision.taken_by is None:
-                series = next(s for s in study.series if s.SeriesInstanceUID == decision.SeriesInstanceUID)
-                path = (
-                    next(i.path for i in series.instances if i.sop_instance_uid == decision.SOPInstanceUID)
-                    if decision.SOPInstanceUID
-                    else os.path.commonpath(series.files)
-                )
-                summary.errors.append(
-                    {
-                        "kind": "skipped",
-                        **ids,
-                        "SeriesInstanceUID": decision.SeriesInstanceUID,
-                        "path": path,
-                        "reason": f"not selected by the {rules.name} rules: {decision.reason}",
-                    }
-                )
-        if chosen.missing:
-            first = study.series[0].files[0] if study.series else ""
-            # A series that matched but was unusable (missing slices, mixed sizes) says why.
-            unusable = [f"{d.label}: {d.reason}" for d in chosen.decisions if "but unusable" in d.reason]
+        try:
+            job = _plan_study(pipeline, study, rules, out, overwrite, summary)
+        except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
+            first = study.series[0].files[0] if study.series and study.series[0].files else ""
+            ids = {"PatientID": study.PatientID, "StudyInstanceUID": study.StudyInstanceUID, "path": first}
+            summary.errors.append(_error_line(ids, f"cannot plan the study: {describe_error(exc)}"))
+            continue
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def _record_unselected(study: Any, chosen: Any, rules: Any, summary: RunSummary) -> None:
+    """A ``skipped`` line per series or image the rules did not take."""
+    ids = {"PatientID": study.PatientID, "StudyInstanceUID": study.StudyInstanceUID}
+    for decision in chosen.decisions:
+        if decision.taken_by is None:
+            series = next(s for s in study.series if s.SeriesInstanceUID == decision.SeriesInstanceUID)
+            path = (
+                next(i.path for i in series.instances if i.sop_instance_uid == decision.SOPInstanceUID)
+                if decision.SOPInstanceUID
+                else os.path.commonpath(series.files)
+            )
             summary.errors.append(
                 {
-                    "kind": "error",
+                    "kind": "skipped",
                     **ids,
-                    "path": os.path.dirname(first),
-                    "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)"
-                    + "".join(f"; {u}" for u in unusable),
+                    "SeriesInstanceUID": decision.SeriesInstanceUID,
+                    "path": path,
+                    "reason": f"not selected by the {rules.name} rules: {decision.reason}",
                 }
             )
-            continue
-        items = pipeline.study_items(study, chosen) if pipeline.unit == "study" else []
-        for name, picks in chosen.picked.items() if pipeline.unit == "image" else ():
-            for series, inst in picks:
-                assert inst is not None  # the 2-D pipelines select at image level
-                item = {key: inst.get(key, "") for key in _HEADER_KEYS}
-                item.update(
-                    image=inst.path,
-                    source_file=inst.path,
-                    selection=name,
-                    PatientID=study.PatientID,
-                    StudyInstanceUID=study.StudyInstanceUID,
-                    SeriesInstanceUID=series.SeriesInstanceUID,
-                    SOPInstanceUID=inst.sop_instance_uid,
-                )
-                items.append(item)
-        if not items:
-            summary.errors.append(
-                {"kind": "skipped", **ids, "path": "", "reason": f"no image matches the {rules.name} rules"}
+
+
+def _plan_study(
+    pipeline: Pipeline, study: Any, rules: Any, out: Path, overwrite: bool, summary: RunSummary
+) -> tuple | None:
+    """The job ``(study, folder, items)`` of one study, or None (missing series, nothing selected, done)."""
+    from medimg.dicom import select
+
+    chosen = select(study, rules)
+    ids = {"PatientID": study.PatientID, "StudyInstanceUID": study.StudyInstanceUID}
+    _record_unselected(study, chosen, rules, summary)
+    if chosen.missing:
+        first = study.series[0].files[0] if study.series else ""
+        # A series that matched but was unusable (missing slices, mixed sizes) says why.
+        unusable = [f"{d.label}: {d.reason}" for d in chosen.decisions if "but unusable" in d.reason]
+        summary.errors.append(
+            {
+                "kind": "error",
+                **ids,
+                "path": os.path.dirname(first),
+                "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)"
+                + "".join(f"; {u}" for u in unusable),
+            }
+        )
+        return None
+    items = pipeline.study_items(study, chosen) if pipeline.unit == "study" else []
+    for name, picks in chosen.picked.items() if pipeline.unit == "image" else ():
+        for series, inst in picks:
+            assert inst is not None  # the 2-D pipelines select at image level
+            item = {key: inst.get(key, "") for key in _HEADER_KEYS}
+            item.update(
+                image=inst.path,
+                source_file=inst.path,
+                selection=name,
+                PatientID=study.PatientID,
+                StudyInstanceUID=study.StudyInstanceUID,
+                SeriesInstanceUID=series.SeriesInstanceUID,
+                SOPInstanceUID=inst.sop_instance_uid,
             )
-            continue
-        folder = out / pipeline.output_folder(study.StudyInstanceUID, items[0])
-        summary.folders[study.StudyInstanceUID] = str(folder.relative_to(out))
-        if not resume_study(folder, overwrite, summary):
-            jobs.append((study, folder, items))
-    return jobs
+            items.append(item)
+    if not items:
+        summary.errors.append(
+            {"kind": "skipped", **ids, "path": "", "reason": f"no image matches the {rules.name} rules"}
+        )
+        return None
+    folder = out / pipeline.output_folder(study.StudyInstanceUID, items[0])
+    summary.folders[study.StudyInstanceUID] = str(folder.relative_to(out))
+    return None if resume_study(folder, overwrite, summary) else (study, folder, items)
 
 
 def resume_study(folder: Path, overwrite: bool, summary: RunSummary) -> bool:
@@ -177,11 +225,42 @@ def _load_batch(
             tensors.append(pipeline.load(item, transform))
             ok.append((j, item))
         except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-            ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
-            reason = f"cannot load: {exc}"
-            job_errors[j].append({"kind": "error", **ids, "path": item["source_file"], "reason": reason})
+            job_errors[j].append(_error_line(item, f"cannot load: {describe_error(exc)}"))
             results[j].append((item, None))
     return tensors, ok
+
+
+def _infer_batch(
+    pipeline: Pipeline,
+    model: Any,
+    loaded: tuple[list[Any], list[tuple[int, dict[str, Any]]]],
+    meta: Mapping[str, Any],
+    results: dict[int, list[tuple[dict, ImageResult | None]]],
+    job_errors: dict[int, list[dict[str, Any]]],
+    *,
+    device: str,
+    timings: dict[str, float],
+) -> None:
+    """Results of a loaded batch into ``results``; when the batch fails, each image is tried alone
+    and an image that still fails is an error of its job (and a missing result), never raised."""
+    tensors, ok = loaded
+    if not tensors:
+        return
+    try:
+        outputs = pipeline.infer(model, tensors, [item for _, item in ok], meta, device=device, timings=timings)
+        pairs = list(zip(ok, outputs, strict=True))
+    except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+        if len(ok) > 1:
+            for one, tensor in zip(ok, tensors, strict=True):
+                alone = ([tensor], [one])
+                _infer_batch(pipeline, model, alone, meta, results, job_errors, device=device, timings=timings)
+            return
+        j, item = ok[0]
+        job_errors[j].append(_error_line(item, f"inference failed: {describe_error(exc)}"))
+        results[j].append((item, None))
+        return
+    for (j, item), result in pairs:
+        results[j].append((item, result))
 
 
 def _write_run_json(
@@ -193,19 +272,20 @@ def _write_run_json(
     summary: RunSummary,
     outputs: list[Path],
 ) -> None:
-    """``OUT/run.json``: input, weights (path, SHA-256, architecture, training), settings, versions,
-    counts, timings and the files written."""
-    from medimg.models import file_sha256
-
+    """``OUT/run.json``: input, weights (path, SHA-256, architecture, training), settings (those that
+    decide the results also as ``result_settings``, compared by a rerun), versions, counts, timings,
+    the files and study folders written, and ``status`` (``running`` until the run has finished)."""
     out = summary.out
+    identity = settings["result"]
     write_json(
         out / "run.json",
         {
             "pipeline": pipeline.name,
+            "status": settings["status"],
             "input": str(dicom_dir),
             "weights": {
                 "path": str(weights),
-                "sha256": file_sha256(weights),
+                "sha256": identity["weights_sha256"],
                 "architecture": meta["architecture"],
                 "training": meta.get("training", {}),
             },
@@ -215,11 +295,16 @@ def _write_run_json(
                 "preprocessing": meta["preprocessing"],
                 "overwrite": settings["overwrite"],
                 "selection_rules": pipeline.rules,
+                "uncertainty": identity["uncertainty"],
+                "samples": identity["samples"],
+                "ensemble_weights": list(getattr(pipeline, "ensemble_weights", []) or []),
             },
+            "result_settings": identity,
             "versions": _versions(),
             "counts": summary.counts,
             "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
             "outputs": [str(p.relative_to(out)) for p in outputs] + ["results.csv", "errors.csv"],
+            "folders": summary.folders,
         },
     )
 
@@ -242,9 +327,9 @@ def run_pipeline(
     Args:
         pipeline: the task (e.g. :class:`pipelines.pneumonia.PneumoniaPipeline`).
         dicom_dir: folder of DICOM files (any layout, any file names).
-        out: output folder (created; reused to resume).
+        out: output folder (created; reused to resume when the result settings agree).
         weights: checkpoint made for this pipeline (refused otherwise).
-        overwrite: redo studies that are already done.
+        overwrite: remove the outputs of earlier runs in ``out`` and start clean.
         batch_size: images per forward pass.
         device: torch device.
         workers: processes for the header scan.
@@ -256,46 +341,75 @@ def run_pipeline(
 
     Raises:
         medimg.models.CheckpointError: the weights are missing or not for this pipeline.
+        RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
+            settings (and not ``overwrite``); nothing was written then.
     """
-    from medimg.models import load_checkpoint
+    from medimg.models import file_sha256, load_checkpoint
 
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = RunSummary(out=out)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name, map_location=device)
-    model.eval().to(device)
-    transform = pipeline.transforms(meta["preprocessing"], train=False)
-    jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary)
-    timings = _process_jobs(
-        pipeline, jobs, model, meta, transform, summary, batch_size=batch_size, device=device, progress=progress
-    )
-    outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
-    summary.timings["total"] = time.perf_counter() - start
-    settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
-    _write_run_json(pipeline, dicom_dir, weights, meta, settings, summary, outputs)
-    if write_report:
-        from pipelines.run_report import run_report
-
-        run_report(pipeline, summary, meta).write(out / "report.html")
+    out = prepare_output(out)
+    with OutputLock(out):
+        remove_stale_temporaries(out)
+        model, meta = load_checkpoint(weights, pipeline=pipeline.name, map_location=device)
+        model.eval().to(device)
+        identity = result_settings(pipeline, file_sha256(weights))
+        if overwrite:
+            clean_previous_run(out)
+        else:
+            check_rerun(out, identity)
+        summary = RunSummary(out=out)
+        settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite, "result": identity}
+        _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "running"}, summary, [])
+        transform = pipeline.transforms(meta["preprocessing"], train=False)
+        jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary)
+        timings = _process_jobs(
+            pipeline, jobs, model, meta, transform, summary, batch_size=batch_size, device=device, progress=progress
+        )
+        outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
+        if write_report:
+            _write_report(pipeline, summary, meta)
+        write_csv(out / "errors.csv", summary.errors, ERROR_COLUMNS)
+        summary.timings["total"] = time.perf_counter() - start
+        _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "finished"}, summary, outputs)
     return summary
+
+
+def _write_report(pipeline: Pipeline, summary: RunSummary, meta: Mapping[str, Any]) -> None:
+    """``report.html``; when it cannot be made, an error line and a plain report of the counts and errors."""
+    from pipelines.run_report import plain_run_report, run_report
+
+    try:
+        run_report(pipeline, summary, meta).write(summary.out / "report.html")
+    except Exception as exc:  # noqa: BLE001 - the bookkeeping is finished whatever the report does
+        summary.errors.append(
+            {"kind": "error", "path": "report.html", "reason": f"cannot make the report: {describe_error(exc)}"}
+        )
+        summary.counts["errors"] = summary.counts.get("errors", 0) + 1
+        plain_run_report(pipeline, summary).write(summary.out / "report.html")
 
 
 def _scan_and_plan(
     pipeline: Pipeline, dicom_dir: str | os.PathLike[str], overwrite: bool, workers: int | None, summary: RunSummary
 ) -> tuple[list[tuple], int]:
     """The jobs ``(study, folder, items)`` still to do and the number of studies found; the pipeline's own
-    file plan when it has one, else a header scan and :func:`_plan`. Times it as ``timings["scan"]``."""
+    file plan when it has one, else a header scan and :func:`_plan`. Times it as ``timings["scan"]``.
+    When the input cannot be read at all, an error line and no jobs."""
     from medimg.dicom import scan_folder
 
     t = time.perf_counter()
-    planned = pipeline.plan_files(Path(dicom_dir), summary.out, overwrite, summary)
-    if planned is None:
-        scan = scan_folder(dicom_dir, workers=workers)
-        jobs = _plan(pipeline, scan, summary.out, overwrite, summary)
-        n_studies = len(scan.studies)
-    else:
-        jobs, n_studies = planned, len(planned) + summary.counts.get("studies_resumed", 0)
+    try:
+        planned = pipeline.plan_files(Path(dicom_dir), summary.out, overwrite, summary)
+        if planned is None:
+            scan = scan_folder(dicom_dir, workers=workers)
+            jobs = _plan(pipeline, scan, summary.out, overwrite, summary)
+            n_studies = len(scan.studies)
+        else:
+            jobs, n_studies = planned, len(planned) + summary.counts.get("studies_resumed", 0)
+    except Exception as exc:  # noqa: BLE001 - the bookkeeping is finished whatever the input is
+        summary.errors.append(
+            {"kind": "error", "path": str(dicom_dir), "reason": f"cannot read the input: {describe_error(exc)}"}
+        )
+        jobs, n_studies = [], 0
     summary.timings["scan"] = time.perf_counter() - t
     return jobs, n_studies
 
@@ -322,24 +436,32 @@ def _process_jobs(
     for b in range(0, len(pending), batch_size):
         batch = pending[b : b + batch_size]
         t = time.perf_counter()
-        tensors, ok = _load_batch(pipeline, batch, transform, results, job_errors)
+        loaded = _load_batch(pipeline, batch, transform, results, job_errors)
         timings["load_transform"] += time.perf_counter() - t
-        if tensors:
-            outputs = pipeline.infer(model, tensors, [item for _, item in ok], meta, device=device, timings=timings)
-            for (j, item), result in zip(ok, outputs, strict=True):
-                results[j].append((item, result))
+        _infer_batch(pipeline, model, loaded, meta, results, job_errors, device=device, timings=timings)
         done_images += len(batch)
         if progress:
             progress(done_images, len(pending))
         t = time.perf_counter()
         for j in {j for j, _ in batch}:
             if len(results[j]) == len(jobs[j][2]):
-                rows = _write_study(pipeline, jobs[j][1], results.pop(j), job_errors[j])
+                rows = _finish_study(pipeline, jobs[j], results.pop(j), job_errors[j])
                 summary.rows.extend(rows)
                 summary.errors.extend(job_errors[j])
                 summary.counts["images_processed"] = summary.counts.get("images_processed", 0) + len(rows)
         timings["write"] += time.perf_counter() - t
     return timings
+
+
+def _finish_study(
+    pipeline: Pipeline, job: tuple, done: list[tuple[dict, ImageResult | None]], errors: list[dict[str, Any]]
+) -> list[dict]:
+    """:func:`_write_study`; when the study's folder cannot be written, an error line and no rows."""
+    try:
+        return _write_study(pipeline, job[1], done, errors)
+    except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
+        errors.append(_error_line(job[2][0], f"cannot write the study's outputs: {describe_error(exc)}"))
+        return []
 
 
 def _write_results(
@@ -351,15 +473,21 @@ def _write_results(
     n_studies: int,
     n_processed: int,
 ) -> list[Path]:
-    """``results.csv`` (rows sorted by the pipeline's id columns), the pipeline's run-level files and
-    ``errors.csv``; completes the summary's counts and timings. Returns the pipeline's files."""
+    """``results.csv`` (rows sorted by the pipeline's id columns) and the pipeline's run-level files
+    (when they fail: an error line); completes the summary's counts and timings. Returns the
+    pipeline's files. ``errors.csv`` is written by the caller, last."""
     t = time.perf_counter()
     out = summary.out
     summary.rows.sort(key=lambda r: tuple(str(r.get(c, "")) for c in pipeline.id_columns))
     columns = pipeline.id_columns + pipeline.result_columns
     write_csv(out / "results.csv", summary.rows, columns)
-    outputs = pipeline.finalize(out, summary.rows, meta)
-    write_csv(out / "errors.csv", summary.errors, ERROR_COLUMNS)
+    try:
+        outputs = pipeline.finalize(out, summary.rows, meta)
+    except Exception as exc:  # noqa: BLE001 - the bookkeeping is finished whatever the pipeline does
+        outputs = []
+        summary.errors.append(
+            {"kind": "error", "path": str(out), "reason": f"cannot write the run-level files: {describe_error(exc)}"}
+        )
     timings["finalize"] = time.perf_counter() - t
     summary.timings.update(timings)
     summary.counts.setdefault("images_processed", 0)
@@ -378,7 +506,8 @@ def _write_study(
     pipeline: Pipeline, folder: Path, done: list[tuple[dict, ImageResult | None]], errors: list[dict[str, Any]]
 ) -> list[dict]:
     """Per-study files, then ``study.json`` (the done marker; not written when an image of the
-    study failed, so that a rerun tries the study again and reports its errors again)."""
+    study failed, so that a rerun tries the study again and reports its errors again). An image
+    whose files cannot be written is an error line."""
     rows = []
     folder.mkdir(parents=True, exist_ok=True)
     for item, result in done:
@@ -387,7 +516,11 @@ def _write_study(
         row = {key: item.get(key, "") for key in pipeline.id_columns}
         row.update(result.row)
         result.row = row
-        pipeline.write_image_outputs(folder, result)
+        try:
+            pipeline.write_image_outputs(folder, result)
+        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+            errors.append(_error_line(item, f"cannot write outputs: {describe_error(exc)}"))
+            continue
         rows.append(result.row)
     if not errors:  # a study with failures gets no done marker: the next run retries it
         write_json(folder / "study.json", {"rows": rows})

@@ -47,6 +47,11 @@ class Leaderboard:
     def errors(self) -> list[tuple[str, object]]:
         return [(team, e) for team, r in self.results.items() for e in r.errors]
 
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """Every team's warning rows (``team,case_id,file,warning``): scored, but may mislead."""
+        return [{"team": team, **w} for team, r in self.results.items() for w in r.warnings]
+
 
 def build_leaderboard(
     teams_dir: str | os.PathLike[str],

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from medimg.report import Report, new_figure
+from medimg.untrusted import plot_text
 from uncertainty.qubrats import REGIONS, CaseScore
 from uncertainty.ranking import RANKING_COLUMNS, Ranking, pairwise_rows
 from uncertainty.scoring import SubmissionScores, summarize
@@ -43,14 +44,14 @@ def _curve_figure(groups: Mapping[str, Sequence[CaseScore]], title: str) -> Any:
                 if len(groups) == 1:
                     for curve in curves:
                         ax.plot(taus, curve, color="0.8", linewidth=0.6)
-                ax.plot(taus, curves.mean(axis=0), linewidth=1.8, label=f"{name} (mean of {len(cases)})")
+                ax.plot(taus, curves.mean(axis=0), linewidth=1.8, label=plot_text(f"{name} (mean of {len(cases)})"))
             ax.set_xlim(100, 0)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{region}: {label}", fontsize=9)
             if row == 2:
                 ax.set_xlabel("threshold tau (voxels with u > tau filtered)")
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title)
+    fig.suptitle(plot_text(title))
     fig.tight_layout()
     return fig
 
@@ -66,7 +67,9 @@ def _distribution_figure(groups: Mapping[str, Mapping[str, Sequence[float]]]) ->
         for i, values in enumerate(data, start=1):
             jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
             ax.plot(np.add(i, jitter), values, "o", markersize=3, alpha=0.6)
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if len(names) > 3 else 0, fontsize=8)
+        ax.set_xticks(
+            range(1, len(names) + 1), [plot_text(n) for n in names], rotation=30 if len(names) > 3 else 0, fontsize=8
+        )
         ax.set_title(f"{region} score per case", fontsize=9)
         ax.set_ylim(0, 1)
     fig.tight_layout()
@@ -98,8 +101,9 @@ def _pairwise_figure(ranking: Ranking) -> Any:
             )  # fmt: skip
             if significant:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(n), ranking.teams, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), ranking.teams, fontsize=8)
+    labels = [plot_text(team) for team in ranking.teams]  # names are data: no mathtext
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_title(f"Pairwise permutation tests over cases (red: p < {ranking.alpha:g}, unadjusted)", fontsize=9)
     fig.colorbar(image, ax=ax, label="p-value", shrink=0.8)
     fig.tight_layout()
@@ -118,6 +122,8 @@ def score_report(result: SubmissionScores, *, title: str = "QU-BraTS uncertainty
         f"{len(result.cases)} case(s) scored of {len(result.truth_case_ids)} in the truth set; "
         f"{len(result.errors)} problem(s). Threshold grid: {result.num_thresholds} values from 100 to 0."
     )
+    for row in result.warnings:
+        report.text(f"Warning, case {row['case_id']}: {row['warning']}", warning=True)
     summary = summarize(result.cases)
     report.table(
         summary,
@@ -220,6 +226,9 @@ def ranking_report(
             "need a full scoring (medimg uncertainty rank TEAMS_DIR --truth TRUTH_DIR) and are not shown."
         )
     report.table(list(ranking.table), RANKING_COLUMNS)
+    for team, result in (results or {}).items():
+        for row in result.warnings:
+            report.text(f"Warning, team {team}, case {row['case_id']}: {row['warning']}", warning=True)
     _pairwise(report, ranking)
     report.text(_METHOD)
     if results is not None:

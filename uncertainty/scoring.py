@@ -3,7 +3,8 @@
 ``scores.csv``: ``case_id,region,DSC_AUC,FTP_RATIO_AUC,FTN_RATIO_AUC,SCORE`` (one row per case
 and region); ``curves.csv``: ``case_id,THRESHOLDS,WT_DICE,WT_FTP_RATIO,...,ET_FTN_RATIO`` (the
 columns of the official scorer's curves, one row per case and threshold); ``errors.csv``:
-``case_id,file,error``. All written atomically.
+``case_id,file,error``; ``warnings.csv``: ``case_id,file,warning`` (cases scored, but whose score
+may mislead: uncertainty maps that look like a 0..1 scale). All written atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "CURVE_COLUMNS",
     "ERROR_COLUMNS",
     "SCORE_COLUMNS",
+    "WARNING_COLUMNS",
     "SubmissionScores",
     "curve_rows",
     "score_rows",
@@ -38,6 +40,7 @@ CURVE_COLUMNS = ("case_id", "THRESHOLDS") + tuple(
     f"{r}_{m}" for r in REGIONS for m in ("DICE", "FTP_RATIO", "FTN_RATIO")
 )
 ERROR_COLUMNS = ("case_id", "file", "error")
+WARNING_COLUMNS = ("case_id", "file", "warning")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class SubmissionScores:
         truth_case_ids: the case IDs of the truth folder (what a complete submission covers).
         brain_mask_sources: per scored case, where its brain mask came from.
         num_thresholds: the size of the threshold grid.
+        warnings: scored cases whose score may mislead, as ``{case_id, file, warning}`` rows.
     """
 
     cases: list[CaseScore] = field(default_factory=list)
@@ -57,13 +61,32 @@ class SubmissionScores:
     truth_case_ids: list[str] = field(default_factory=list)
     brain_mask_sources: dict[str, str] = field(default_factory=dict)
     num_thresholds: int = DEFAULT_NUM_THRESHOLDS
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def _score_job(job: tuple[CaseFiles, CaseFiles, int, str]) -> tuple[CaseScore | None, str, CaseError | None]:
+def _scale_warning(submission: CaseFiles, maps: dict[str, np.ndarray]) -> dict[str, str] | None:
+    """A warning row when every uncertainty map of a case has max <= 1 (0..1 instead of 0..100)."""
+    if not maps:
+        return None
+    highest = max(float(np.max(m)) if m.size else 0.0 for m in maps.values())
+    if highest > 1:
+        return None
+    path = submission.files.get(REGIONS[0], "")
+    message = (
+        f"every uncertainty map has max <= 1 (highest {highest:g}): a 0..1 scale? QU-BraTS expects 0..100, "
+        "so nearly every threshold filters all voxels; scored as given"
+    )
+    return {"case_id": submission.case_id, "file": str(path), "warning": message}
+
+
+_Scored = tuple[CaseScore | None, str, CaseError | None, dict[str, str] | None]
+
+
+def _score_job(job: tuple[CaseFiles, CaseFiles, int, str]) -> _Scored:
     submission, truth, num_thresholds, brain_mask = job
     try:
         inputs = load_case(submission, truth, brain_mask=brain_mask)
@@ -75,11 +98,12 @@ def _score_job(job: tuple[CaseFiles, CaseFiles, int, str]) -> tuple[CaseScore | 
             case_id=inputs.case_id,
             num_thresholds=num_thresholds,
         )
-        return score, inputs.brain_mask_source, None
+        return score, inputs.brain_mask_source, None, _scale_warning(submission, inputs.uncertainty)
     except CaseError as exc:
-        return None, "", exc
+        return None, "", exc, None
     except Exception as exc:  # noqa: BLE001 - one broken case never stops the others
-        return None, "", CaseError(submission.case_id, "", f"unexpected error: {type(exc).__name__}: {exc}")
+        error = CaseError(submission.case_id, "", f"unexpected error: {type(exc).__name__}: {exc}")
+        return None, "", error, None
 
 
 def score_submission(
@@ -138,7 +162,7 @@ def score_submission(
         for c in sorted(set(submission.cases) & set(truth.cases))
         if c not in duplicated
     ]
-    for score, source, error in parallel_map(
+    for score, source, error, warning in parallel_map(
         _score_job, jobs, workers=workers, progress=progress, preload=["uncertainty.scoring"]
     ):
         if error is not None:
@@ -147,6 +171,8 @@ def score_submission(
             assert score is not None
             result.cases.append(score)
             result.brain_mask_sources[score.case_id] = source
+            if warning is not None:
+                result.warnings.append(warning)
     return result
 
 
@@ -207,11 +233,13 @@ def write_results(
     *,
     curves_csv: str | os.PathLike[str] | None = None,
     errors_csv: str | os.PathLike[str] | None = None,
+    warnings_csv: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write ``scores.csv`` (and ``curves.csv``, ``errors.csv``) atomically.
+    """Write ``scores.csv`` (and ``curves.csv``, ``errors.csv``, ``warnings.csv``) atomically.
 
-    ``errors_csv`` defaults to ``errors.csv`` beside ``scores_csv``; it is always written (only
-    the header when nothing failed), so a rerun never leaves stale errors behind.
+    ``errors_csv`` and ``warnings_csv`` default to ``errors.csv`` and ``warnings.csv`` beside
+    ``scores_csv``; both are always written (only the header when there is nothing to say), so
+    a rerun never leaves stale rows behind.
     """
     scores_csv = Path(scores_csv)
     write_csv(scores_csv, score_rows(result.cases), SCORE_COLUMNS)
@@ -219,3 +247,5 @@ def write_results(
         write_csv(curves_csv, curve_rows(result.cases), CURVE_COLUMNS)
     errors_path = Path(errors_csv) if errors_csv is not None else scores_csv.with_name("errors.csv")
     write_csv(errors_path, [e.to_row() for e in result.errors], ERROR_COLUMNS)
+    warnings_path = Path(warnings_csv) if warnings_csv is not None else scores_csv.with_name("warnings.csv")
+    write_csv(warnings_path, result.warnings, WARNING_COLUMNS)

@@ -20,6 +20,7 @@ from typing import cast
 
 import numpy as np
 
+from medimg.limits import InputLimitError, check_size
 from uncertainty.qubrats import REGIONS, UNCERTAINTY_SUFFIX
 
 __all__ = [
@@ -75,13 +76,22 @@ class DiscoveryResult:
     errors: list[CaseError] = field(default_factory=list)
 
 
+def _is_nifti(name: str) -> bool:
+    """A NIfTI name that is not a temporary file of :func:`medimg.writers.atomic_path`
+    (``.NAME.XXXXXXXX.tmp.nii.gz``, left behind when a writer is killed)."""
+    if name.startswith(".") and ".tmp" in name:
+        return False
+    return _NIFTI.match(name) is not None
+
+
 def _nifti_files(folder: Path) -> list[Path]:
-    """NIfTI files directly in ``folder`` and in its immediate sub-folders, sorted."""
+    """NIfTI files directly in ``folder`` and in its immediate sub-folders, sorted; leftover
+    temporary files of interrupted writes are ignored."""
     out = []
     for entry in sorted(folder.iterdir()):
         if entry.is_dir():
-            out.extend(sorted(p for p in entry.iterdir() if p.is_file() and _NIFTI.match(p.name)))
-        elif entry.is_file() and _NIFTI.match(entry.name):
+            out.extend(sorted(p for p in entry.iterdir() if p.is_file() and _is_nifti(p.name)))
+        elif entry.is_file() and _is_nifti(entry.name):
             out.append(entry)
     return out
 
@@ -166,6 +176,7 @@ def _load(case_id: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     Unscaled files keep their stored dtype (uint8 maps stay uint8, which is faster to score);
     files with scl_slope/scl_inter come back as float64, exactly as ``get_fdata`` gives them.
+    The header's shape is checked against :func:`medimg.limits.max_pixels` before any data is read.
     """
     import nibabel as nib
     from nibabel.arrayproxy import ArrayProxy
@@ -173,6 +184,13 @@ def _load(case_id: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         image = cast(SpatialImage, nib.load(str(path)))  # NIfTI-1 or NIfTI-2: spatial images
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise CaseError(case_id, path, f"cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
+    try:
+        check_size(image.shape, path.name)
+    except InputLimitError as exc:
+        raise CaseError(case_id, path, str(exc)) from exc
+    try:
         proxy = cast(ArrayProxy, image.dataobj)  # loaded images hold a proxy: the scaling, no data yet
         slope, inter = proxy.slope, proxy.inter
         if (slope is None or slope == 1.0) and (inter is None or inter == 0.0):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from medimg.dicom.index import InstanceHeader, ScanResult, Series, Study
 from medimg.dicom.scan import scan_folder
 from medimg.dicom.selection import SelectionRules, select
 from medimg.dicom.volume import SeriesError, load_instance, load_series
+from medimg.safepath import UnsafePathError, inside, safe_name
 from medimg.writers import write_json, write_nifti
 
 __all__ = ["ConversionResult", "convert_folder", "read_conversion"]
@@ -54,7 +54,8 @@ class ConversionResult:
 
 
 def _slug(text: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text)).strip("_")[:60] or "x"
+    """A safe output name part (see :func:`medimg.safepath.safe_name`)."""
+    return safe_name(text)
 
 
 def _targets(
@@ -67,7 +68,7 @@ def _targets(
         out = []
         for name, items in chosen.picked.items():
             for k, (series, inst) in enumerate(items):
-                out.append((_slug(name) + (f"_{k + 1}" if len(items) > 1 else ""), series, inst))
+                out.append((_slug(f"{name}_{k + 1}" if len(items) > 1 else name), series, inst))
         for name in chosen.missing:
             result.failures.append(
                 {"source": f"study {study.StudyInstanceUID}", "error": f"no series matches required selection '{name}'"}
@@ -75,13 +76,13 @@ def _targets(
         return out
     out = []
     for series in study.series:
-        stem = f"{_slug(series.get('SeriesNumber', 'x'))}_{_slug(series.SeriesDescription or series.Modality)}"
+        stem = f"{series.get('SeriesNumber', 'x')}_{series.SeriesDescription or series.Modality}"
         no_geometry = any(inst.frame_positions is None for inst in series.instances)
         if len(series.instances) > 1 and no_geometry:
             for inst in series.instances:
-                out.append((f"{stem}_{_slug(inst.get('InstanceNumber', inst.sop_instance_uid))}", series, inst))
+                out.append((_slug(f"{stem}_{inst.get('InstanceNumber', inst.sop_instance_uid)}"), series, inst))
         else:
-            out.append((stem, series, None))
+            out.append((_slug(stem), series, None))
     return out
 
 
@@ -98,8 +99,11 @@ def convert_folder(
 
     Outputs go to ``out/<PatientID>/<StudyInstanceUID>/<name>.nii.gz``, where ``name`` is the
     selection name with rules, else ``<SeriesNumber>_<SeriesDescription>``; projection images of
-    a multi-image series get one file each. ``out/conversion.json`` lists what was written, the
-    selection decisions and every failure. Existing outputs are kept unless ``overwrite``.
+    a multi-image series get one file each. Every part is made safe by
+    :func:`medimg.safepath.safe_name` (a value that had to change gets a hash of the original, so
+    distinct studies never share a folder); a value that cannot be made safe fails its study.
+    ``out/conversion.json`` lists what was written, the selection decisions and every failure.
+    Existing outputs are kept unless ``overwrite``.
 
     Args:
         source: a folder, or a :class:`ScanResult` of one.
@@ -117,8 +121,13 @@ def convert_folder(
     result = ConversionResult()
     jobs = []
     for study in scan.studies:
-        for stem, series, inst in _targets(study, rules, result):
-            folder = out / _slug(study.PatientID or "unknown") / _slug(study.StudyInstanceUID)
+        try:
+            folder = inside(out, out / _slug(study.PatientID or "unknown") / _slug(study.StudyInstanceUID))
+            targets = _targets(study, rules, result)
+        except UnsafePathError as exc:
+            result.failures.append({"source": f"study {study.StudyInstanceUID!r}", "error": str(exc)})
+            continue
+        for stem, series, inst in targets:
             jobs.append((folder / f"{stem}.nii.gz", study, series, inst))
     for done, (path, study, series, inst) in enumerate(jobs, start=1):
         source_label = inst.path if inst is not None else f"series {series.SeriesInstanceUID}"

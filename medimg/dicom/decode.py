@@ -12,7 +12,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["DecodeError", "VOI", "decode_pixels", "window"]
+from medimg.limits import check_finite, check_frame_size, check_size
+
+__all__ = ["DecodeError", "VOI", "LUMINANCE", "declared_shape", "decode_pixels", "window"]
+
+#: ITU-R BT.601 luma weights (R, G, B): colour radiographs are converted to grey with these.
+LUMINANCE = (0.299, 0.587, 0.114)
 
 #: VOI choice: None = no VOI (modality values), True/"header" = the file's first window or
 #: VOI LUT, (center, width) = that linear window. Windowed output is in [0, 1].
@@ -86,13 +91,29 @@ def _stored_range(ds: Any) -> tuple[float, float]:
     return 0.0, 2.0**bits - 1
 
 
-def decode_pixels(ds: Any, *, voi: VOI = None, path: str | None = None) -> np.ndarray:
+def declared_shape(ds: Any) -> tuple[int, int, int, int]:
+    """(frames, rows, columns, samples) as the header declares them, without touching pixel data."""
+    return (
+        int(ds.get("NumberOfFrames") or 1),
+        int(ds.get("Rows") or 0),
+        int(ds.get("Columns") or 0),
+        int(ds.get("SamplesPerPixel") or 1),
+    )
+
+
+def decode_pixels(ds: Any, *, voi: VOI = None, path: str | None = None, grey: bool = False) -> np.ndarray:
     """Decode all frames of ``ds`` to float32.
+
+    The declared size is checked before the pixel data is touched (Rows x Columns against
+    :func:`medimg.limits.max_frame_pixels`, Rows x Columns x frames x samples against
+    :func:`medimg.limits.max_pixels`), and the modality values
+    are checked for NaN/inf (float pixel data, or a rescale that makes them).
 
     Args:
         ds: a pydicom Dataset with pixel data.
         voi: see :data:`VOI`. Ignored for color images.
         path: file name used in error messages (default: ``ds.filename``).
+        grey: convert a colour image to one grey channel (luminance, :data:`LUMINANCE`).
 
     Returns:
         float32 array of shape (frames, rows, columns, samples): modality values (e.g. HU),
@@ -100,42 +121,60 @@ def decode_pixels(ds: Any, *, voi: VOI = None, path: str | None = None) -> np.nd
 
     Raises:
         DecodeError: no codec decodes the data, or the data is corrupt.
+        medimg.limits.InputLimitError: the declared size is over the limit.
+        medimg.limits.NonFiniteError: NaN or inf values.
     """
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-
     name = path or getattr(ds, "filename", None) or "<dataset>"
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - every decoder failure reads the same to users
-        raise DecodeError(f"{name}: cannot decode pixel data: {exc}") from exc
-
-    frames = int(ds.get("NumberOfFrames") or 1)
-    samples = int(ds.get("SamplesPerPixel") or 1)
+    frames, rows, columns, samples = declared_shape(ds)
+    check_frame_size(rows, columns, name)
+    check_size([rows, columns] + [n for n in (frames, samples) if n != 1], name)  # Rows x Columns [x frames x samples]
+    arr = _stored_pixels(ds, name)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
 
     if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
         try:
             arr = apply_color_lut(arr, ds)
         except Exception as exc:  # noqa: BLE001
             raise DecodeError(f"{name}: cannot apply the palette color LUT: {exc}") from exc
         samples = 3
-    arr = arr.reshape(frames, int(ds.Rows), int(ds.Columns), samples)
+    arr = arr.reshape(frames, rows, columns, samples)
     if samples != 1:
-        return arr.astype(np.float32)
+        check_finite(arr, name)
+        colour = arr.astype(np.float32)
+        if not grey:
+            return colour
+        return (colour[..., :3] @ np.asarray(LUMINANCE, dtype=np.float32))[..., None]
+    return _grey_values(ds, arr[..., 0], voi, name)
 
-    grey = arr[..., 0]
+
+def _stored_pixels(ds: Any, name: str) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - every decoder failure reads the same to users
+        raise DecodeError(f"{name}: cannot decode pixel data: {exc}") from exc
+
+
+def _grey_values(ds: Any, grey: np.ndarray, voi: VOI, name: str) -> np.ndarray:
+    """Modality LUT or rescale, NaN/inf check, optional VOI, MONOCHROME1 inversion -> (F, R, C, 1)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if "ModalityLUTSequence" in ds:
         values = apply_modality_lut(grey, ds).astype(np.float64)
         lut = ds.ModalityLUTSequence[0]
         lo, hi = 0.0, 2.0 ** int(lut.LUTDescriptor[2]) - 1
     else:
-        rescale = _frame_rescale(ds, frames)
+        rescale = _frame_rescale(ds, grey.shape[0])
         slopes = np.array([s for s, _ in rescale])[:, None, None]
         intercepts = np.array([i for _, i in rescale])[:, None, None]
-        values = grey.astype(np.float64) * slopes + intercepts
-        s_lo, s_hi = _stored_range(ds)
-        ends = np.array([s_lo, s_hi]) * slopes[0, 0, 0] + intercepts[0, 0, 0]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are reported by check_finite
+            values = grey.astype(np.float64) * slopes + intercepts
+            s_lo, s_hi = _stored_range(ds)
+            ends = np.array([s_lo, s_hi]) * slopes[0, 0, 0] + intercepts[0, 0, 0]
         lo, hi = float(ends.min()), float(ends.max())
+    check_finite(values, name)
 
     if voi is not None and voi is not False:
         if isinstance(voi, tuple):

@@ -175,14 +175,78 @@ def _validate_condition(cond: Any, where: str) -> None:
                     _validate_condition(sub, where)
 
 
+#: Largest rules file accepted (bytes).
+MAX_RULES_BYTES = 1_000_000
+#: Most YAML alias references (``*name``) accepted in one rules document.
+MAX_RULES_ALIASES = 100
+#: Most values (scalars, lists, mappings) a rules document may hold once its aliases are expanded.
+MAX_RULES_NODES = 100_000
+
+
+def _read_rules_file(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_RULES_BYTES:
+            raise RuleError(f"{path}: rules file of {size:,} bytes is over the limit of {MAX_RULES_BYTES:,} bytes")
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(MAX_RULES_BYTES + 1)
+    except OSError as exc:
+        raise RuleError(f"{path}: cannot read rules: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RuleError(f"{path}: rules are not UTF-8 text: {exc}") from exc
+    if len(text) > MAX_RULES_BYTES:
+        raise RuleError(f"{path}: rules file is over the limit of {MAX_RULES_BYTES:,} bytes")
+    return text
+
+
+def _check_aliases(text: str, source: Any) -> None:
+    """Refuse documents with many alias references or whose aliases expand to a huge structure.
+
+    Works on the composed node graph, where an alias is the anchored node itself (shared, not
+    copied), so nothing is expanded: each node's expanded size is counted once (memoized).
+    """
+    import yaml
+
+    aliases = sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader))
+    if aliases > MAX_RULES_ALIASES:
+        raise RuleError(
+            f"{source}: {aliases} YAML alias references (*name), more than the {MAX_RULES_ALIASES} allowed; "
+            "refused (nested aliases can expand without bound)"
+        )
+    if not aliases:
+        return
+    sizes: dict[int, int] = {}
+
+    def expanded(node: Any) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a cycle (a node inside itself) counts once
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    total = expanded(root) if root is not None else 0
+    if total > MAX_RULES_NODES:
+        raise RuleError(
+            f"{source}: YAML aliases expand to {total:,} values, more than the {MAX_RULES_NODES:,} allowed; refused"
+        )
+
+
 def load_rules(source: str | Path | Mapping[str, Any]) -> SelectionRules:
     """Load a rule set from a bundled name, a YAML/JSON file, or a mapping.
 
     Args:
         source: one of :data:`BUNDLED_RULES`, a path to ``.yaml``/``.yml``/``.json``, or data.
 
+    Files over :data:`MAX_RULES_BYTES` and YAML documents with more than
+    :data:`MAX_RULES_ALIASES` alias references (``*name``) are refused before they are built:
+    a small file of nested aliases (a "billion laughs" document) would otherwise expand to an
+    enormous structure.
+
     Raises:
-        RuleError: unreadable or invalid rules.
+        RuleError: unreadable, too large or invalid rules.
     """
     if isinstance(source, Mapping):
         return SelectionRules.from_dict(source)
@@ -192,10 +256,7 @@ def load_rules(source: str | Path | Mapping[str, Any]) -> SelectionRules:
         text = resources.files("medimg.dicom").joinpath(f"rules/{source}.yaml").read_text()
         suffix = ".yaml"
     else:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise RuleError(f"{path}: cannot read rules: {exc}") from exc
+        text = _read_rules_file(path)
         suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -203,7 +264,10 @@ def load_rules(source: str | Path | Mapping[str, Any]) -> SelectionRules:
         else:
             import yaml
 
+            _check_aliases(text, source)
             data = yaml.safe_load(text)
+    except RuleError:
+        raise
     except Exception as exc:  # noqa: BLE001 - yaml and json raise different types
         raise RuleError(f"{source}: not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, Mapping):

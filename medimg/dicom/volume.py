@@ -8,16 +8,18 @@ position along the slice normal, never by InstanceNumber.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medimg.dicom.decode import VOI, DecodeError, decode_pixels
+from medimg.dicom.decode import VOI, DecodeError, declared_shape, decode_pixels
 from medimg.dicom.geometry import GeometryError, affine_lps, sort_slices
 from medimg.dicom.header import header_from_dataset
 from medimg.dicom.index import InstanceHeader, Series
+from medimg.limits import check_size
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -26,6 +28,8 @@ __all__ = ["SeriesError", "load_instance", "load_series", "LPS_TO_RAS"]
 
 #: Flips x and y: DICOM patient coordinates (LPS) <-> NIfTI/MONAI world coordinates (RAS).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+log = logging.getLogger(__name__)
 
 
 class SeriesError(ValueError):
@@ -48,12 +52,16 @@ def _series_name(paths: Sequence[str], headers: Sequence[InstanceHeader]) -> str
     return f"series {uid}{label} ({len(paths)} file(s) under {os.path.dirname(paths[0]) or '.'})"
 
 
-def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI = None) -> MetaTensor:
+def load_series(
+    series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI = None, grey: bool = False
+) -> MetaTensor:
     """Decode a series to one volume.
 
     Args:
         series: a :class:`~medimg.dicom.index.Series` from a scan, or the paths of its files.
         voi: VOI to apply (see :data:`medimg.dicom.decode.VOI`); None keeps modality values.
+        grey: convert colour images to one grey channel (luminance), logged as a warning and
+            recorded as ``meta["converted_to_grey"]``.
 
     Returns:
         float32 ``MetaTensor`` of shape (C, X, Y, Z) for series with plane geometry, (C, X, Y)
@@ -64,6 +72,8 @@ def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI =
         SeriesError: mixed sizes or orientations, duplicate positions, missing slices, or
             several images without plane geometry.
         DecodeError: a file cannot be read or decoded.
+        medimg.limits.InputLimitError: the declared size (all files) is over the limit.
+        medimg.limits.NonFiniteError: NaN or inf values.
     """
     paths = [os.fspath(p) for p in (series.files if isinstance(series, Series) else series)]
     if not paths:
@@ -77,7 +87,7 @@ def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI =
         raise SeriesError(f"{name}: mixed image sizes {sorted(sizes)}")
     with_geometry = [h.frame_positions is not None for h in headers]
     if len(paths) == 1:
-        return _to_metatensor(datasets, headers, voi, name)
+        return _to_metatensor(datasets, headers, voi, name, grey)
     if not all(with_geometry):
         missing = with_geometry.count(False)
         raise SeriesError(
@@ -85,23 +95,43 @@ def load_series(series: Series | Sequence[str | os.PathLike[str]], *, voi: VOI =
             "ImageOrientationPatient, so they cannot be stacked into a volume; "
             "load them one at a time with load_instance"
         )
-    return _to_metatensor(datasets, headers, voi, name)
+    return _to_metatensor(datasets, headers, voi, name, grey)
 
 
-def load_instance(path: str | os.PathLike[str], *, voi: VOI = None) -> MetaTensor:
+def load_instance(path: str | os.PathLike[str], *, voi: VOI = None, grey: bool = False) -> MetaTensor:
     """Decode one file (single- or multi-frame). See :func:`load_series` for the layout."""
     path = os.fspath(path)
     ds = _read(path)
     header = header_from_dataset(ds, path)
-    return _to_metatensor([ds], [header], voi, f"{path}")
+    return _to_metatensor([ds], [header], voi, f"{path}", grey)
 
 
-def _to_metatensor(datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str) -> MetaTensor:
-    from monai.data import MetaTensor
-
+def _decode_all(
+    datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str, grey: bool
+) -> tuple[list[np.ndarray], bool]:
+    """Every frame (rows, cols, samples) of every file, after checking the declared total size, and
+    whether colour was converted to grey."""
+    shapes = [declared_shape(ds) for ds in datasets]
+    total = sum(f * r * c * s for f, r, c, s in shapes)
+    if len(datasets) > 1:
+        check_size((total,), f"{name} (all files together)")
     frames: list[np.ndarray] = []
     for ds, header in zip(datasets, headers, strict=True):
-        frames.extend(decode_pixels(ds, voi=voi, path=header.path))  # (rows, cols, samples) each
+        frames.extend(decode_pixels(ds, voi=voi, path=header.path, grey=grey))
+    colour = any(s != 1 for *_, s in shapes) or any(
+        str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR" for ds in datasets
+    )
+    if grey and colour:
+        log.warning("%s: colour image converted to grey (luminance)", name)
+    return frames, grey and colour
+
+
+def _to_metatensor(
+    datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str, grey: bool = False
+) -> MetaTensor:
+    frames, converted = _decode_all(datasets, headers, voi, name, grey)
+    from monai.data import MetaTensor  # after the size checks: a refused file costs no import
+
     first = headers[0]
     spacing = first.pixel_spacing or (1.0, 1.0)
     geometry = "volume" if first.frame_positions is not None else ("projection" if len(frames) == 1 else "frames")
@@ -145,5 +175,6 @@ def _to_metatensor(datasets: list[Any], headers: list[InstanceHeader], voi: VOI,
         "SOPInstanceUIDs": [sop_uids[i] for i in order],
         "source_files": [files[i] for i in order],
         "voi": "none" if voi is None or voi is False else str(voi),
+        "converted_to_grey": converted,
     }
     return MetaTensor(np.ascontiguousarray(array), affine=affine, meta=meta)

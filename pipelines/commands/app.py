@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from medimg import __version__
+from medimg.untrusted import terminal_text
 
 if TYPE_CHECKING:
     from pipelines.base import Pipeline
@@ -76,9 +77,10 @@ def _main(
 def error_exit(message: object, *, code: int = 2, to: Console = err_console) -> typer.Exit:
     """Print ``error: message`` (red) on ``to`` and return the :class:`typer.Exit` to raise.
 
-    Exit code 2 (the default) means bad input: data, weights or settings.
+    Exit code 2 (the default) means bad input: data, weights or settings. ``message`` is printed
+    literally (it often quotes file names or header values).
     """
-    to.print(f"[red]error:[/red] {message}")
+    to.print(f"[red]error:[/red] {terminal_text(message)}")
     return typer.Exit(code)
 
 

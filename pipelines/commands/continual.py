@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import SITE_HELP, console, csv_list, input_errors
 
 continual_app = typer.Typer(
@@ -33,7 +34,7 @@ def continual_fisher(
 
     with input_errors():
         fisher = estimate_site_fisher(pipeline, data_a, weights, out, mode=mode, max_samples=max_samples, seed=seed)
-    console.print(f"wrote {out} ({fisher.meta.get('mode')}, {fisher.meta.get('n_samples')} samples)")
+    console.print(terminal_text(f"wrote {out} ({fisher.meta.get('mode')}, {fisher.meta.get('n_samples')} samples)"))
 
 
 @continual_app.command("expand")
@@ -70,8 +71,8 @@ def continual_expand(
         )  # fmt: skip
     for key in ("new_before", "new_after", "old_before", "old_after"):
         if key in metrics:
-            console.print(f"{key}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[key].items()))
-    console.print(f"wrote {metrics['checkpoint']}, {out / 'metrics.json'}")
+            console.print(terminal_text(f"{key}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[key].items())))
+    console.print(terminal_text(f"wrote {metrics['checkpoint']}, {out / 'metrics.json'}"))
 
 
 @continual_app.command("compare")
@@ -103,4 +104,6 @@ def continual_compare(
             seeds=[int(v) for v in csv_list(seeds)], epochs=epochs, batch_size=batch_size, lr=lr,
             fisher_mode=fisher_mode, select=select,
         )  # fmt: skip
-    console.print(f"{len(rows)} run(s); wrote {out / 'arms.csv'}, {out / 'summary.csv'}, {out / 'report.html'}")
+    console.print(
+        terminal_text(f"{len(rows)} run(s); wrote {out / 'arms.csv'}, {out / 'summary.csv'}, {out / 'report.html'}")
+    )

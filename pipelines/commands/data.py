@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from medimg.progress import tracked
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import QuietOption, app, console, err_console, error_exit
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def _print_sample_summary(summary: dict[str, Any]) -> None:
         details = ", ".join(f"{k}: {v}" for k, v in info.get("details", {}).items())
         table.add_row(
             name,
-            info["root"],
+            terminal_text(info["root"]),
             f"{info['n_items']} {info['item_kind']}",
             str(info["n_files"]),
             f"{info['n_bytes'] / 1e6:.1f}",
@@ -107,7 +108,7 @@ def _print_scan(result: ScanResult) -> None:
     from pydicom.uid import UID
     from rich.table import Table
 
-    table = Table(title=f"Series under {result.root}")
+    table = Table(title=f"Series under {terminal_text(result.root)}")
     for column in (
         "patient / study",
         "#",
@@ -131,15 +132,15 @@ def _print_scan(result: ScanResult) -> None:
             images = str(s["instances"]) + (f" ({s['frames']} fr)" if s["frames"] != s["instances"] else "")
             syntax = ", ".join(UID(ts).keyword or ts for ts in series.transfer_syntaxes)
             table.add_row(
-                f"{study.PatientID or '?'} / ..{study.StudyInstanceUID[-6:]}" if k == 0 else "",
-                str(s["SeriesNumber"] or ""),
-                s["Modality"],
-                s["SeriesDescription"],
-                s["orientation"] or "",
+                terminal_text(f"{study.PatientID or '?'} / ..{study.StudyInstanceUID[-6:]}") if k == 0 else "",
+                terminal_text(s["SeriesNumber"] or ""),
+                terminal_text(s["Modality"]),
+                terminal_text(s["SeriesDescription"]),
+                terminal_text(s["orientation"] or ""),
                 images,
                 "x".join(map(str, s["image_size"])) if s["image_size"] else "mixed",
                 spacing,
-                syntax,
+                terminal_text(syntax),
                 "[green]yes[/green]" if s["decodable"] and not s["problems"] else "[red]no[/red]",
                 end_section=k == len(study.series) - 1,
             )
@@ -149,7 +150,7 @@ def _print_scan(result: ScanResult) -> None:
                 problems.append(f"{study.PatientID} series {s['SeriesNumber']}: {s['decode_note']}")
     console.print(table)
     for line in problems:
-        console.print(f"[yellow]problem:[/yellow] {line}")
+        console.print(f"[yellow]problem:[/yellow] {terminal_text(line)}")
     n_series = sum(1 for _ in result.iter_series())
     console.print(
         f"{len(result.patients)} patient(s), {len(result.studies)} study(ies), {n_series} series, "
@@ -160,7 +161,7 @@ def _print_scan(result: ScanResult) -> None:
         qtable.add_column("path", overflow="fold")
         qtable.add_column("reason", overflow="fold")
         for entry in result.quarantine:
-            qtable.add_row(entry.path, entry.reason)
+            qtable.add_row(terminal_text(entry.path), terminal_text(entry.reason))
         console.print(qtable)
 
 
@@ -192,11 +193,11 @@ def convert(
             folder, out, rules=rule_set, voi=True if voi else None, overwrite=overwrite, progress=update
         )
     console.print(
-        f"wrote {len(result.written)} NIfTI file(s) to {out}; {len(result.skipped)} already there; "
-        f"{len(result.failures)} failure(s). Details: {out / 'conversion.json'}"
+        f"wrote {len(result.written)} NIfTI file(s) to {terminal_text(out)}; {len(result.skipped)} already there; "
+        f"{len(result.failures)} failure(s). Details: {terminal_text(out / 'conversion.json')}"
     )
     for failure in result.failures:
-        err_console.print(f"[red]failed:[/red] {failure['source']}: {failure['error']}")
+        err_console.print(f"[red]failed:[/red] {terminal_text(failure['source'])}: {terminal_text(failure['error'])}")
     if not result.ok:
         raise typer.Exit(1)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import SITE_HELP, console, csv_list, input_errors
 
 federated_app = typer.Typer(
@@ -64,5 +65,5 @@ def federated_simulate(
             seeds=seed_list, leave_one_out=leave_one_out, n_boot=n_boot, engine=engine, baselines=baselines,
         )  # fmt: skip
     for line in summary_lines(summary):
-        console.print(line, highlight=False, markup=False)
-    console.print(f"wrote {out / 'cross_site.csv'}, {out / 'summary.json'}, {out / 'report.html'}")
+        console.print(terminal_text(line), highlight=False)
+    console.print(terminal_text(f"wrote {out / 'cross_site.csv'}, {out / 'summary.json'}, {out / 'report.html'}"))

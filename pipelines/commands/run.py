@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from medimg.progress import tracked
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import PipelineArgument, QuietOption, app, console, err_console, error_exit, load_pipeline
 
 if TYPE_CHECKING:
@@ -24,7 +25,14 @@ def run(
         Path | None,
         typer.Option(help="Checkpoint; default: the demo weights in sample_data/weights/ (synthetic phantoms only)."),
     ] = None,  # noqa: UP045
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo studies that are already done.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Remove the earlier run's outputs in OUT and start clean (needed when the weights or "
+            "result settings differ from those in OUT/run.json).",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     uncertainty: Annotated[
@@ -44,7 +52,7 @@ def run(
     """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
     outputs, errors.csv, report.html."""
     from medimg.models import CheckpointError
-    from pipelines.runner import run_pipeline
+    from pipelines.runner import RunRefused, run_pipeline
 
     task = load_pipeline(pipeline)
     _configure(task, naming=naming, uncertainty=uncertainty, samples=samples, ensemble_weights=ensemble_weights)
@@ -62,7 +70,7 @@ def run(
                 device=device,
                 progress=update,
             )
-    except CheckpointError as exc:
+    except (CheckpointError, RunRefused) as exc:
         raise error_exit(exc) from exc
     _print_run_summary(task, summary, out)
     if summary.failed:
@@ -110,8 +118,8 @@ def _print_run_summary(task: Pipeline, summary: RunSummary, out: Path) -> None:
         f"{c['images']} {'case(s)' if task.unit == 'study' else 'image(s)'} in results.csv "
         f"({c['images_processed']} processed now, "
         f"{c['studies_resumed']} stud(ies) resumed); {c['errors']} error(s), {c['skipped']} skipped. "
-        f"Outputs in {out} (report.html)."
+        f"Outputs in {terminal_text(out)} (report.html)."
     )
     for what, count in summarize_errors(summary.errors).items():
         style = "red" if what.startswith("error") else "dim"
-        console.print(f"  [{style}]{what}: {count}[/{style}]")
+        console.print(f"  [{style}]{terminal_text(what)}: {count}[/{style}]")

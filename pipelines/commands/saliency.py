@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import QuietOption, console, csv_list, error_exit
 
 if TYPE_CHECKING:
@@ -171,10 +172,10 @@ def _print_audit(result: AuditResult) -> None:
     if rows:
         table = Table(title="Pass/fail matrix")
         for column in rows[0]:
-            table.add_column(column)
+            table.add_column(terminal_text(column))
         for row in rows:
-            table.add_row(*row.values())
+            table.add_row(*(terminal_text(v) for v in row.values()))
         console.print(table)
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    console.print("wrote " + ", ".join(str(p) for p in result.files.values()))
+        console.print(f"[yellow]note:[/yellow] {terminal_text(note)}")
+    console.print("wrote " + terminal_text(", ".join(str(p) for p in result.files.values())))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import PipelineArgument, app, console, error_exit, load_pipeline
 
 if TYPE_CHECKING:
@@ -124,12 +125,12 @@ def _print_train_result(task: Pipeline, result: TrainResult) -> None:
     if result.best_value is None:
         console.print(
             f"[yellow]no finite validation {task.monitor} in {result.last_epoch} epoch(s) (too few validation images "
-            f"of each class?); the last weights are in {result.last_checkpoint}[/yellow]"
+            f"of each class?); the last weights are in {terminal_text(result.last_checkpoint)}[/yellow]"
         )
     else:
         console.print(
             f"best {task.monitor} {result.best_value:.4f} at epoch {result.best_epoch}; "
-            f"checkpoint {result.best_checkpoint}"
+            f"checkpoint {terminal_text(result.best_checkpoint)}"
         )
 
 
@@ -169,4 +170,4 @@ def evaluate(
     for key, value in shown.items():
         interval = f" (95% CI {ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else ""
         console.print(f"{key}: {value:.4f}{interval}")
-    console.print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} in {out}")
+    console.print(terminal_text(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} in {out}"))

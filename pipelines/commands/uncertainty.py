@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from medimg.progress import tracked
+from medimg.untrusted import terminal_text
 from pipelines.commands.app import QuietOption, console, err_console, error_exit
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def _fmt(value: float | None) -> str:
 def _print_errors(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         where = " ".join(part for part in (row.get("team", ""), row["case_id"], row["file"]) if part)
-        err_console.print(f"[red]error:[/red] {where}: {row['error']}")
+        err_console.print(f"[red]error:[/red] {terminal_text(where)}: {terminal_text(row['error'])}")
 
 
 @uncertainty_app.command("score")
@@ -88,11 +89,15 @@ def uncertainty_score(
         )
     console.print(table)
     console.print(
-        f"wrote {out}"
-        + (f", {curves}" if curves else "")
-        + (f", {report}" if report else "")
-        + f", {out.with_name('errors.csv')}"
+        terminal_text(
+            f"wrote {out}"
+            + (f", {curves}" if curves else "")
+            + (f", {report}" if report else "")
+            + f", {out.with_name('errors.csv')}, {out.with_name('warnings.csv')}"
+        )
     )
+    for row in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {terminal_text(row['case_id'])}: {terminal_text(row['warning'])}")
     _print_errors([e.to_row() for e in result.errors])
     if not result.ok:
         raise typer.Exit(1)
@@ -108,7 +113,7 @@ def _print_ranking(ranking: Ranking) -> None:
     for row in ranking.table:
         table.add_row(
             str(row["position"]),
-            row["team"],
+            terminal_text(row["team"]),
             f"{row['mean_rank']:.3f}",
             f"{row['normalized_ranking_score']:.3f}",
             str(row["pairs_missing"]),
@@ -125,11 +130,12 @@ def _print_ranking(ranking: Ranking) -> None:
     matrix = Table(title=f"Pairwise p-values (permutation test over cases, unadjusted; * p < {ranking.alpha:g})")
     matrix.add_column("team")
     for team in ranking.teams:
-        matrix.add_column(team)
+        matrix.add_column(terminal_text(team))
     for row in pairwise_rows(ranking):
         cells = [row[t] for t in ranking.teams]
         matrix.add_row(
-            row["team"], *("-" if p is None else f"{p:.4f}" + ("*" if p < ranking.alpha else "") for p in cells)
+            terminal_text(row["team"]),
+            *("-" if p is None else f"{p:.4f}" + ("*" if p < ranking.alpha else "") for p in cells),
         )
     console.print(matrix)
 
@@ -209,7 +215,7 @@ def uncertainty_rank(
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         raise error_exit(exc) from exc
     _print_ranking(ranking)
-    console.print("wrote " + ", ".join(str(out / name) for name in written))
+    console.print("wrote " + terminal_text(", ".join(str(out / name) for name in written)))
     _print_errors(errors)
     if errors:
         raise typer.Exit(1)
@@ -244,5 +250,8 @@ def _score_and_rank(
             progress=update,
         )
     assert board.ranking is not None
+    for row in board.warnings:
+        where = terminal_text(f"{row['team']} {row['case_id']}")
+        err_console.print(f"[yellow]warning:[/yellow] {where}: {terminal_text(row['warning'])}")
     errors = [{"team": team, **e.to_row()} for team, e in board.errors]  # type: ignore[attr-defined]
     return board.ranking, errors

@@ -107,9 +107,11 @@ def test_dicom_run_writes_a_seg_that_reads_back_exactly(brain: Path, weights: Pa
     assert result.exit_code == 0, result.output
     (row,) = _rows(out / "results.csv")
     assert row["source"] == "dicom" and row["seg_file"] == f"{CASE}_SEG.dcm"
-    labels = np.asarray(nib.load(out / CASE / f"{CASE}.nii.gz").dataobj)
+    folder = out / get_pipeline("brats").output_folder(row["StudyInstanceUID"], row)  # {CASE}_{study hash}
+    assert folder.name.startswith(f"{CASE}_") and row["labels_file"] == f"{CASE}.nii.gz"
+    labels = np.asarray(nib.load(folder / row["labels_file"]).dataobj)
     t1ce = load_series(sorted(str(p) for p in Path(row["source_file"]).iterdir()))
-    recovered = read_seg(out / CASE / row["seg_file"], t1ce.meta["source_files"])
+    recovered = read_seg(folder / row["seg_file"], t1ce.meta["source_files"])
     np.testing.assert_array_equal(recovered, labels)
 
 
