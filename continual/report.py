@@ -191,6 +191,8 @@ def write_federated_report(
     metric = str(summary.get("metric", "kappa_linear"))
     sites = list(summary.get("sites", []))
     report = Report("Federated training: cross-site evaluation", subtitle=", ".join(sites))
+    for warning in summary.get("data_warnings") or []:
+        report.text(f"Data warning: {warning}", warning=True)  # single-class or duplicated sites affect the gains
     gains = _gain_rows(summary)
     if gains:
         boot = summary.get("bootstrap", {})

@@ -8,6 +8,7 @@ the commands that need them, so ``medimg --help`` answers at once.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -56,6 +57,21 @@ SITE_HELP = (
 PipelineArgument = Annotated[str, typer.Argument(help=PIPELINE_HELP)]
 #: ``--quiet/-q`` of the commands with one progress bar.
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+#: ``--max-pixels`` of the commands that read images or volumes (checked from the header, before decoding).
+MaxPixelsOption = Annotated[
+    Optional[int],  # noqa: UP045 - typer needs Optional on 3.10
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Largest image or volume, in values, read before decoding (default 2**28, or MEDIMG_MAX_PIXELS).",
+    ),
+]
+
+
+def apply_max_pixels(value: int | None) -> None:
+    """Set the size limit of :mod:`medimg.limits` for this run (and the worker processes it starts)."""
+    if value is not None:
+        os.environ["MEDIMG_MAX_PIXELS"] = str(value)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,17 @@ import typer
 
 from medimg.progress import tracked
 from medimg.untrusted import terminal_text
-from pipelines.commands.app import PipelineArgument, QuietOption, app, console, err_console, error_exit, load_pipeline
+from pipelines.commands.app import (
+    MaxPixelsOption,
+    PipelineArgument,
+    QuietOption,
+    app,
+    apply_max_pixels,
+    console,
+    err_console,
+    error_exit,
+    load_pipeline,
+)
 
 if TYPE_CHECKING:
     from pipelines.base import Pipeline
@@ -47,6 +57,7 @@ def run(
     naming: Annotated[
         str, typer.Option(help="brats NIfTI input naming: brats2021 (_t1ce...) or brats2023 (-t1c...).")
     ] = "brats2021",
+    max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
@@ -54,6 +65,7 @@ def run(
     from medimg.models import CheckpointError
     from pipelines.runner import RunRefused, run_pipeline
 
+    apply_max_pixels(max_pixels)
     task = load_pipeline(pipeline)
     _configure(task, naming=naming, uncertainty=uncertainty, samples=samples, ensemble_weights=ensemble_weights)
     weights = _weights_or_demo(task, weights)

@@ -9,7 +9,7 @@ import typer
 
 from medimg.progress import tracked
 from medimg.untrusted import terminal_text
-from pipelines.commands.app import QuietOption, console, err_console, error_exit
+from pipelines.commands.app import MaxPixelsOption, QuietOption, apply_max_pixels, console, err_console, error_exit
 
 if TYPE_CHECKING:
     from uncertainty.ranking import Ranking
@@ -52,10 +52,13 @@ def uncertainty_score(
         typer.Option("--no-brain-mask", help="Count the whole volume as brain when a case has no brain mask or T1."),
     ] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
+    max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Score one QU-BraTS submission: DSC/FTP/FTN AUCs and the score per case and region."""
     from rich.table import Table
+
+    apply_max_pixels(max_pixels)
 
     from uncertainty.scoring import score_submission, summarize, write_results
 
@@ -187,10 +190,13 @@ def uncertainty_rank(
         bool, typer.Option("--no-brain-mask", help="Whole volume as brain when a case has no mask or T1.")
     ] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,  # noqa: UP045
+    max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Rank teams: cumulative rank per case, mean rank, normalized ranking score, pairwise permutation tests."""
     from uncertainty.leaderboard import missing_rows, rank_from_scores
+
+    apply_max_pixels(max_pixels)
 
     _check_rank_sources(teams_dir, truth, from_scores)
     try:

@@ -318,3 +318,24 @@ def test_scorer_ignores_leftover_temporary_files(tmp_path: Path) -> None:
     assert set(find_submission(tmp_path / "sub").cases) == {case_id}
     result = score_submission(tmp_path / "sub", tmp_path / "truth", workers=1)
     assert not result.errors and [c.case_id for c in result.cases] == [case_id]
+
+
+def test_max_pixels_option_refuses_every_image_over_it(
+    tmp_path: Path, untrained_weights: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--max-pixels`` lowers the header-size limit for one run: each image over it is an error line."""
+    from typer.testing import CliRunner
+
+    from medimg.cli import app
+
+    monkeypatch.setenv("MEDIMG_MAX_PIXELS", str(2**28))  # undone after the test, whatever the option sets
+    sample = Path(__file__).resolve().parents[2] / "sample_data" / "cxr"
+    weights = str(untrained_weights["pneumonia"])
+    result = CliRunner().invoke(
+        app,
+        ["run", "pneumonia", str(sample), "-o", str(tmp_path / "o"), "--weights", weights, "--max-pixels", "100", "-q"],
+    )
+    assert result.exit_code == 1, result.output
+    errors = (tmp_path / "o" / "errors.csv").read_text()
+    assert "exceeds the limit of 100" in errors
+    assert (tmp_path / "o" / "results.csv").read_text().count("\n") == 1  # the header only

@@ -185,3 +185,9 @@ def test_federation_data_warnings(tmp_path: Path) -> None:
     assert split_warnings("s", {"train": items, "test": items}) == []
     lines = summary_lines({"metric": "kappa", "data_warnings": [duplicate]})
     assert any(line.startswith("  warning: sites a and b") for line in lines)
+    from continual.report import write_federated_report
+
+    page = write_federated_report(
+        tmp_path / "fed", {"metric": "kappa", "sites": ["a", "b"], "data_warnings": [duplicate]}, []
+    )
+    assert "Data warning: sites a and b" in page.read_text()
