@@ -1,5 +1,5 @@
-"""Fuzzed PatientID / StudyInstanceUID / SOPInstanceUID: ``scan`` and ``convert`` never write outside
-OUT, never crash with a traceback, and exit 0 or 1."""
+"""Fuzzed PatientID / StudyInstanceUID / SOPInstanceUID: ``scan``, ``convert`` and ``run`` never write
+outside OUT, never crash with a traceback, and exit 0 or 1."""
 
 from __future__ import annotations
 
@@ -60,5 +60,40 @@ def test_fuzzed_headers_stay_inside_out(tmp_path: Path, patient: str, study: str
         assert "Traceback" not in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert _files(tmp_path, out) == before
+    for path in out.rglob("*"):
+        assert out.resolve() in path.resolve().parents
+
+
+_RADIOGRAPH = next((Path(__file__).resolve().parents[2] / "sample_data" / "cxr").rglob("*.dcm"))
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(patient=patient_ids, study=uids, sop=uids)
+@example(patient="..", study="/tmp/abs", sop="../../evil")
+def test_fuzzed_headers_of_a_radiograph_stay_inside_out_of_run(
+    tmp_path: Path, untrained_weights: dict[str, Path], patient: str, study: str, sop: str
+) -> None:
+    """``medimg run pneumonia`` on a sample radiograph whose identifiers are fuzzed."""
+    import pydicom
+
+    case = tmp_path / f"run{next(_counter)}"
+    dicom, out = case / "dicom", case / "out"
+    dicom.mkdir(parents=True)
+    ds = pydicom.dcmread(_RADIOGRAPH)
+    ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID = patient, study, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(dicom / "x.dcm")
+    before = _files(tmp_path, out)
+    weights = str(untrained_weights["pneumonia"])
+    result = runner.invoke(app, ["run", "pneumonia", str(dicom), "-o", str(out), "--weights", weights, "-q"])
+    assert result.exit_code in (0, 1), (result.output, repr(result.exception))
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert _files(tmp_path, out) == before
+    assert (out / "results.csv").is_file() and (out / "errors.csv").is_file()
     for path in out.rglob("*"):
         assert out.resolve() in path.resolve().parents
