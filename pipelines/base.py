@@ -19,7 +19,7 @@ import numpy as np
 
 from medimg.safepath import safe_name
 
-__all__ = ["DatasetError", "ImageResult", "Pipeline", "is_held_out_test", "patient_split", "slug"]
+__all__ = ["DatasetError", "ImageResult", "Pipeline", "is_held_out_test", "patient_split"]
 
 
 class DatasetError(ValueError):
@@ -41,12 +41,6 @@ class ImageResult:
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def slug(text: str) -> str:
-    """A safe, collision-free single path component from an identifier (see
-    :func:`medimg.safepath.safe_name`; plain UIDs keep their names)."""
-    return safe_name(text)
 
 
 def is_held_out_test(item: Mapping[str, Any]) -> bool:

@@ -53,11 +53,6 @@ class ConversionResult:
         }
 
 
-def _slug(text: Any) -> str:
-    """A safe output name part (see :func:`medimg.safepath.safe_name`)."""
-    return safe_name(text)
-
-
 def _targets(
     study: Study, rules: SelectionRules | None, result: ConversionResult
 ) -> list[tuple[str, Series, InstanceHeader | None]]:
@@ -68,7 +63,7 @@ def _targets(
         out = []
         for name, items in chosen.picked.items():
             for k, (series, inst) in enumerate(items):
-                out.append((_slug(f"{name}_{k + 1}" if len(items) > 1 else name), series, inst))
+                out.append((safe_name(f"{name}_{k + 1}" if len(items) > 1 else name), series, inst))
         for name in chosen.missing:
             result.failures.append(
                 {"source": f"study {study.StudyInstanceUID}", "error": f"no series matches required selection '{name}'"}
@@ -80,9 +75,9 @@ def _targets(
         no_geometry = any(inst.frame_positions is None for inst in series.instances)
         if len(series.instances) > 1 and no_geometry:
             for inst in series.instances:
-                out.append((_slug(f"{stem}_{inst.get('InstanceNumber', inst.sop_instance_uid)}"), series, inst))
+                out.append((safe_name(f"{stem}_{inst.get('InstanceNumber', inst.sop_instance_uid)}"), series, inst))
         else:
-            out.append((_slug(stem), series, None))
+            out.append((safe_name(stem), series, None))
     return out
 
 
@@ -122,7 +117,7 @@ def convert_folder(
     jobs = []
     for study in scan.studies:
         try:
-            folder = inside(out, out / _slug(study.PatientID or "unknown") / _slug(study.StudyInstanceUID))
+            folder = inside(out, out / safe_name(study.PatientID or "unknown") / safe_name(study.StudyInstanceUID))
             targets = _targets(study, rules, result)
         except UnsafePathError as exc:
             result.failures.append({"source": f"study {study.StudyInstanceUID!r}", "error": str(exc)})

@@ -34,3 +34,26 @@ def untrained_checkpoint(
     }
     torch.manual_seed(seed)
     return save_checkpoint(path, build_network(architecture, **network), meta)
+
+
+def untrained_brats_checkpoint(path: Path, *, tumour_bias: float | None = None, seed: int = 0) -> Path:
+    """Save a freshly initialized (seeded) compact SegResNet of the brats pipeline (48^3 patches).
+
+    ``tumour_bias`` fills the output bias, so that the label volumes of an untrained net are not empty.
+    """
+    task = get_pipeline("brats")
+    network = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
+    meta = {
+        "pipeline": "brats",
+        "architecture": "segresnet-compact",
+        "network": network,
+        "labels": list(task.labels),
+        "preprocessing": task.preprocessing("segresnet-compact", (48, 48, 48)),
+        "training": {"note": "untrained"},
+    }
+    torch.manual_seed(seed)
+    model = build_network("segresnet-compact", **network)
+    if tumour_bias is not None:
+        with torch.no_grad():
+            model.conv_final[-1].conv.bias.fill_(tumour_bias)
+    return save_checkpoint(path, model, meta)

@@ -10,12 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from checkpoints import untrained_brats_checkpoint
 from typer.testing import CliRunner
 
 from medimg.cli import app
 from medimg.dicom import load_series
 from medimg.dicom.seg import read_seg
-from medimg.models import build_network, save_checkpoint
 from medimg.synth import generate_sample_data
 from pipelines import get_pipeline
 
@@ -36,23 +36,8 @@ def brain(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    task = get_pipeline("brats")
-    network = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
-    meta = {
-        "pipeline": "brats",
-        "architecture": "segresnet-compact",
-        "network": network,
-        "labels": list(task.labels),
-        "preprocessing": task.preprocessing("segresnet-compact", (48, 48, 48)),
-        "training": {"note": "untrained"},
-    }
-    model = build_network("segresnet-compact", **network)
-    with torch.no_grad():  # a bias towards "tumour" so that the label volumes are not empty
-        model.conv_final[-1].conv.bias.fill_(0.5)
-    return save_checkpoint(tmp_path_factory.mktemp("w") / "brats.pt", model, meta)
+    # a bias towards "tumour" so that the label volumes are not empty
+    return untrained_brats_checkpoint(tmp_path_factory.mktemp("w") / "brats.pt", tumour_bias=0.5)
 
 
 @pytest.mark.slow

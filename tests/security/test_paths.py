@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from checkpoints import untrained_checkpoint
+from checkpoints import untrained_brats_checkpoint, untrained_checkpoint
 from dicom_factory import write_series
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
@@ -144,23 +144,7 @@ def test_convert_keeps_studies_with_a_shared_uid_prefix_apart(tmp_path: Path) ->
 
 
 def _brats_weights(folder: Path) -> Path:
-    import torch
-
-    from medimg.models import build_network, save_checkpoint
-    from pipelines import get_pipeline
-
-    torch.manual_seed(0)
-    task = get_pipeline("brats")
-    network = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
-    meta = {
-        "pipeline": "brats",
-        "architecture": "segresnet-compact",
-        "network": network,
-        "labels": list(task.labels),
-        "preprocessing": task.preprocessing("segresnet-compact", (48, 48, 48)),
-        "training": {"note": "untrained"},
-    }
-    return save_checkpoint(folder / "brats.pt", build_network("segresnet-compact", **network), meta)
+    return untrained_brats_checkpoint(folder / "brats.pt")
 
 
 def test_run_brats_nifti_case_named_dotdot_stays_inside_out(tmp_path: Path) -> None:
