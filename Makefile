@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser bench lint docs clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality attention-quality continual-quality continual-quality-large federated-quality
+.PHONY: venv demo test browser dcm2niix bench lint docs clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality attention-quality continual-quality continual-quality-large federated-quality
 
 venv: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medimg demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser dcm2niix
 	$(PY) -m pytest -n 2 -q
 
 # Headless Chromium for the saliency report's browser test (Debian package; skipped, with the
@@ -29,6 +29,14 @@ browser:
 		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 		apt-get install -y -q chromium >/dev/null 2>&1)); } || \
 		echo "chromium not installed: the report's browser test will be skipped"
+
+# dcm2niix, the peer the conversion tests compare with where its reference output is not shipped
+# (Debian package; skipped, with the reason, where it cannot be installed).
+dcm2niix:
+	@command -v dcm2niix >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q dcm2niix >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q dcm2niix >/dev/null 2>&1)); } || \
+		echo "dcm2niix not installed: the tests that run it live will be skipped"
 
 # The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link or a
 # docstring mkdocstrings cannot read fails the build.
