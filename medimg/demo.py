@@ -473,7 +473,8 @@ def _check_brain_conversion(scan, data: Path, out: Path, console: Console) -> bo
         truth = data / "brain" / "nifti" / case / f"{case}_{sequence}.nii.gz"
         if not truth.exists():
             continue
-        ref, got = nib.load(truth), nib.load(record["output"])
+        # convert stores dcm2niix's voxel order: compare both in the closest canonical orientation
+        ref, got = nib.as_closest_canonical(nib.load(truth)), nib.as_closest_canonical(nib.load(record["output"]))
         diff = float(np.abs(np.asarray(ref.dataobj, np.float64) - np.asarray(got.dataobj, np.float64)).max())
         affine_diff = float(np.abs(ref.affine - got.affine).max())
         good = diff < 1e-3 and affine_diff < 1e-3

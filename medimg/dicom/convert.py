@@ -1,7 +1,10 @@
 """DICOM folder -> NIfTI files, one per selected series (or image), with the same geometry.
 
-Reading the NIfTI back with nibabel gives the same voxel-to-world (RAS) affine as the
-``MetaTensor`` that :func:`medimg.dicom.load_series` returns.
+Series with plane geometry are written as dcm2niix writes them (:mod:`medimg.dicom.stack`):
+its voxel order (rows bottom-up; mosaics cut into slices; 3-D acquisitions turned to RAS), one
+4-D NIfTI for a series with several volumes (time series, diffusion, echoes), a BIDS sidecar
+``.json`` beside each, and FSL ``.bval``/``.bvec`` for diffusion. In the closest canonical
+orientation the voxels and affine equal those of :func:`medimg.dicom.load_series`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from medimg.dicom.decode import VOI, DecodeError
 from medimg.dicom.index import InstanceHeader, ScanResult, Series, Study
 from medimg.dicom.scan import scan_folder
 from medimg.dicom.selection import SelectionRules, select
+from medimg.dicom.stack import load_stack
+from medimg.dicom.stack_output import write_stack
 from medimg.dicom.volume import SeriesError, load_instance, load_series
 from medimg.safepath import UnsafePathError, inside, safe_name
 from medimg.writers import write_json, write_nifti
@@ -64,10 +69,8 @@ def _targets(
         for name, items in chosen.picked.items():
             for k, (series, inst) in enumerate(items):
                 out.append((safe_name(f"{name}_{k + 1}" if len(items) > 1 else name), series, inst))
-        for name in chosen.missing:
-            result.failures.append(
-                {"source": f"study {study.StudyInstanceUID}", "error": f"no series matches required selection '{name}'"}
-            )
+        for reason in chosen.failure_reasons():
+            result.failures.append({"source": f"study {study.StudyInstanceUID}", "error": reason})
         return out
     out = []
     for series in study.series:
@@ -81,6 +84,13 @@ def _targets(
     return out
 
 
+def _stackable(series: Series) -> bool:
+    """Grey images with plane geometry: written through :mod:`medimg.dicom.stack` (3-D or 4-D)."""
+    return all(
+        inst.frame_positions is not None and int(inst.get("SamplesPerPixel") or 1) == 1 for inst in series.instances
+    )
+
+
 def convert_folder(
     source: str | os.PathLike[str] | ScanResult,
     out: str | os.PathLike[str],
@@ -92,7 +102,8 @@ def convert_folder(
 ) -> ConversionResult:
     """Convert the series of a DICOM folder (all, or those the rules pick) to NIfTI.
 
-    Outputs go to ``out/<PatientID>/<StudyInstanceUID>/<name>.nii.gz``, where ``name`` is the
+    Outputs go to ``out/<PatientID>/<StudyInstanceUID>/<name>.nii.gz`` (with ``<name>.json``, and
+    ``<name>.bval``/``<name>.bvec`` for diffusion, for series with plane geometry), where ``name`` is the
     selection name with rules, else ``<SeriesNumber>_<SeriesDescription>``; projection images of
     a multi-image series get one file each. Every part is made safe by
     :func:`medimg.safepath.safe_name` (a value that had to change gets a hash of the original, so
@@ -139,11 +150,14 @@ def convert_folder(
             try:
                 if series.problems and inst is None:
                     raise SeriesError(f"series {series.SeriesInstanceUID}: {'; '.join(series.problems)}")
-                tensor = load_instance(inst.path, voi=voi) if inst is not None else load_series(series, voi=voi)
-                write_nifti(tensor, path)
-                record["shape"] = list(tensor.shape[1:])
-                record["pixel_spacing"] = tensor.meta["pixel_spacing"]
-                record["slice_spacing"] = tensor.meta["slice_spacing"]
+                if inst is None and _stackable(series):
+                    record.update(write_stack(load_stack(series.files, voi=voi), path))
+                else:
+                    tensor = load_instance(inst.path, voi=voi) if inst is not None else load_series(series, voi=voi)
+                    write_nifti(tensor, path)
+                    record["shape"] = list(tensor.shape[1:])
+                    record["pixel_spacing"] = tensor.meta["pixel_spacing"]
+                    record["slice_spacing"] = tensor.meta["slice_spacing"]
                 result.written.append(record)
             except (SeriesError, DecodeError, OSError, ValueError) as exc:
                 result.failures.append({"source": source_label, "error": str(exc)})

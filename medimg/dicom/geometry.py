@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GeometryError", "SliceStack", "orientation_label", "sort_slices", "affine_lps"]
+__all__ = ["GeometryError", "SliceStack", "affine_lps", "dcm2niix_orientation", "orientation_label", "sort_slices"]
 
 
 class GeometryError(ValueError):
@@ -100,10 +100,13 @@ def sort_slices(
         spacing = float(gaps.min())
         big = gaps.max()
         if big > 1.5 * spacing:
+            start = float(dist[order][int(np.argmax(gaps))])
             missing = int(round(big / spacing)) - 1
+            where = ", ".join(f"{start + m * spacing:.1f} mm" for m in range(1, min(missing, 3) + 1))
             raise GeometryError(
-                f"missing slices: a gap of {big:.3f} mm where the spacing is {spacing:.3f} mm "
-                f"(about {missing} slice(s) missing)"
+                f"missing slices: no slice at {where}{' ...' if missing > 3 else ''} along the slice normal "
+                f"(a gap of {big:.3f} mm where the spacing is {spacing:.3f} mm, "
+                f"about {missing} slice(s) missing)"
             )
         raise GeometryError(f"irregular slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm")
     return SliceStack([int(i) for i in order], spacing, (float(normal[0]), float(normal[1]), float(normal[2])))
@@ -138,3 +141,35 @@ def affine_lps(
         spacing_between_slices=float(slice_spacing),
         index_convention="RD",
     )
+
+
+def dcm2niix_orientation(
+    affine_ras: np.ndarray, three_d: bool, stored_normal: Sequence[float] | None = None
+) -> np.ndarray:
+    """The nibabel orientation (``ornt``) that turns MONAI's DICOM layout into dcm2niix's.
+
+    MONAI's layout (column index, row index, slices ascending along row x column) is what
+    :func:`affine_lps` describes. dcm2niix writes the rows bottom-up (the row axis flipped) and
+    keeps slices ascending along row x column, except for Siemens mosaics, whose slices it keeps
+    in mosaic order, along the CSA SliceNormalVector (``stored_normal``). A 3-D acquisition
+    (MRAcquisitionType 3D) it turns to the closest canonical (RAS) orientation. These rules are
+    the ones that reproduce dcm2niix's output on its regression suites (dcm_qa, dcm_qa_nih,
+    dcm_qa_ge) and on generated series.
+
+    Args:
+        affine_ras: voxel-to-RAS affine of the MONAI layout.
+        three_d: the series is a 3-D acquisition.
+        stored_normal: for mosaics, the direction (LPS) in which the mosaic stores its slices.
+
+    Returns:
+        A (3, 2) ``ornt`` array for :func:`nibabel.orientations.apply_orientation`.
+    """
+    from nibabel.orientations import io_orientation
+
+    if three_d:
+        return io_orientation(affine_ras)
+    flip_slices = False
+    if stored_normal is not None:
+        slice_lps = np.asarray(affine_ras, float)[:3, 2] * np.array([-1.0, -1.0, 1.0])
+        flip_slices = float(slice_lps @ np.asarray(stored_normal, float)) < 0
+    return np.array([[0, 1], [1, -1], [2, -1 if flip_slices else 1]], dtype=float)

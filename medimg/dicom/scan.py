@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medimg.dicom.codecs import decode_support
-from medimg.dicom.geometry import GeometryError, orientation_label, sort_slices
+from medimg.dicom.geometry import GeometryError, orientation_label
 from medimg.dicom.header import read_instance_header
 from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult, Series, Study
+from medimg.dicom.series4d import frame_order_key, split_volumes
 from medimg.parallel import ProgressCallback, parallel_map
 
 __all__ = ["list_files", "scan_folder", "group_instances"]
@@ -209,10 +210,11 @@ def validate_series(series: Series) -> None:
         series.orientation = orientation_label(with_geometry[0].frame_orientation)
         positions = [p for inst in with_geometry for p in inst.frame_positions or []]
         orientations = [inst.frame_orientation for inst in with_geometry for _ in range(inst.frames)]
+        keys = [frame_order_key(inst.get, f, k) for f, inst in enumerate(with_geometry) for k in range(inst.frames)]
         if len(positions) > 1:
-            try:
-                stack = sort_slices(positions, orientations)  # type: ignore[arg-type]
-                series.slice_spacing = stack.spacing
+            try:  # several frames per position make a 4-D series (time, diffusion, echoes), not an error
+                split = split_volumes(positions, orientations, keys)  # type: ignore[arg-type]
+                series.slice_spacing = split.spacing
             except GeometryError as exc:
                 problems.append(str(exc))
 

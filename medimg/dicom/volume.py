@@ -24,7 +24,7 @@ from medimg.limits import check_size
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["SeriesError", "load_instance", "load_series", "LPS_TO_RAS"]
+__all__ = ["SeriesError", "decode_frames", "load_instance", "load_series", "read_dataset", "LPS_TO_RAS"]
 
 #: Flips x and y: DICOM patient coordinates (LPS) <-> NIfTI/MONAI world coordinates (RAS).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -36,7 +36,8 @@ class SeriesError(ValueError):
     """A series that cannot become one volume; the message names the series and the problem."""
 
 
-def _read(path: str) -> Any:
+def read_dataset(path: str) -> Any:
+    """Read one DICOM file with pydicom; :class:`DecodeError` (naming the file) when it cannot."""
     import pydicom
 
     try:
@@ -78,7 +79,7 @@ def load_series(
     paths = [os.fspath(p) for p in (series.files if isinstance(series, Series) else series)]
     if not paths:
         raise SeriesError("empty series: no files")
-    datasets = [_read(p) for p in paths]
+    datasets = [read_dataset(p) for p in paths]
     headers = [header_from_dataset(ds, p) for ds, p in zip(datasets, paths, strict=True)]
     name = _series_name(paths, headers)
 
@@ -101,12 +102,12 @@ def load_series(
 def load_instance(path: str | os.PathLike[str], *, voi: VOI = None, grey: bool = False) -> MetaTensor:
     """Decode one file (single- or multi-frame). See :func:`load_series` for the layout."""
     path = os.fspath(path)
-    ds = _read(path)
+    ds = read_dataset(path)
     header = header_from_dataset(ds, path)
     return _to_metatensor([ds], [header], voi, f"{path}", grey)
 
 
-def _decode_all(
+def decode_frames(
     datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str, grey: bool
 ) -> tuple[list[np.ndarray], bool]:
     """Every frame (rows, cols, samples) of every file, after checking the declared total size, and
@@ -126,10 +127,27 @@ def _decode_all(
     return frames, grey and colour
 
 
+def _four_d_hint(positions: list[Any], orientations: list[Any], headers: list[InstanceHeader]) -> str | None:
+    """For a well-formed 4-D series, say so (load_series makes one volume); else None."""
+    from medimg.dicom.series4d import frame_order_key, split_volumes
+
+    keys = [frame_order_key(h.get, f, k) for f, h in enumerate(headers) for k in range(h.frames)]
+    try:
+        split = split_volumes(positions, orientations, keys)
+    except GeometryError:
+        return None
+    if len(split.volumes) < 2:
+        return None
+    return (
+        f"a 4-D series ({len(split.volumes)} volumes of {len(split.volumes[0])} slices): load_series makes "
+        "one volume; convert it with `medimg convert` (convert_folder), which writes a 4-D NIfTI"
+    )
+
+
 def _to_metatensor(
     datasets: list[Any], headers: list[InstanceHeader], voi: VOI, name: str, grey: bool = False
 ) -> MetaTensor:
-    frames, converted = _decode_all(datasets, headers, voi, name, grey)
+    frames, converted = decode_frames(datasets, headers, voi, name, grey)
     from monai.data import MetaTensor  # after the size checks: a refused file costs no import
 
     first = headers[0]
@@ -143,7 +161,7 @@ def _to_metatensor(
         try:
             stack = sort_slices(positions, orientations)  # type: ignore[arg-type]
         except GeometryError as exc:
-            raise SeriesError(f"{name}: {exc}") from exc
+            raise SeriesError(f"{name}: {_four_d_hint(positions, orientations, headers) or exc}") from exc
         order = stack.order
         slice_spacing = stack.spacing or first.slice_spacing_hint or 1.0
         lps = affine_lps(positions[order[0]], first.frame_orientation, spacing, slice_spacing)  # type: ignore[arg-type]

@@ -20,15 +20,21 @@ def test_nifti_round_trip_keeps_geometry(tmp_path: Path, orientation) -> None:
     assert result.ok and len(result.written) == 1
     image = nib.load(result.written[0]["output"])
     volume = load_series(paths)
-    np.testing.assert_allclose(image.affine, volume.affine.numpy(), atol=1e-4)
-    np.testing.assert_array_equal(np.asarray(image.dataobj), expected.transpose(1, 0, 2))
-    # voxel (i, j, k) of the NIfTI sits where DICOM says pixel (row j, column i) of slice k is
-    ras = image.affine @ np.array([2, 3, 4, 1.0])
-    normal = np.cross(orientation[:3], orientation[3:])
-    lps = (
-        np.array([-10.0, 20.0, 30.0]) + 4 * 2.0 * normal + 2 * np.array(orientation[:3]) + 3 * np.array(orientation[3:])
-    )
-    np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
+    # same grid as load_series once both are in the closest canonical orientation
+    # (the NIfTI is stored in dcm2niix's voxel order, rows bottom-up)
+    canonical = nib.as_closest_canonical(image)
+    reference = nib.as_closest_canonical(nib.Nifti1Image(volume[0].numpy(), volume.affine.numpy()))
+    np.testing.assert_allclose(canonical.affine, reference.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(canonical.dataobj), np.asarray(reference.dataobj))
+    # every DICOM pixel (row r, column c of slice k) is stored at the voxel its world position maps to
+    data = np.asarray(image.dataobj)
+    row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    normal = np.cross(row, col)
+    inverse = np.linalg.inv(image.affine)
+    for r, c, k in [(0, 0, 0), (3, 2, 4), (7, 9, 1)]:
+        lps = np.array([-10.0, 20.0, 30.0]) + k * 2.0 * normal + c * row + r * col
+        ijk = np.rint((inverse @ np.append(lps * [-1, -1, 1], 1.0))[:3]).astype(int)
+        assert data[tuple(ijk)] == expected[r, c, k]
 
 
 def test_failing_series_is_reported_and_others_converted(tmp_path: Path) -> None:
