@@ -170,7 +170,8 @@ def _plan_study(
                 **ids,
                 "path": os.path.dirname(first),
                 "reason": f"missing required series: {', '.join(chosen.missing)} (by the {rules.name} rules)"
-                + "".join(f"; {u}" for u in unusable),
+                + "".join(f"; {u}" for u in unusable)
+                + "".join(f"; {name}: {chosen.conflicts[name]}" for name in chosen.missing if name in chosen.conflicts),
             }
         )
         return None

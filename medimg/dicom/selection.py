@@ -27,12 +27,35 @@ A condition on one attribute is one of:
 
 Attributes are header keywords (those not in the scan index are read from the first file) plus
 the derived ``Orientation`` (axial/coronal/sagittal), ``NumberOfInstances``, ``NumberOfImageFrames``
-and ``Decodable``.
+and ``Decodable``, and for MR the derived attributes of :mod:`medimg.dicom.mr_physics`, each with
+the reason it was given (kept in the decisions' ``evidence``):
+
+- ``MRContrast``: the weighting from the acquisition parameters (TR, TE, TI, ScanningSequence,
+  SequenceVariant, MRAcquisitionType, field strength): ``flair``, ``t2``, ``t1``, ``t1-ir-gre``
+  (3-D inversion-prepared gradient echo: MP-RAGE, BRAVO, TFE), ``pd``, ``other`` or ``unknown``;
+- ``NamedContrast``: what the SeriesDescription (else ProtocolName) says, same values but
+  ``t1-ir-gre``;
+- ``ContrastEvidence``: ``agree``, ``physics``, ``name``, ``conflict`` or ``none``;
+- ``PostContrast``: ``true``, ``false`` or ``unknown``, from the ContrastBolus* tags, contrast words
+  in the name (``+C``, ``Gd``, ``KM``, ``post``, ``gado``, ``contraste``...) and, for a name-only
+  claim, acquisition after another T1 of the study.
 
 Within a study, selections are evaluated in order and a series (or image) is taken at most
 once. When several candidates match, ``prefer`` decides: a list of keywords (``"-Rows"``:
 larger first, ``"Rows"``: smaller first) or ``{keyword: [best, next, ..]}`` value rankings;
 default most frames, then highest SeriesNumber. ``pick: all`` takes every match.
+
+Two keys make a selection refuse to guess:
+
+- ``fail_if``: a list of condition groups (like ``any``); when a candidate of the selection
+  matches one, the selection takes nothing and records a conflict naming that candidate and its
+  evidence (e.g. ``{ContrastEvidence: conflict}``: the name says T2, the parameters say FLAIR);
+- ``ties: fail``: when the best candidates are equally good by ``prefer``, the selection takes
+  nothing and records a conflict naming them (the default, ``ties: prefer``, breaks the tie
+  by SeriesInstanceUID).
+
+A required selection that takes nothing (no match, conflict or tie) is listed in ``missing``; the
+conflicts are in :attr:`StudySelection.conflicts` with the candidates and their evidence.
 """
 
 from __future__ import annotations
@@ -46,6 +69,16 @@ from pathlib import Path
 from typing import Any
 
 from medimg.dicom.index import InstanceHeader, Series, Study
+from medimg.dicom.mr_physics import (
+    CONTRAST_KEYWORDS,
+    PHYSICS_KEYWORDS,
+    TIME_KEYWORDS,
+    Derived,
+    contrast_evidence,
+    mr_contrast,
+    named_contrast,
+    post_contrast,
+)
 
 __all__ = [
     "RuleError",
@@ -75,6 +108,8 @@ class Selection:
     required: bool = False
     pick: str = "one"
     prefer: tuple[Any, ...] = ("-NumberOfImageFrames", "-SeriesNumber")
+    fail_if: tuple[Mapping[str, Any], ...] = ()
+    ties: str = "prefer"
 
 
 @dataclass(frozen=True)
@@ -110,7 +145,7 @@ class SelectionRules:
             if not isinstance(item, Mapping):
                 raise RuleError(f"rule set '{name}': selection #{i + 1} is not a mapping")
             sel_name = str(item.get("name", f"selection{i + 1}"))
-            unknown = set(item) - {"name", "conditions", "any", "required", "pick", "prefer"}
+            unknown = set(item) - {"name", "conditions", "any", "required", "pick", "prefer", "fail_if", "ties"}
             if unknown:
                 raise RuleError(f"rule set '{name}', selection '{sel_name}': unknown keys {sorted(unknown)}")
             base = item.get("conditions") or {}
@@ -132,7 +167,10 @@ class SelectionRules:
             if pick not in ("one", "all"):
                 raise RuleError(f"rule set '{name}', selection '{sel_name}': pick must be 'one' or 'all'")
             prefer = tuple(item.get("prefer", Selection.prefer))
-            selections.append(Selection(sel_name, tuple(groups), bool(item.get("required", False)), pick, prefer))
+            fail_if, ties = _refusals(item, f"rule set '{name}', selection '{sel_name}'")
+            selections.append(
+                Selection(sel_name, tuple(groups), bool(item.get("required", False)), pick, prefer, fail_if, ties)
+            )
         return cls(name, level, tuple(selections))
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,10 +184,26 @@ class SelectionRules:
                     "required": s.required,
                     "pick": s.pick,
                     "prefer": list(s.prefer),
+                    "fail_if": [dict(g) for g in s.fail_if],
+                    "ties": s.ties,
                 }
                 for s in self.selections
             ],
         }
+
+
+def _refusals(item: Mapping[str, Any], where: str) -> tuple[tuple[Mapping[str, Any], ...], str]:
+    """Validated ``fail_if`` groups and ``ties`` of one selection."""
+    fail_if = item.get("fail_if") or []
+    if not isinstance(fail_if, list) or not all(isinstance(g, Mapping) for g in fail_if):
+        raise RuleError(f"{where}: 'fail_if' must be a list of mappings")
+    for group in fail_if:
+        for attr, cond in group.items():
+            _validate_condition(cond, f"{where}, fail_if {attr}")
+    ties = str(item.get("ties", "prefer"))
+    if ties not in ("prefer", "fail"):
+        raise RuleError(f"{where}: ties must be 'prefer' or 'fail', not {ties!r}")
+    return tuple(dict(g) for g in fail_if), ties
 
 
 def _validate_condition(cond: Any, where: str) -> None:
@@ -278,6 +332,12 @@ def load_rules(source: str | Path | Mapping[str, Any]) -> SelectionRules:
 # --- matching -------------------------------------------------------------------------------
 
 
+#: Derived MR attributes (see :mod:`medimg.dicom.mr_physics`), in the order evidence is listed.
+MR_DERIVED = ("MRContrast", "NamedContrast", "ContrastEvidence", "PostContrast")
+#: Keywords outside the scan index the MR attributes read, fetched from the first file in one read.
+_MR_EXTRA_KEYWORDS = (*PHYSICS_KEYWORDS, *CONTRAST_KEYWORDS, *TIME_KEYWORDS)
+
+
 class _Candidate:
     """A series or one image of it, with attribute lookup (derived keys included)."""
 
@@ -285,6 +345,8 @@ class _Candidate:
         self.series = series
         self.instance = instance
         self._extra: dict[str, Any] | None = None
+        self.peers: list[_Candidate] = []  # the study's candidates (for PostContrast)
+        self.derived: dict[str, Derived] = {}
 
     @property
     def label(self) -> str:
@@ -298,8 +360,45 @@ class _Candidate:
     def frames(self) -> int:
         return self.instance.frames if self.instance is not None else self.series.num_frames
 
+    def mr(self, keyword: str) -> Derived:
+        """A derived MR attribute with its reason (computed once)."""
+        if keyword not in self.derived:
+            self._prefetch(_MR_EXTRA_KEYWORDS)
+            if keyword == "MRContrast":
+                value = mr_contrast(self.get)
+            elif keyword == "NamedContrast":
+                value = named_contrast(self.get)
+            elif keyword == "ContrastEvidence":
+                value = contrast_evidence(self.mr("MRContrast"), self.mr("NamedContrast"))
+            else:
+                others = [c for c in self.peers if c.series is not self.series]
+                for other in others:
+                    other._prefetch(_MR_EXTRA_KEYWORDS)
+                value = post_contrast(self.get, [o.get for o in others])
+            self.derived[keyword] = value
+        return self.derived[keyword]
+
+    def evidence(self) -> list[str]:
+        """``"Keyword 'value': reason"`` for every derived MR attribute computed so far."""
+        return [f"{k} {self.derived[k].value!r}: {self.derived[k].reason}" for k in MR_DERIVED if k in self.derived]
+
+    def _header(self) -> InstanceHeader | None:
+        return self.instance or (self.series.instances[0] if self.series.instances else None)
+
+    def _prefetch(self, keywords: tuple[str, ...]) -> None:
+        """Read the non-indexed ``keywords`` from the first file in one go."""
+        from medimg.dicom.header import INDEXED_KEYWORDS
+
+        header = self._header()
+        if self._extra is None:
+            self._extra = {}
+        wanted = [k for k in keywords if k not in INDEXED_KEYWORDS and k not in self._extra]
+        if header is None or not wanted:
+            return
+        self._extra.update(_read_keywords(header.path, wanted))
+
     def get(self, keyword: str) -> Any:
-        header = self.instance or (self.series.instances[0] if self.series.instances else None)
+        header = self._header()
         derived = {
             "Orientation": lambda: self.series.orientation,
             "NumberOfInstances": lambda: 1 if self.instance is not None else len(self.series.instances),
@@ -308,6 +407,8 @@ class _Candidate:
         }
         if keyword in derived:
             return derived[keyword]()
+        if keyword in MR_DERIVED:
+            return self.mr(keyword).value
         if header is None:
             return None
         if keyword in header.attributes:
@@ -321,6 +422,19 @@ class _Candidate:
         if keyword not in self._extra:
             self._extra[keyword] = _read_keyword(header.path, keyword)
         return self._extra[keyword]
+
+
+def _read_keywords(path: str, keywords: list[str]) -> dict[str, Any]:
+    """Read several keywords from a file's header in one read (None for each one not there)."""
+    import pydicom
+
+    from medimg.dicom.header import jsonable
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(keywords))
+        return {k: jsonable(ds.get(k)) for k in keywords}
+    except Exception:  # noqa: BLE001 - an unreadable value simply does not match
+        return dict.fromkeys(keywords)
 
 
 def _read_keyword(path: str, keyword: str) -> Any:
@@ -401,7 +515,8 @@ def _first_failure(candidate: _Candidate, selection: Selection) -> str | None:
         if failed is None:
             return None
         attr, cond = failed
-        reasons.append(f"{attr} {candidate.get(attr)!r} does not match {_describe(cond)}")
+        why = f" ({candidate.derived[attr].reason})" if attr in candidate.derived else ""
+        reasons.append(f"{attr} {candidate.get(attr)!r} does not match {_describe(cond)}{why}")
     return reasons[0] if len(reasons) == 1 else " / ".join(reasons)
 
 
@@ -417,6 +532,7 @@ class Decision:
     label: str
     taken_by: str | None
     reason: str
+    evidence: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -425,6 +541,7 @@ class Decision:
             "item": self.label,
             "taken_by": self.taken_by,
             "reason": self.reason,
+            "evidence": list(self.evidence),
         }
 
 
@@ -435,18 +552,27 @@ class StudySelection:
     Attributes:
         study: the study.
         picked: selection name -> picked series, or (series, image) pairs at instance level.
-        missing: required selections that matched nothing.
+        missing: required selections that took nothing (no match, a conflict or a tie).
         decisions: one :class:`Decision` per series (or image) of the study.
+        conflicts: selection name -> why it refused to pick (``fail_if`` or ``ties: fail``),
+            naming the candidates and their evidence.
     """
 
     study: Study
     picked: dict[str, list[tuple[Series, InstanceHeader | None]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    conflicts: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.conflicts
+
+    def failure_reasons(self) -> list[str]:
+        """One line per required selection that took nothing, and per conflict."""
+        lines = [f"'{name}': {self.conflicts[name]}" for name in self.conflicts]
+        lines += [f"no series matches required selection '{n}'" for n in self.missing if n not in self.conflicts]
+        return lines
 
     def series(self, name: str) -> Series:
         """The one series picked for selection ``name``.
@@ -471,6 +597,7 @@ class StudySelection:
                 for name, items in self.picked.items()
             },
             "missing": list(self.missing),
+            "conflicts": dict(self.conflicts),
             "decisions": [d.to_dict() for d in self.decisions],
         }
 
@@ -493,6 +620,58 @@ def _sort_key(candidate: _Candidate, prefer: tuple[Any, ...]) -> tuple[Any, ...]
     return tuple(key)
 
 
+def _cited(candidate: _Candidate) -> str:
+    """A candidate's label with its evidence, for conflict messages."""
+    if candidate.derived:
+        for keyword in MR_DERIVED:
+            candidate.mr(keyword)
+    evidence = candidate.evidence()
+    return candidate.label + (f" [{'; '.join(evidence)}]" if evidence else "")
+
+
+def _held(candidate: _Candidate, group: Mapping[str, Any]) -> str | None:
+    """None unless ``group`` holds for the candidate; then its attributes, values and reasons."""
+    if not all(_matches(candidate.get(a), c) for a, c in group.items()):
+        return None
+    parts = []
+    for attr in group:
+        why = f" ({candidate.derived[attr].reason})" if attr in candidate.derived else ""
+        parts.append(f"{attr} {candidate.get(attr)!r}{why}")
+    return ", ".join(parts)
+
+
+def _refuse(
+    selection: Selection, candidates: list[_Candidate], matching: list[int], why_not: dict[int, list[str]]
+) -> str | None:
+    """Why ``selection`` must take nothing (``fail_if`` or an unbroken tie), or None; notes each candidate."""
+    conflicts: dict[int, str] = {}
+    for i in matching:
+        held = next((h for h in (_held(candidates[i], g) for g in selection.fail_if) if h is not None), None)
+        if held is not None:
+            conflicts[i] = held
+    if conflicts:
+        named = ", ".join(candidates[i].label for i in conflicts)
+        for i in matching:
+            why_not[i].append(
+                f"matches '{selection.name}' but "
+                + (f"the evidence conflicts: {conflicts[i]}" if i in conflicts else f"{named} has conflicting evidence")
+            )
+        return "conflicting evidence: " + " | ".join(_cited(candidates[i]) for i in conflicts)
+    if selection.ties != "fail" or selection.pick == "all" or len(matching) < 2:
+        return None
+    best = _sort_key(candidates[matching[0]], selection.prefer)[:-2]
+    tied = [i for i in matching if _sort_key(candidates[i], selection.prefer)[:-2] == best]
+    if len(tied) < 2:
+        return None
+    for i in matching:
+        others = ", ".join(candidates[j].label for j in tied if j != i)
+        why_not[i].append(
+            f"matches '{selection.name}' but "
+            + (f"is as good a candidate as {others}" if i in tied else f"{others} tie for it")
+        )
+    return f"{len(tied)} equally good candidates: " + " | ".join(_cited(candidates[i]) for i in tied)
+
+
 def select(study: Study, rules: SelectionRules) -> StudySelection:
     """Apply ``rules`` to one study.
 
@@ -507,6 +686,8 @@ def select(study: Study, rules: SelectionRules) -> StudySelection:
         candidates = [_Candidate(s, i) for s in study.series for i in s.instances]
     else:
         candidates = [_Candidate(s) for s in study.series]
+    for cand in candidates:
+        cand.peers = candidates
     result = StudySelection(study=study)
     taken: dict[int, str] = {}
     why_not: dict[int, list[str]] = {i: [] for i in range(len(candidates))}
@@ -523,6 +704,10 @@ def select(study: Study, rules: SelectionRules) -> StudySelection:
             else:
                 matching.append(i)
         matching.sort(key=lambda i: _sort_key(candidates[i], selection.prefer))
+        refusal = _refuse(selection, candidates, matching, why_not)
+        if refusal is not None:
+            result.conflicts[selection.name] = refusal
+            matching = []
         chosen = matching if selection.pick == "all" else matching[:1]
         for i in matching[len(chosen) :]:
             why_not[i].append(f"matches '{selection.name}' but {candidates[chosen[0]].label} was preferred")
@@ -537,5 +722,9 @@ def select(study: Study, rules: SelectionRules) -> StudySelection:
             reason = f"taken by '{taken[i]}'"
         else:
             reason = "; ".join(why_not[i]) or "no selection applies"
-        result.decisions.append(Decision(cand.series.SeriesInstanceUID, uid, cand.label, taken.get(i), reason))
+        if cand.derived:  # the rules looked at MR evidence: record all of it
+            for keyword in MR_DERIVED:
+                cand.mr(keyword)
+        decision = Decision(cand.series.SeriesInstanceUID, uid, cand.label, taken.get(i), reason, cand.evidence())
+        result.decisions.append(decision)
     return result

@@ -25,8 +25,12 @@ sharing a FrameOfReferenceUID; ImageOrientationPatient ``[1,0,0,0,1,0]``,
 ImagePositionPatient stepping by the slice spacing. With DICOM LPS and NIfTI
 RAS (``x_ras = -x_lps``, ``y_ras = -y_lps``), DICOM slice ``k`` pixel
 ``(row r, column c)`` equals ``nifti[c, r, k]`` and lies at the same world
-point. Series descriptions and sequence parameters follow one of five scanner
-"styles" (BraTS-like names, two GE styles, Siemens, Philips) per case. In every
+point. Series descriptions and sequence parameters follow one of six scanner
+"styles" (BraTS-like names, two GE styles, Siemens, Philips, Canon) per case: each
+series name is drawn (seeded) from the style's real-world vocabulary and the series
+carries the acquisition parameters of that kind of protocol (see
+:mod:`medimg.synth.brain_protocols`), so a FLAIR named "t2_tirm_tra_dark-fluid" is an
+inversion recovery with TI ~2500 ms and some Canon-style series have no name at all. In every
 case one series has InstanceNumber scrambled against position (files are named
 by InstanceNumber) and one series is RLE Lossless; one series carries a
 non-trivial RescaleSlope/RescaleIntercept.
@@ -45,6 +49,7 @@ import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless
 from scipy import ndimage
 
+from medimg.synth.brain_protocols import STYLES, choose_names, series_attributes
 from medimg.synth.common import (
     DatasetSummary,
     FileLog,
@@ -106,29 +111,6 @@ _INTENSITY = {
 }
 #: Acquisition order, hence SeriesNumber order (post-contrast last).
 _ACQ_ORDER = ("t1", "t2", "flair", "t1ce")
-#: (Manufacturer, model, field strength, descriptions for t1, t1ce, t2, flair).
-_STYLES: tuple[tuple[str, str, str, tuple[str, str, str, str]], ...] = (
-    ("medimg.synth", "BraTS-like", "3", ("t1", "t1ce", "t2", "flair")),
-    (
-        "GE MEDICAL SYSTEMS",
-        "SIGNA Premier",
-        "3",
-        ("AX T1", "AX T1 POST GD", "AX T2", "AX T2 FLAIR"),
-    ),
-    (
-        "GE MEDICAL SYSTEMS",
-        "Optima MR450w",
-        "1.5",
-        ("Ax T1 SE", "Ax T1 +C", "Ax T2 FSE", "Ax T2 FLAIR"),
-    ),
-    (
-        "SIEMENS",
-        "Skyra",
-        "3",
-        ("t1_se_tra", "t1_se_tra_KM", "t2_tse_tra", "t2_tirm_tra_dark-fluid"),
-    ),
-    ("Philips", "Ingenia", "1.5", ("T1W_SE", "T1W_SE_GD", "T2W_TSE", "T2W_FLAIR")),
-)
 #: Non-trivial (RescaleSlope, RescaleIntercept) choices for one series per case.
 _RESCALES = ((0.5, -100.0), (0.25, 0.0), (1.5, -30.0))
 _NIFTI_GZIP_LEVEL = 4
@@ -360,27 +342,29 @@ class _SeriesPlan:
     sequence: str
     number: int
     description: str
+    kind: str
     slope: float
     intercept: float
     scrambled: bool
     transfer_syntax_uid: str
 
 
-def _plan_series(rng: np.random.Generator, style: int) -> list[_SeriesPlan]:
-    """Choose series numbers, descriptions, rescale, scrambling and compression."""
+def _plan_series(rng: np.random.Generator, style: int, names_rng: np.random.Generator) -> list[_SeriesPlan]:
+    """Choose series numbers, descriptions (from ``names_rng``), rescale, scrambling and compression."""
     start, step = [(2, 1), (3, 1), (5, 2), (100, 100)][int(rng.integers(0, 4))]
     rescaled = SEQUENCES[int(rng.integers(0, 4))]
     slope, intercept = _RESCALES[int(rng.integers(0, len(_RESCALES)))]
     scrambled = SEQUENCES[int(rng.integers(0, 4))]
     rle = SEQUENCES[int(rng.integers(0, 4))]
-    descriptions = _STYLES[style][3]
+    names = choose_names(names_rng, STYLES[style])
     plans = []
     for n, seq in enumerate(_ACQ_ORDER):
         plans.append(
             _SeriesPlan(
                 sequence=seq,
                 number=start + step * n,
-                description=descriptions[SEQUENCES.index(seq)],
+                description=names[seq][0],
+                kind=names[seq][1],
                 slope=slope if seq == rescaled else 1.0,
                 intercept=intercept if seq == rescaled else 0.0,
                 scrambled=seq == scrambled,
@@ -388,42 +372,6 @@ def _plan_series(rng: np.random.Generator, style: int) -> list[_SeriesPlan]:
             )
         )
     return plans
-
-
-def _sequence_attributes(rng: np.random.Generator, sequence: str) -> dict[str, object]:
-    """Return MR acquisition attributes (ScanningSequence, TR, TE, ...) for a sequence."""
-    if sequence in ("t1", "t1ce"):
-        attrs: dict[str, object] = {
-            "ScanningSequence": "SE",
-            "SequenceVariant": ["SK", "SP"],
-            "RepetitionTime": format_ds(rng.uniform(450.0, 650.0), 1),
-            "EchoTime": format_ds(rng.uniform(8.0, 14.0), 2),
-            "FlipAngle": "90",
-            "EchoTrainLength": 1,
-        }
-        if sequence == "t1ce":
-            attrs["ContrastBolusAgent"] = "GADOBUTROL"
-            attrs["ContrastBolusRoute"] = "IV"
-            attrs["ContrastBolusVolume"] = format_ds(rng.uniform(6.0, 9.0), 1)
-        return attrs
-    if sequence == "t2":
-        return {
-            "ScanningSequence": "SE",
-            "SequenceVariant": ["SK", "SP"],
-            "RepetitionTime": format_ds(rng.uniform(3500.0, 5000.0), 1),
-            "EchoTime": format_ds(rng.uniform(90.0, 110.0), 2),
-            "FlipAngle": "90",
-            "EchoTrainLength": 16,
-        }
-    return {
-        "ScanningSequence": ["SE", "IR"],
-        "SequenceVariant": ["SK", "SP", "MP"],
-        "RepetitionTime": format_ds(rng.uniform(8000.0, 10000.0), 1),
-        "EchoTime": format_ds(rng.uniform(110.0, 140.0), 2),
-        "InversionTime": format_ds(rng.uniform(2300.0, 2600.0), 1),
-        "FlipAngle": "90",
-        "EchoTrainLength": 24,
-    }
 
 
 def _write_case_dicom(
@@ -440,7 +388,7 @@ def _write_case_dicom(
     """Write the four DICOM series of one case plus its README.txt."""
     cid = case_id(index)
     rng = item_rng(seed, _DATASET, index, "dicom")
-    manufacturer, model, field_strength, _ = _STYLES[style]
+    manufacturer, model, field_strength = STYLES[style].manufacturer, STYLES[style].model, STYLES[style].field_strength
     study_uid = make_uid(seed, _DATASET, index, "study")
     frame_uid = make_uid(seed, _DATASET, index, "frame-of-reference")
     date = (_dt.date(2021, 7, 1) + _dt.timedelta(days=index)).strftime("%Y%m%d")
@@ -454,14 +402,14 @@ def _write_case_dicom(
     for plan in plans:
         series_uid = make_uid(seed, _DATASET, index, plan.sequence, "series")
         series_dir = case_dir / f"{plan.number}_{plan.sequence}"
-        readme.append(f"  {series_dir.name}: {plan.description}")
+        readme.append(f"  {series_dir.name}: {plan.description or '(no SeriesDescription)'}")
         volume = volumes[plan.sequence]
         stored_volume = np.rint((volume.astype(np.float64) - plan.intercept) / plan.slope)
         stored_volume = stored_volume.astype(np.int16)
         brain = volume != 0
         lo, hi = np.percentile(volume[brain], [1.0, 99.5]) if brain.any() else (0.0, 1.0)
         instance = rng.permutation(nz) + 1 if plan.scrambled else np.arange(1, nz + 1, dtype=np.int64)
-        seq_attrs = _sequence_attributes(rng, plan.sequence)
+        seq_attrs = series_attributes(rng, STYLES[style], plan.sequence, (plan.description, plan.kind))
 
         ds = new_dataset(
             sop_class_uid=MRImageStorage,
@@ -551,8 +499,8 @@ def generate_brain(
     for index in range(count):
         cid = case_id(index)
         phantom = make_phantom(item_rng(seed, _DATASET, index, "phantom"), shape, spacing)
-        style = (index + 1) % len(_STYLES)  # case 0 gets scanner-style names, BraTS-like ones follow
-        plans = _plan_series(item_rng(seed, _DATASET, index, "series"), style)
+        style = (index + 1) % len(STYLES)  # case 0 gets scanner-style names, BraTS-like ones follow
+        plans = _plan_series(item_rng(seed, _DATASET, index, "series"), style, item_rng(seed, _DATASET, index, "names"))
         by_seq = {p.sequence: p for p in plans}
         volumes: dict[str, np.ndarray] = {}
         nifti_dir = root / "nifti" / cid

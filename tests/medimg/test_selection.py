@@ -112,8 +112,9 @@ def test_mammography_views_at_instance_level(tmp_path: Path) -> None:
             )
     scan = scan_folder(tmp_path)
     chosen = select(scan.studies[0], load_rules("mammography"))
-    got = {name: Path(items[0][1].path).name for name, items in chosen.picked.items()}
+    got = {name: Path(items[0][1].path).name for name, items in chosen.picked.items() if items}
     assert got == {"L-CC": "LCC", "L-MLO": "LMLO", "R-CC": "RCC", "R-MLO": "RMLO"}
+    assert chosen.picked["unplaced"] == []  # every image had its tags: none left for the tagless selection
 
 
 def test_rules_from_files_and_validation(tmp_path: Path) -> None:
