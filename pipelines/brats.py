@@ -7,223 +7,101 @@ TC/WT/ET channels, and sliding-window inference mapped back to the source grid.
 
 Configuration, never guessed:
 
-- ``naming``: ``brats2021`` (``{ID}_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``; also BraTS 2020)
-  or ``brats2023`` (``{ID}-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``).
+- ``naming``: ``brats2021`` (``{ID}_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``; also BraTS 2020),
+  ``brats2023`` (``{ID}-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``) or ``plain`` (a folder per
+  case with ``t1``, ``t1ce``, ``t2``, ``flair``); see :mod:`pipelines.brats_inputs`.
 - ``labels``: ``brats2020`` (1 NCR, 2 ED, 4 ET; BraTS 2018-2022) or ``brats2023`` (1 NETC,
-  2 SNFH, 3 ET). Regions: TC = NCR + ET, WT = TC + ED, ET.
+  2 SNFH, 3 ET). Regions: TC = NCR + ET, WT = TC + ED, ET. The network predicts the regions, so
+  the output's convention is a choice per run (``label_convention``): ``auto`` writes the
+  convention of the input's naming (:func:`choose_label_convention`).
 - ``channels``: the network's input order, default ``t1ce, t1, t2, flair`` (MONAI's BraTS bundle).
 
-Reference grid: the T1ce (post-contrast) sequence's grid; the other sequences are resampled onto
-it (trilinear, MONAI ``ResampleToMatch``) when their shape or affine differ. T1ce is the sequence
-tumour extent is read on and is usually acquired at the finest resolution.
+Reference grid: the T1ce (post-contrast) sequence's source grid; the other sequences are
+resampled onto it, and the labels are written on it with its affine. A case that does not look
+like BraTS data (not skull-stripped, not 1 mm isotropic, sequences on different grids) is run
+with warnings in ``results.csv`` (``input_check``) and the report.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import re
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from medimg.limits import InputLimitError, NonFiniteError, check_finite, check_size
 from medimg.safepath import inside, safe_name, short_hash
 from pipelines.base import ImageResult, Pipeline
+from pipelines.brats_inputs import (
+    CHANNEL_ORDER,
+    NAMING,
+    REFERENCE_SEQUENCE,
+    SEQUENCES,
+    CaseInputError,
+    find_nifti_cases,
+    load_case,
+    quiet_monai,
+)
 
 if TYPE_CHECKING:
-    from monai.data import MetaTensor
     from monai.transforms import Compose
 
 __all__ = [
     "BratsPipeline",
     "CHANNEL_ORDER",
     "LABEL_CONVENTIONS",
+    "LABEL_CONVENTION_CHOICES",
     "NAMING",
     "REGION_CHANNELS",
     "CaseInputError",
     "channels_to_labels",
+    "choose_label_convention",
+    "convert_labels",
     "find_nifti_cases",
     "labels_to_channels",
     "load_case",
+    "quiet_monai",
     "region_volumes_ml",
     "segment",
 ]
 
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
-NAMING: Mapping[str, Mapping[str, str]] = {
-    "brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
-    "brats2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
-}
 LABEL_CONVENTIONS: Mapping[str, Mapping[str, int]] = {
     "brats2020": {"NCR": 1, "ED": 2, "ET": 4},
     "brats2023": {"NCR": 1, "ED": 2, "ET": 3},
 }
+#: ``--label-convention``: ``auto`` follows the input's naming (see :func:`choose_label_convention`).
+LABEL_CONVENTION_CHOICES = ("auto", *LABEL_CONVENTIONS)
+#: The convention of each naming under ``auto``; a DICOM study or plain names carry none: BraTS 2021.
+_NAMING_CONVENTION = {"brats2021": "brats2020", "brats2023": "brats2023", "plain": "brats2020", "dicom": "brats2020"}
+_NAMING_WHY = {
+    "brats2021": "BraTS 2021 file naming (_t1/_t1ce/_t2/_flair)",
+    "brats2023": "BraTS 2023 file naming (-t1n/-t1c/-t2w/-t2f)",
+    "plain": "plain sequence names say no BraTS edition: the BraTS 2021 labels",
+    "dicom": "a DICOM study says no BraTS edition: the BraTS 2021 labels",
+}
 #: Output channels of the network (sigmoid each), as in MONAI's BraTS bundle.
 REGION_CHANNELS: tuple[str, ...] = ("TC", "WT", "ET")
-CHANNEL_ORDER: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
-REFERENCE_SEQUENCE = "t1ce"
-_NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
-# MONAI 1.6 logs at every LoadImage that its GPU DICOM decoder is absent: expected on a CPU.
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
-@contextlib.contextmanager
-def quiet_monai() -> Iterator[None]:
-    """Silence the MONAI/highdicom warnings that say nothing about the data (listed here)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
-        warnings.filterwarnings("ignore", message="Setting affine, but the applied meta contains an affine")
-        warnings.filterwarnings("ignore", message=".*Orientation.__init__:labels.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
-        yield
-
-
-class CaseInputError(ValueError):
-    """One case cannot be processed; ``case_id`` and ``path`` say which and where."""
-
-    def __init__(self, case_id: str, path: str | os.PathLike[str] | None, message: str):
-        self.case_id = case_id
-        self.path = str(path) if path is not None else ""
-        super().__init__(f"{case_id}: {message}" + (f" ({self.path})" if self.path else ""))
-
-    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
-        return (CaseInputError, (self.case_id, self.path, str(self).split(": ", 1)[-1]))
-
-
-def find_nifti_cases(
-    folder: str | os.PathLike[str], *, naming: str = "brats2021"
-) -> tuple[dict[str, dict[str, Path]], list[CaseInputError]]:
-    """Cases of a BraTS NIfTI folder (flat, or one sub-folder per case).
-
-    Returns:
-        ``(cases, errors)``: per case ID the paths by role (``t1``, ``t1ce``, ``t2``, ``flair``
-        and ``seg`` when present); errors for cases missing a sequence or with a role twice.
-
-    Raises:
-        ValueError: unknown naming. NotADirectoryError: ``folder`` is not a folder.
-    """
-    if naming not in NAMING:
-        raise ValueError(f"unknown naming {naming!r}; choose from {sorted(NAMING)}")
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: not a folder")
-    files = [p for p in folder.iterdir() if p.is_file()]
-    files += [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir() if p.is_file()]
-    suffixes = NAMING[naming]
-    cases: dict[str, dict[str, Path]] = {}
-    errors: list[CaseInputError] = []
-    # Longest suffix first, so that "_t1ce" is not read as "_t1" of a case "X_t1ce"-less ID.
-    ordered = sorted(suffixes.items(), key=lambda kv: -len(kv[1]))
-    for path in sorted(files):
-        match = _NIFTI.match(path.name)
-        if not match:
-            continue
-        stem = match.group("stem")
-        for role, suffix in ordered:
-            if stem.endswith(suffix) and len(stem) > len(suffix):
-                case_id = stem[: -len(suffix)]
-                roles = cases.setdefault(case_id, {})
-                if role in roles:
-                    errors.append(CaseInputError(case_id, path, f"{role} given twice ({roles[role]} and {path})"))
-                else:
-                    roles[role] = path
-                break
-    complete = {}
-    for case_id, roles in sorted(cases.items()):
-        missing = [s for s in SEQUENCES if s not in roles]
-        if missing:
-            where = next(iter(roles.values())).parent
-            names = ", ".join(f"{case_id}{suffixes[s]}.nii.gz" for s in missing)
-            errors.append(CaseInputError(case_id, where, f"missing sequence(s): {names}"))
-        else:
-            complete[case_id] = roles
-    return complete, errors
-
-
-def _load_sequence(case_id: str, source: Path | Sequence[str]) -> Any:
-    """A MetaTensor (1, X, Y, Z) with its RAS affine from a NIfTI file or a DICOM series."""
-    if isinstance(source, (str, os.PathLike)):
-        import nibabel as nib
-        import torch
-        from monai.data import MetaTensor
-        from nibabel.spatialimages import SpatialImage
-
-        name = Path(source).name
-        try:
-            image = cast(SpatialImage, nib.load(str(source)))
-            check_size(image.shape, name)  # from the header, before any data is read
-            data = np.asarray(image.get_fdata(dtype=np.float32))
-            check_finite(data, name, what="voxel")
-        except (InputLimitError, NonFiniteError) as exc:
-            raise CaseInputError(case_id, source, str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for broken files
-            raise CaseInputError(case_id, source, f"cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
-        if data.ndim != 3:
-            raise CaseInputError(case_id, source, f"expected a 3-D volume, got shape {data.shape}")
-        meta = {"filename_or_obj": str(source), "space": "RAS", "original_affine": image.affine}
-        return MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(image.affine), meta=meta)
-    from medimg.dicom import DecodeError, SeriesError, load_series
-
-    try:
-        return load_series(list(source))
-    except (SeriesError, DecodeError, InputLimitError, NonFiniteError) as exc:
-        raise CaseInputError(case_id, os.path.dirname(source[0]), str(exc)) from exc
-
-
-def load_case(
-    case_id: str,
-    sources: Mapping[str, Path | Sequence[str]],
-    *,
-    channels: Sequence[str] = CHANNEL_ORDER,
-    reference: str = REFERENCE_SEQUENCE,
-) -> MetaTensor:
-    """The four sequences as one float32 MetaTensor (4, X, Y, Z) on the reference grid.
+def choose_label_convention(setting: str, naming: str) -> tuple[str, str]:
+    """``(convention, why)`` of the output labels of a case.
 
     Args:
-        case_id: for error messages.
-        sources: per sequence a NIfTI path or the files of a DICOM series.
-        channels: channel order of the result.
-        reference: the sequence whose grid the others are resampled onto.
+        setting: ``auto``, ``brats2020`` or ``brats2023`` (``--label-convention``).
+        naming: the input's naming (``brats2021``, ``brats2023``, ``plain``) or ``dicom``.
 
-    Raises:
-        CaseInputError: a sequence is missing or unreadable, a DICOM series is inconsistent, or
-            the sequences do not overlap in space (fields of view that cannot be aligned).
+    ``auto``: BraTS 2023 naming -> ``brats2023`` (1 NETC, 2 SNFH, 3 ET); any other input ->
+    ``brats2020`` (1 NCR, 2 ED, 4 ET; the BraTS 2018-2022 and 2021 convention).
     """
-    import torch
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    missing = [s for s in channels if s not in sources]
-    if missing:
-        raise CaseInputError(case_id, None, f"missing sequence(s): {', '.join(missing)}")
-    volumes = {s: _load_sequence(case_id, sources[s]) for s in channels}
-    ref = volumes[reference]
-    resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
-    stacked = []
-    for sequence in channels:
-        volume = volumes[sequence]
-        same_grid = volume.shape[1:] == ref.shape[1:] and torch.allclose(
-            volume.affine.double(), ref.affine.double(), atol=1e-3
-        )
-        if not same_grid:
-            volume = resample(volume, img_dst=ref)
-            if float(volume.abs().sum()) == 0.0:
-                raise CaseInputError(
-                    case_id,
-                    _source_name(sources[sequence]),
-                    f"{sequence} does not overlap the {reference} field of view",
-                )
-        stacked.append(torch.as_tensor(volume, dtype=torch.float32)[0])
-    return MetaTensor(torch.stack(stacked), affine=ref.affine.clone(), meta=dict(ref.meta))
-
-
-def _source_name(source: Path | Sequence[str]) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else os.path.dirname(source[0])
+    if setting not in LABEL_CONVENTION_CHOICES:
+        raise ValueError(f"unknown label convention {setting!r}; choose from {list(LABEL_CONVENTION_CHOICES)}")
+    if setting != "auto":
+        chosen, why = setting, "set by --label-convention"
+    else:
+        chosen, why = _NAMING_CONVENTION[naming], f"auto: {_NAMING_WHY[naming]}"
+    codes = LABEL_CONVENTIONS[chosen]
+    return chosen, f"{why}; ET = {codes['ET']}"
 
 
 def labels_to_channels(labels: np.ndarray, convention: str = "brats2020") -> np.ndarray:
@@ -256,6 +134,15 @@ def channels_to_labels(channels: np.ndarray, convention: str = "brats2020") -> n
     labels[tc] = codes["NCR"]
     labels[et] = codes["ET"]
     return labels
+
+
+def convert_labels(labels: np.ndarray, source: str, target: str) -> np.ndarray:
+    """A label volume from one convention to another (``brats2023`` ET 3 <-> ``brats2020`` ET 4).
+
+    Raises:
+        ValueError: labels outside the ``source`` convention.
+    """
+    return channels_to_labels(labels_to_channels(labels, source), target)
 
 
 def region_volumes_ml(labels: np.ndarray, affine: np.ndarray, convention: str = "brats2020") -> dict[str, float]:
@@ -341,10 +228,22 @@ class BratsPipeline(Pipeline):
     unit = "study"
     default_architecture = "segresnet"
     id_columns = ("case_id", "PatientID", "StudyInstanceUID", "source", "source_file")
-    result_columns = ("WT_ml", "TC_ml", "ET_ml", "labels_file", "seg_file", "uncertainty", "uncertainty_files")
+    result_columns = (
+        "WT_ml",
+        "TC_ml",
+        "ET_ml",
+        "labels_file",
+        "seg_file",
+        "uncertainty",
+        "uncertainty_files",
+        "label_convention",
+        "label_convention_why",
+        "input_check",
+    )
 
     def __init__(self) -> None:
         self.naming = "brats2021"
+        self.label_convention = "auto"
         self.uncertainty: str | None = None
         self.samples = 8
         self.ensemble_weights: list[str] = []
@@ -356,13 +255,20 @@ class BratsPipeline(Pipeline):
         uncertainty: str | None = None,
         samples: int = 8,
         ensemble_weights: Sequence[str] = (),
+        label_convention: str = "auto",
     ) -> BratsPipeline:
         """Input naming (NIfTI), uncertainty method (``tta``, ``mc-dropout``, ``ensemble``) and its
-        samples; for ``ensemble``, the further checkpoints averaged with the main one."""
+        samples; for ``ensemble``, the further checkpoints averaged with the main one; the output
+        labels' convention (``auto``, ``brats2020``, ``brats2023``; :func:`choose_label_convention`)."""
         from uncertainty.estimation import SUPPORTED_METHODS
 
         if naming not in NAMING:
             raise ValueError(f"unknown naming {naming!r}; choose from {sorted(NAMING)}")
+        if label_convention not in LABEL_CONVENTION_CHOICES:
+            raise ValueError(
+                f"unknown label convention {label_convention!r}; choose from {list(LABEL_CONVENTION_CHOICES)}"
+            )
+        self.label_convention = label_convention
         if uncertainty is not None and uncertainty not in SUPPORTED_METHODS:
             raise ValueError(f"unknown uncertainty method {uncertainty!r}; choose from {SUPPORTED_METHODS}")
         if uncertainty == "ensemble" and not ensemble_weights:
@@ -406,7 +312,7 @@ class BratsPipeline(Pipeline):
 
         cases, errors = find_nifti_cases(source, naming=self.naming)
         if not cases and not errors:
-            return None  # no NIfTI cases: a DICOM folder
+            return self._other_naming_hint(source, summary)
         for error in errors:
             summary.errors.append(
                 {"kind": "error", "PatientID": error.case_id, "path": error.path, "reason": str(error)}
@@ -420,12 +326,34 @@ class BratsPipeline(Pipeline):
                 "source": "nifti",
                 "source_file": str(roles["t1ce"].parent),
                 "sources": {s: str(roles[s]) for s in SEQUENCES},
+                **self._convention_of(self.naming),
             }
             folder = inside(out, out / self.output_folder(case_id, item))
             summary.folders[case_id] = folder.name
             if not resume_study(folder, overwrite, summary):
                 jobs.append((case_id, folder, [item]))
         return jobs
+
+    def _other_naming_hint(self, source: Path, summary: Any) -> list[tuple] | None:
+        """None (a DICOM folder) unless another naming finds NIfTI cases in ``source``: then an error
+        line that names it, and no jobs (the naming is never guessed)."""
+        for naming in NAMING:
+            found, _ = find_nifti_cases(source, naming=naming) if naming != self.naming else ({}, [])
+            if found:
+                summary.errors.append(
+                    {
+                        "kind": "error",
+                        "path": str(source),
+                        "reason": f"no case with the {self.naming} naming: --naming {naming} finds "
+                        f"{len(found)} case(s) ({', '.join(list(found)[:3])})",
+                    }
+                )
+                return []
+        return None
+
+    def _convention_of(self, naming: str) -> dict[str, str]:
+        convention, why = choose_label_convention(self.label_convention, naming)
+        return {"label_convention": convention, "label_convention_why": why}
 
     def study_items(self, study: Any, chosen: Any) -> list[dict[str, Any]]:
         sources = {name: items[0][0].files for name, items in chosen.picked.items() if items}
@@ -437,6 +365,7 @@ class BratsPipeline(Pipeline):
                 "source": "dicom",
                 "source_file": os.path.dirname(sources[REFERENCE_SEQUENCE][0]),
                 "sources": sources,
+                **self._convention_of("dicom"),
             }
         ]
 
@@ -510,23 +439,42 @@ class BratsPipeline(Pipeline):
                         maps = torch.stack([estimate.maps[r].cpu() for r in ("WT", "TC", "ET")])
                 timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
                 start = time.perf_counter()
-                prob_src = _to_source_grid(prob, prepared, case)
-                labels = channels_to_labels(prob_src > 0.5, meta["preprocessing"].get("labels", "brats2020"))
-                row: dict[str, Any] = {
-                    **region_volumes_ml(
-                        labels, np.asarray(case.affine), meta["preprocessing"].get("labels", "brats2020")
-                    )
-                }
-                extras = {"labels": labels, "affine": np.asarray(case.affine, dtype=np.float64), "item": dict(item)}
-                if maps is not None:
-                    unc = np.clip(np.round(_to_source_grid(maps, prepared, case)), 0, 100).astype(np.uint8)
-                    extras["uncertainty"] = dict(zip(("whole", "core", "enhance"), unc, strict=True))
-                    row["uncertainty"] = self.uncertainty
-                if item.get("source") == "dicom":
-                    extras["seg_sources"] = list(case.meta.get("source_files", []))
+                results.append(self._result(prob, maps, prepared, case, item, meta))
                 timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
-                results.append(ImageResult(row=row, heatmap=None, image=None, extras=extras))
             return results
+
+    def _result(
+        self, prob: Any, maps: Any, prepared: Any, case: Any, item: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> ImageResult:
+        """Labels (in the case's label convention), volumes and uncertainty maps on the case's source
+        (reference) grid, with the convention chosen and the input checks in the row.
+
+        The convention: the item's (set by the run's planning), else the configured one, else (an
+        item made elsewhere, e.g. by ``evaluate``, under ``auto``) the checkpoint's."""
+        if "label_convention" in item:
+            convention, why = item["label_convention"], item.get("label_convention_why", "")
+        elif self.label_convention != "auto":
+            naming = "dicom" if item.get("source") == "dicom" else self.naming
+            convention, why = choose_label_convention(self.label_convention, naming)
+        else:
+            convention = meta["preprocessing"].get("labels", "brats2020")
+            why = f"the checkpoint's label convention; ET = {LABEL_CONVENTIONS[convention]['ET']}"
+        labels = channels_to_labels(_to_source_grid(prob, prepared, case) > 0.5, convention)
+        row: dict[str, Any] = {
+            **region_volumes_ml(labels, np.asarray(case.affine), convention),
+            "label_convention": convention,
+            "label_convention_why": why,
+            "input_check": "; ".join(case.meta.get("input_checks", [])),
+        }
+        extras = {"labels": labels, "affine": np.asarray(case.affine, dtype=np.float64), "item": dict(item)}
+        extras["label_convention"] = convention
+        if maps is not None:
+            unc = np.clip(np.round(_to_source_grid(maps, prepared, case)), 0, 100).astype(np.uint8)
+            extras["uncertainty"] = dict(zip(("whole", "core", "enhance"), unc, strict=True))
+            row["uncertainty"] = self.uncertainty
+        if item.get("source") == "dicom":
+            extras["seg_sources"] = list(case.meta.get("source_files", []))
+        return ImageResult(row=row, heatmap=None, image=None, extras=extras)
 
     def write_image_outputs(self, study_dir: Path, result: ImageResult) -> list[str]:
         from medimg.writers import write_nifti_array
@@ -543,10 +491,12 @@ class BratsPipeline(Pipeline):
         if extras.get("seg_sources"):
             from medimg.dicom.seg import write_seg
 
-            present = [v for v in (1, 2, 4) if (extras["labels"] == v).any()] or [1]
+            # the SEG names each region by its code, not by a label value: it holds the 2020 values
+            seg_labels = convert_labels(extras["labels"], extras.get("label_convention", "brats2020"), "brats2020")
+            present = [v for v in (1, 2, 4) if (seg_labels == v).any()] or [1]
             name = f"{case_id}_SEG.dcm"
             with quiet_monai():
-                write_seg(extras["labels"], extras["seg_sources"], study_dir / name, label_values=present)
+                write_seg(seg_labels, extras["seg_sources"], study_dir / name, label_values=present)
             result.row["seg_file"] = name
             names.append(name)
         return names

@@ -42,6 +42,31 @@ def summarize_errors(errors: list[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
+def _input_checks(report: Report, rows: list[Mapping[str, Any]]) -> None:
+    """The rows whose input differs from what the model expects (``input_check`` column), and the
+    label conventions written (``label_convention`` and why), when the pipeline records them."""
+    conventions = sorted(
+        {
+            (str(r["label_convention"]), str(r.get("label_convention_why", "")))
+            for r in rows
+            if r.get("label_convention")
+        }
+    )
+    if conventions:
+        report.heading("Label convention")
+        report.table([{"convention": c, "why": w} for c, w in conventions], ["convention", "why"])
+    warned = [r for r in rows if r.get("input_check")]
+    if warned:
+        report.heading("Input checks")
+        report.text(
+            f"{len(warned)} case(s) differ from BraTS data (skull-stripped, co-registered, 1 mm), which a "
+            "BraTS-trained model expects; their results are less reliable (see input_check in results.csv).",
+            warning=True,
+        )
+        columns = [c for c in ("case_id", "PatientID", "input_check") if c in warned[0]]
+        report.table(warned[:200], columns)
+
+
 def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Report:
     """Self-contained summary of one run."""
     report = Report(f"medimg run {pipeline.name}", subtitle=pipeline.description)
@@ -62,6 +87,7 @@ def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Rep
     report.table(summary.rows[:200], [c for c in columns if c != "overlay"])
     if len(summary.rows) > 200:
         report.text(f"First 200 of {len(summary.rows)} rows; all are in results.csv.")
+    _input_checks(report, summary.rows)
     pictures = []
     for row in summary.rows[:MAX_THUMBNAILS] if pipeline.unit == "image" else ():
         thumb = _thumbnail(summary, row)

@@ -130,10 +130,12 @@ class OutputLock:
 
 def result_settings(pipeline: Any, weights_sha256: str) -> dict[str, Any]:
     """What decides a run's results (batch size, device and workers do not): pipeline, weights and,
-    for pipelines with uncertainty, its method, samples and ensemble checkpoints (their SHA-256)."""
+    for pipelines with uncertainty, its method, samples and ensemble checkpoints (their SHA-256);
+    for pipelines with a label convention (brats), that setting; for density, its views table and rules."""
     from medimg.models import file_sha256
 
     method = getattr(pipeline, "uncertainty", None)
+    convention = getattr(pipeline, "label_convention", None)
     ensemble = list(getattr(pipeline, "ensemble_weights", []) or []) if method == "ensemble" else []
     try:
         ensemble_sha = [file_sha256(w) for w in ensemble]
@@ -145,6 +147,10 @@ def result_settings(pipeline: Any, weights_sha256: str) -> dict[str, Any]:
         "uncertainty": method,
         "samples": getattr(pipeline, "samples", None) if method in ("tta", "mc-dropout") else None,
         "ensemble_weights_sha256": ensemble_sha,
+        # brats: the output labels' convention (auto, brats2020, brats2023)
+        **({"label_convention": convention} if convention is not None else {}),
+        # density: the views table and naming rules (--views, --view-rule)
+        **(pipeline.view_settings() if hasattr(pipeline, "view_settings") else {}),
     }
 
 
@@ -178,10 +184,11 @@ def check_rerun(out: Path, settings: Mapping[str, Any]) -> None:
             f"{path} of an earlier run cannot be read ({describe_error(exc)}): pass --overwrite to start clean"
         ) from exc
     before = _stored_settings(run)
+    # Both ways: a setting given before and dropped now differs too.
     differences = [
-        f"{key}: {before.get(key)!r} before, {value!r} now"
-        for key, value in settings.items()
-        if before.get(key) != value
+        f"{key}: {before.get(key)!r} before, {settings.get(key)!r} now"
+        for key in [*settings, *(k for k in before if k not in settings)]
+        if before.get(key) != settings.get(key)
     ]
     if differences:
         raise RunRefused(

@@ -36,10 +36,20 @@ def untrained_checkpoint(
     return save_checkpoint(path, build_network(architecture, **network), meta)
 
 
-def untrained_brats_checkpoint(path: Path, *, tumour_bias: float | None = None, seed: int = 0) -> Path:
+def untrained_brats_checkpoint(
+    path: Path,
+    *,
+    tumour_bias: float | None = None,
+    seed: int = 0,
+    roi_size: tuple[int, int, int] = (48, 48, 48),
+    spacing: tuple[float, float, float] | None = None,
+    overlap: float = 0.5,
+) -> Path:
     """Save a freshly initialized (seeded) compact SegResNet of the brats pipeline (48^3 patches).
 
     ``tumour_bias`` fills the output bias, so that the label volumes of an untrained net are not empty.
+    ``roi_size``, ``spacing`` (mm; None: the reference grid) and ``overlap`` are its preprocessing:
+    a coarse spacing and one large patch keep real 240x240x155 volumes fast on a CPU.
     """
     task = get_pipeline("brats")
     network = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
@@ -48,7 +58,11 @@ def untrained_brats_checkpoint(path: Path, *, tumour_bias: float | None = None, 
         "architecture": "segresnet-compact",
         "network": network,
         "labels": list(task.labels),
-        "preprocessing": task.preprocessing("segresnet-compact", (48, 48, 48)),
+        "preprocessing": {
+            **task.preprocessing("segresnet-compact", roi_size),
+            "spacing": list(spacing) if spacing else None,
+            "overlap": overlap,
+        },
         "training": {"note": "untrained"},
     }
     torch.manual_seed(seed)
