@@ -1,15 +1,21 @@
 """Mammography breast density: BI-RADS A-D per image, per breast and per exam.
 
 - Input: the four screening views of each study (``mammography`` selection rules: ImageLaterality
-  x ViewPosition CC/MLO; "for processing" images skipped). MONOCHROME1 images are inverted by the
-  loader, so every vendor's image reaches the network with dense tissue bright.
+  x ViewPosition CC/MLO; "for processing" images skipped), and every mammogram the tags cannot
+  place (selection ``unplaced``: no laterality or no ViewPosition, e.g. CBIS-DDSM's Secondary
+  Capture files). MONOCHROME1 images are inverted by the loader, so every vendor's image reaches
+  the network with dense tissue bright.
+- Placement (``ImageLaterality``, ``ViewPosition`` columns and how each was decided,
+  ``laterality_source`` / ``view_source``): a views table (``--views``) > the tags > naming rules
+  (``--view-rule``) > the pixels (laterality only); see :mod:`medimg.mammo_views`.
 - Training data: a VinDr-Mammo-like layout, one folder per site or a folder of sites, each with
   ``breast-level_annotations.csv`` (``study_id,series_id,image_id,laterality,view_position,...,
   breast_density``) and ``images/<study_id>/<image_id>.dicom``.
 - Exam rule (``exams.csv``): per breast (laterality), the class probabilities of its views are
   averaged and the breast's density is their argmax; the exam's density is the denser breast's
   (BI-RADS assigns an exam the category of the denser breast), with that breast's probabilities.
-  Images without laterality count towards the exam only.
+  Images whose laterality is unknown join no breast: they are counted (``n_unplaced``) and count
+  towards the exam only when no image of it has a laterality.
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ from typing import Any
 import numpy as np
 
 from medimg.limits import constant_image_warning
+from medimg.mammo_laterality import laterality_from_pixels
+from medimg.mammo_views import (
+    Placement,
+    ViewRule,
+    ViewTable,
+    laterality_from_tags,
+    place_image,
+    read_view_header,
+    read_view_table,
+    view_from_tags,
+)
 from medimg.safepath import safe_name
 from medimg.writers import write_csv
 from pipelines.base import DatasetError, ImageResult, Pipeline
@@ -37,14 +54,15 @@ def aggregate_exam(views: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Exam-level density from per-view rows with ``ImageLaterality`` and ``prob_A``..``prob_D``.
 
     Returns:
-        ``{"L_density", "R_density", "exam_density", "prob_A".."prob_D", "n_images"}`` (see the
-        module docstring for the rule).
+        ``{"L_density", "R_density", "exam_density", "prob_A".."prob_D", "n_images", "n_unplaced"}``
+        (see the module docstring for the rule; ``n_unplaced``: images of unknown laterality).
     """
     by_side: dict[str, list[np.ndarray]] = defaultdict(list)
     for view in views:
         probs = np.array([float(view[f"prob_{c}"]) for c in LABELS])
-        by_side[str(view.get("ImageLaterality") or "")].append(probs)
-    out: dict[str, Any] = {"n_images": len(views)}
+        side = str(view.get("ImageLaterality") or "")
+        by_side[side if side in ("L", "R") else ""].append(probs)
+    out: dict[str, Any] = {"n_images": len(views), "n_unplaced": len(by_side.get("", []))}
     side_probs = {}
     for side in ("L", "R"):
         if by_side.get(side):
@@ -74,6 +92,8 @@ class DensityPipeline(Pipeline):
         "predicted",
         "ImageLaterality",
         "ViewPosition",
+        "laterality_source",
+        "view_source",
         "prob_A",
         "prob_B",
         "prob_C",
@@ -81,6 +101,59 @@ class DensityPipeline(Pipeline):
         "overlay",
         "warning",
     )
+
+    #: ``--views`` table and ``--view-rule`` rules (see :meth:`configure_views`).
+    view_table: ViewTable | None = None
+    view_rules: tuple[ViewRule, ...] = ()
+
+    def configure_views(
+        self,
+        *,
+        views: str | Path | None = None,
+        view_rules: Sequence[str] = (),
+        base: str | Path | None = None,
+    ) -> None:
+        """Use a views table (paths in it relative to ``base``, the DICOM folder) and naming rules
+        (``Keyword:regex``) to place images the tags do not (see :mod:`medimg.mammo_views`).
+
+        Raises:
+            ValueError: an unreadable or malformed table, or a malformed rule (the message says which).
+        """
+        self.view_table = read_view_table(views, base=base) if views is not None else None
+        self.view_rules = tuple(ViewRule.parse(rule) for rule in view_rules)
+
+    def view_settings(self) -> dict[str, Any]:
+        """What of ``--views`` / ``--view-rule`` decides the results (a rerun with others is refused):
+        the SHA-256 of the table's entries and the rules as written; empty when neither is given."""
+        import hashlib
+        import json
+
+        table = None
+        if self.view_table is not None:
+            entries = {"uid": sorted(self.view_table.by_uid.items()), "path": sorted(self.view_table.by_path.items())}
+            table = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+        rules = [f"{rule.attribute}:{rule.pattern.pattern}" for rule in self.view_rules]
+        return {
+            **({"views_table_sha256": table} if table is not None else {}),
+            **({"view_rules": rules} if rules else {}),
+        }
+
+    def place(self, item: Mapping[str, Any], image: Any = None) -> Placement:
+        """Laterality and view of one work item; ``image`` ((rows, columns), display polarity) for
+        the pixel evidence. The file's header is read only when the scan's tags do not place it or
+        a rule is given."""
+        header: dict[str, Any] = {k: v for k, v in item.items() if v not in (None, "")}
+        # The rules read the image's own header: an item's PatientID is its study's.
+        wanted = {rule.attribute for rule in self.view_rules}
+        if wanted or not (laterality_from_tags(header) and view_from_tags(header)):
+            header.update(read_view_header(item["source_file"], wanted))
+        entry = (
+            self.view_table.lookup(str(item.get("SOPInstanceUID", "")), item.get("source_file"))
+            if self.view_table
+            else None
+        )
+        pixels = (lambda: laterality_from_pixels(image).laterality) if image is not None else None
+        return place_image(header, table_entry=entry, rules=self.view_rules, pixel_laterality=pixels)
 
     def augmentations(self, spatial_keys: Sequence[str] = ("image",)) -> list[Any]:
         from monai.transforms import RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised
@@ -158,10 +231,13 @@ class DensityPipeline(Pipeline):
     def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
         results = []
         for i, item in enumerate(items):
+            placed = self.place(item, images[i, 0].T.numpy())  # (X, Y) network grid -> (rows, columns)
             row = {
                 "predicted": self.labels[int(prob[i].argmax())],
-                "ImageLaterality": item.get("ImageLaterality") or item.get("Laterality") or "",
-                "ViewPosition": item.get("ViewPosition", ""),
+                "ImageLaterality": placed.laterality,
+                "ViewPosition": placed.view,
+                "laterality_source": placed.laterality_source,
+                "view_source": placed.view_source,
                 **{f"prob_{c}": float(p) for c, p in zip(self.labels, prob[i], strict=True)},
                 "warning": constant_image_warning(images[i]),
             }
@@ -190,8 +266,10 @@ class DensityPipeline(Pipeline):
         exams = []
         for study_uid, views in sorted(by_study.items()):
             exams.append({"PatientID": views[0]["PatientID"], "StudyInstanceUID": study_uid, **aggregate_exam(views)})
-        columns = ("PatientID", "StudyInstanceUID", "n_images", "L_density", "R_density", "exam_density") + tuple(
-            f"prob_{c}" for c in LABELS
+        columns = (
+            ("PatientID", "StudyInstanceUID", "n_images", "L_density", "R_density", "exam_density")
+            + tuple(f"prob_{c}" for c in LABELS)
+            + ("n_unplaced",)
         )
         path = out / "exams.csv"
         write_csv(path, exams, columns)

@@ -24,6 +24,11 @@ breast mirrored), a pectoral-muscle triangle in the upper chest-wall corner on
 MLO views, and fibroglandular tissue obtained by thresholding smoothed noise at
 the quantile that gives the target area fraction for the density category
 (A < 25 % ≤ B < 50 % ≤ C < 75 % ≤ D).
+
+Tagless stand-ins for digitised-film archives (CBIS-DDSM style, :func:`generate_film_mammo`,
+:func:`write_film_mammogram`): Secondary Capture files with neither laterality nor view tags,
+the side and view only in the PatientID (``Calc-Test_P_00038_LEFT_CC``) and the pixels;
+optionally mirrored, MONOCHROME1 or with a burned-in label.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
+    SecondaryCaptureImageStorage,
 )
 from scipy import ndimage
 
@@ -72,8 +78,11 @@ __all__ = [
     "SITES",
     "SITE_NAMES",
     "SiteProfile",
+    "film_patient_id",
+    "generate_film_mammo",
     "generate_mammo",
     "render_breast",
+    "write_film_mammogram",
 ]
 
 #: Default number of exams (4 images each) per site.
@@ -633,3 +642,130 @@ def generate_mammo(
         item_kind="exams",
         details={"images_per_site": per_site, "sites": [s.name for s in sites]},
     )
+
+
+# --- digitised-film, tagless stand-ins (CBIS-DDSM style) ---------------------------------------
+
+_FILM = "mammo_film"
+_SIDE_WORDS = {"L": "LEFT", "R": "RIGHT"}
+
+
+def film_patient_id(case: int, laterality: str, view: str, *, prefix: str = "Calc-Test") -> str:
+    """The CBIS-DDSM-style PatientID of one image, e.g. ``Calc-Test_P_00038_LEFT_CC``."""
+    return f"{prefix}_P_{case:05d}_{_SIDE_WORDS[laterality]}_{view}"
+
+
+def _burn_in_marker(display: np.ndarray, laterality: str, mirrored: bool) -> None:
+    """A bright label block (as a technologist's lead marker or a scanned film label) in the air
+    beside the breast, in the upper corner away from the chest wall."""
+    rows, cols = display.shape
+    h, w = max(3, rows // 12), max(4, cols // 6)
+    chest_wall_left = (laterality == "L") != mirrored
+    top = max(1, rows // 20)
+    left = cols - w - max(1, cols // 20) if chest_wall_left else max(1, cols // 20)
+    display[top : top + h, left : left + w] = 0.97
+
+
+def write_film_mammogram(
+    path: str | os.PathLike[str],
+    *,
+    seed: int,
+    laterality: str,
+    view: str,
+    density: str = "B",
+    case: int = 0,
+    study_uid: str | None = None,
+    mirrored: bool = False,
+    monochrome1: bool = False,
+    marker: bool = True,
+    modality: str = "MG",
+    shape: tuple[int, int] = (160, 128),
+    log: FileLog | None = None,
+) -> Path:
+    """Write one digitised-film mammogram as CBIS-DDSM exports it: a Secondary Capture image
+    (SOP Class 1.2.840.10008.5.1.4.1.1.7) with neither ImageLaterality, Laterality, ViewPosition,
+    ViewCodeSequence nor PatientOrientation; the side and view are only in the PatientID
+    (:func:`film_patient_id`) and the pixels.
+
+    Args:
+        path: Output file.
+        seed: Global seed; the image is seeded from ``(seed, case, laterality, view)``.
+        laterality: ``"L"`` or ``"R"``: the breast drawn (chest wall on the image's left edge
+            for ``L``, right edge for ``R``, the DICOM display convention).
+        view: ``"CC"`` or ``"MLO"``.
+        density: ``"A"`` to ``"D"``.
+        case: Case number in the PatientID.
+        study_uid: StudyInstanceUID (default: one per case).
+        mirrored: Store the image mirrored left-right (a film scanned the wrong way round):
+            the pixels then show the other side.
+        monochrome1: Store MONOCHROME1 (dense tissue dark in the stored values).
+        marker: Burn a bright label block into the air beside the breast.
+        modality: Modality (CBIS-DDSM writes ``MG``; ``OT`` for a generic capture).
+        shape: ``(rows, columns)``.
+        log: Record of written files.
+
+    Returns:
+        The path written.
+    """
+    rng = item_rng(seed, _FILM, case, laterality, view)
+    display, _, _ = render_breast(
+        rng, shape, 0.1 * 3062 / shape[0], laterality=laterality, view=view, density=density, noise_std=0.01
+    )
+    if mirrored:
+        display = np.ascontiguousarray(display[:, ::-1])
+    if marker:
+        _burn_in_marker(display, laterality, mirrored)
+    stored = np.rint(np.clip(display, 0.0, 1.0) * 4095).astype(np.uint16)
+    if monochrome1:
+        stored = (4095 - stored).astype(np.uint16)
+    key = (case, laterality, view, mirrored)
+    ds = new_dataset(
+        sop_class_uid=SecondaryCaptureImageStorage,
+        sop_instance_uid=make_uid(seed, _FILM, *key, "sop"),
+        study_instance_uid=study_uid or make_uid(seed, _FILM, case, "study"),
+        series_instance_uid=make_uid(seed, _FILM, *key, "series"),
+        modality=modality,
+        patient_id=film_patient_id(case, laterality, view),
+    )
+    ds.SeriesDescription = "full mammogram images"
+    ds.BodyPartExamined = "BREAST"
+    ds.ConversionType = "DF"  # digitised film
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    set_pixels(ds, stored, photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2", bits_stored=12)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(ds, path, log)
+    return path
+
+
+def generate_film_mammo(
+    root: str | os.PathLike[str], *, seed: int = 0, count: int = 2, shape: tuple[int, int] = (160, 128)
+) -> DatasetSummary:
+    """Write ``count`` tagless four-view exams (see :func:`write_film_mammogram`) under ``root``,
+    one folder per image named like its PatientID (``Calc-Test_P_00000_LEFT_CC/1-1.dcm``).
+
+    Unlike CBIS-DDSM (one study per image) the four images of a case share a StudyInstanceUID, so
+    that an exam's per-breast aggregation can be checked; odd cases are stored MONOCHROME1.
+
+    Raises:
+        ValueError: If ``count`` is negative.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    root = Path(root)
+    log = FileLog(root)
+    for case in range(count):
+        for lat, view in _VIEWS:
+            write_film_mammogram(
+                root / film_patient_id(case, lat, view) / "1-1.dcm",
+                seed=seed,
+                laterality=lat,
+                view=view,
+                density=_DENSITIES[(case + (lat == "R")) % 4],
+                case=case,
+                monochrome1=case % 2 == 1,
+                shape=shape,
+                log=log,
+            )
+    return DatasetSummary.from_log(_FILM, log, n_items=count, item_kind="exams", details={"images": 4 * count})
