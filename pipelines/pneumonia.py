@@ -2,11 +2,17 @@
 
 - Input: the frontal (PA/AP) CR/DX image of each study (``chest_xray`` selection rules).
 - Training data: the RSNA Pneumonia Detection layout, ``stage_2_train_images/<patientId>.dcm``
-  and ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``; one row per box).
+  and ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``; one row per box); or
+  PNG/JPEG images with an NIH ChestX-ray14 or CheXpert-style table (:mod:`medimg.image_datasets`,
+  label policy :attr:`PneumoniaPipeline.label_policy`).
+- Run input: a DICOM folder, or a folder of PNG/JPEG images (no DICOM in it); an image's
+  ``StudyInstanceUID``, ``SeriesInstanceUID`` and ``SOPInstanceUID`` columns then hold its path
+  relative to the folder, and ``PatientID`` what the folder's NIH/CheXpert table says (else empty).
 - Outputs: ``results.csv`` (probability per image), one overlay PNG per image (heat map and
   boxes), and ``submission.csv`` in the RSNA format: ``patientId,PredictionString`` with
   ``confidence x y width height`` groups in source pixels (top-left corner), for images whose
-  probability reaches the operating threshold (stored in the checkpoint, else 0.5).
+  probability reaches the operating threshold (stored in the checkpoint, else 0.5); an image
+  file's ``patientId`` is its relative path.
 - Boxes: connected regions of the heat map above half its maximum, on the source pixel grid;
   a box's confidence is the image probability times the region's peak heat.
 """
@@ -14,12 +20,14 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medimg.image_datasets import ImageDatasetError, LabelPolicy, describe_problems, load_image_dataset
 from medimg.limits import constant_image_warning
 from medimg.safepath import safe_name
 from medimg.writers import write_csv
@@ -63,13 +71,30 @@ class PneumoniaPipeline(Pipeline):
     rules = "chest_xray"
     monitor = "roc_auc"
     result_columns = ("probability", "predicted", "n_boxes", "ViewPosition", "heatmap", "overlay", "warning")
+    #: PNG/JPEG datasets: the finding that is the label, and what CheXpert's uncertain (-1) and
+    #: blank labels become (default: uncertain images left out, blank negative).
+    label_policy: LabelPolicy = LabelPolicy()
+
+    def __init__(self) -> None:
+        #: Images left out of the last :meth:`load_dataset` for a problem (listed, not raised).
+        self.dataset_problems: list[str] = []
+
+    def transforms(self, preprocessing: Mapping[str, Any], *, train: bool, box_masks: bool = False) -> Any:
+        """The base transforms, whose loader also reads PNG/JPEG paths (:mod:`medimg.pictures`)."""
+        from monai.transforms import Compose
+
+        from medimg.picture_transforms import LoadPictureOrDicomd
+
+        first, *rest = super().transforms(preprocessing, train=train, box_masks=box_masks).transforms
+        return Compose([LoadPictureOrDicomd(first), *rest])
 
     def load_dataset(self, data_dir: str | Path) -> list[dict[str, Any]]:
         data_dir = Path(data_dir)
         table = data_dir / "stage_2_train_labels.csv"
         images = data_dir / "stage_2_train_images"
+        self.dataset_problems = []
         if not table.is_file():
-            raise DatasetError(f"{data_dir}: no stage_2_train_labels.csv (RSNA Pneumonia layout expected)")
+            return self._load_image_dataset(data_dir)
         if not images.is_dir():
             images = data_dir
         patients: dict[str, dict[str, Any]] = {}
@@ -101,6 +126,38 @@ class PneumoniaPipeline(Pipeline):
         if absent:
             raise DatasetError(f"{images}: {len(absent)} labelled patient(s) have no DICOM file, e.g. {absent[0]}.dcm")
         return items
+
+    def _load_image_dataset(self, data_dir: Path) -> list[dict[str, Any]]:
+        """Items of an NIH ChestX-ray14 or CheXpert-style PNG/JPEG folder; images with a problem are
+        left out, listed in :attr:`dataset_problems` and in one warning."""
+        try:
+            found = load_image_dataset(data_dir, self.label_policy)
+        except ImageDatasetError as exc:
+            raise DatasetError(str(exc)) from exc
+        if found is None:
+            raise DatasetError(
+                f"{data_dir}: no stage_2_train_labels.csv (RSNA Pneumonia layout), no Data_Entry_2017.csv "
+                "(NIH ChestX-ray14) and no CSV with a Path column (CheXpert)"
+            )
+        self.dataset_problems = found.problems
+        if found.problems:
+            warnings.warn(
+                f"{data_dir}: {len(found.problems)} image(s) left out:\n{describe_problems(found.problems)}",
+                stacklevel=2,
+            )
+        if not found.items:
+            raise DatasetError(f"{data_dir}: no usable labelled image ({found.layout} layout)")
+        return found.items
+
+    def plan_files(self, source: Path, out: Path, overwrite: bool, summary: Any) -> list[tuple] | None:
+        """One job per PNG/JPEG image of a folder without DICOM files (None: a DICOM folder)."""
+        from medimg.pictures import find_pictures, has_dicom_files
+        from pipelines.picture_runs import plan_pictures
+
+        pictures = find_pictures(source)
+        if not pictures or has_dicom_files(source):
+            return None
+        return plan_pictures(self, source, pictures, out, overwrite, summary)
 
     def metrics(self, y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
         from medimg.evaluation import binary_metrics
@@ -145,6 +202,7 @@ class PneumoniaPipeline(Pipeline):
                 "n_boxes": len(boxes),
                 "boxes": [[round(p * peak, 4), x, y, w, h] for x, y, w, h, peak in boxes],
                 "ViewPosition": item.get("ViewPosition", ""),
+                **({"image_file": item["image_file"]} if item.get("image_file") else {}),
                 "heatmap": source,
                 "warning": constant_image_warning(images[i]),
             }
@@ -167,7 +225,8 @@ class PneumoniaPipeline(Pipeline):
         submission = []
         for row in rows:
             groups = " ".join(f"{conf:.4f} {x} {y} {w} {h}" for conf, x, y, w, h in row.get("boxes") or [])
-            submission.append({"patientId": row["PatientID"], "PredictionString": groups})
+            patient = row.get("image_file") or row["PatientID"]  # an image file: its relative path
+            submission.append({"patientId": patient, "PredictionString": groups})
         path = out / "submission.csv"
         write_csv(path, submission, ("patientId", "PredictionString"))
         return [path]

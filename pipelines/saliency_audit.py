@@ -49,6 +49,10 @@ LEAVE_ONE_OUT = "leave-one-out mean of the audited images' masks"
 def _source_shape(path: str) -> tuple[int, int]:
     import pydicom
 
+    from medimg.pictures import is_picture, picture_shape
+
+    if is_picture(path):  # a PNG/JPEG dataset (NIH ChestX-ray14, CheXpert)
+        return picture_shape(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
     return int(ds.Rows), int(ds.Columns)
 

@@ -14,6 +14,9 @@ known ground truth:
   A-D in ``breast-level_annotations.csv``; see :mod:`medimg.synth.mammo`.
 * ``OUT/brain/nifti/`` and ``OUT/brain/dicom/``: BraTS 2021 cases as NIfTI and
   as an equivalent MR DICOM study; see :mod:`medimg.synth.brain`.
+* ``OUT/cxr-png/`` (only when named in ``only``): NIH ChestX-ray14-style PNG/JPEG
+  radiographs with ``Data_Entry_2017.csv`` and ``BBox_List_2017.csv``; see
+  :mod:`medimg.synth.cxr_png`.
 
 The same seed always gives byte-identical files; every item is seeded from
 ``(seed, dataset, item key)``, so ``count`` never changes earlier items. Files
@@ -38,15 +41,18 @@ from typing import Any
 
 from medimg.synth import brain as _brain
 from medimg.synth import cxr as _cxr
+from medimg.synth import cxr_png as _cxr_png
 from medimg.synth import mammo as _mammo
 from medimg.synth.brain import generate_brain
 from medimg.synth.common import DatasetSummary
 from medimg.synth.cxr import generate_cxr
+from medimg.synth.cxr_png import generate_cxr_png
 from medimg.synth.mammo import SITE_NAMES, SITES, SiteProfile, generate_mammo
 
 __all__ = [
     "DATASETS",
     "DEFAULT_COUNTS",
+    "DEFAULT_SELECTION",
     "DEMO_COUNTS",
     "SITES",
     "SITE_NAMES",
@@ -55,12 +61,15 @@ __all__ = [
     "SiteProfile",
     "generate_brain",
     "generate_cxr",
+    "generate_cxr_png",
     "generate_mammo",
     "generate_sample_data",
 ]
 
 #: Dataset keys, which are also the sub-folder names of ``OUT``.
-DATASETS: tuple[str, ...] = ("cxr", "mammo", "brain")
+DATASETS: tuple[str, ...] = ("cxr", "mammo", "brain", "cxr-png")
+#: The datasets generated when ``only`` is not given (``cxr-png`` is generated on request).
+DEFAULT_SELECTION: tuple[str, ...] = ("cxr", "mammo", "brain")
 
 #: Counts of the set committed under ``sample_data/`` and used by ``medimg demo``.
 DEMO_COUNTS: Mapping[str, int] = MappingProxyType({"cxr": 8, "mammo": 2, "brain": 1})
@@ -71,7 +80,7 @@ DEFAULT_COUNTS: Mapping[str, int] = MappingProxyType(
 )
 
 _GENERATORS: Mapping[str, Callable[..., DatasetSummary]] = MappingProxyType(
-    {"cxr": generate_cxr, "mammo": generate_mammo, "brain": generate_brain}
+    {"cxr": generate_cxr, "mammo": generate_mammo, "brain": generate_brain, "cxr-png": generate_cxr_png}
 )
 
 
@@ -129,7 +138,7 @@ def generate_sample_data(
         full_size: Realistic sizes (1024² CXR, full-field mammograms, 240×240×155
             brain volumes at 1 mm) instead of small, fast defaults.
         only: Subset of :data:`DATASETS` to generate (in that order); ``None``
-            means all three.
+            means :data:`DEFAULT_SELECTION` (all but ``cxr-png``).
         count: Number of CXR images, of exams per mammography site and of brain
             cases; or a mapping with a count per dataset (missing keys take the
             default); ``None`` uses :data:`DEFAULT_COUNTS`.
@@ -140,7 +149,7 @@ def generate_sample_data(
     Raises:
         ValueError: If ``only`` names an unknown dataset or ``count`` is negative.
     """
-    counts = dict(DEFAULT_COUNTS)
+    counts = {**DEFAULT_COUNTS, "cxr-png": _cxr_png.DEFAULT_COUNT}
     if isinstance(count, Mapping):
         unknown_counts = sorted(set(count) - set(DATASETS))
         if unknown_counts:
@@ -153,7 +162,7 @@ def generate_sample_data(
         raise ValueError(f"counts must be >= 0, got {negative}")
     if isinstance(only, str):
         only = [only]
-    selected = DATASETS if only is None else tuple(only)
+    selected = DEFAULT_SELECTION if only is None else tuple(only)
     unknown = sorted(set(selected) - set(DATASETS))
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")

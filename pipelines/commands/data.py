@@ -23,6 +23,7 @@ class Dataset(str, Enum):
     cxr = "cxr"
     mammo = "mammo"
     brain = "brain"
+    cxr_png = "cxr-png"
 
 
 @app.command("sample-data")
@@ -40,7 +41,8 @@ def sample_data(
         ),
     ] = None,
 ) -> None:
-    """Generate synthetic data in the public datasets' layouts (RSNA CXR, VinDr-like MG, BraTS)."""
+    """Generate synthetic data in the public datasets' layouts (RSNA CXR, VinDr-like MG, BraTS; with
+    --only cxr-png also NIH ChestX-ray14-style PNG/JPEG)."""
     from medimg.synth import generate_sample_data
 
     try:

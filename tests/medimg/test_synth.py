@@ -487,8 +487,10 @@ def test_brain_dicom_matches_nifti_through_affines(sample: Path) -> None:
         for seq, datasets in series.items():
             nifti = np.asarray(nib.load(sample / "brain" / "nifti" / cid / f"{cid}_{seq}.nii.gz").dataobj)
             first = datasets[0]
-            assert "ContrastBolusAgent" in first if seq == "t1ce" else "ContrastBolusAgent" not in first
-            assert ("InversionTime" in first) == (seq == "flair")
+            # only the post-contrast T1 may carry bolus tags (some styles name it only); only the
+            # FLAIR has a long inversion (MP-RAGE/BRAVO T1s are inversion-prepared with a short TI)
+            assert seq == "t1ce" or "ContrastBolusAgent" not in first
+            assert (float(first.get("InversionTime") or 0) >= 1500) == (seq == "flair")
             assert float(first.RepetitionTime) > 0 and float(first.EchoTime) > 0
             seen = set()
             for ds in datasets:
