@@ -220,15 +220,21 @@ def evaluate_brats(
     data_dir: str | os.PathLike[str],
     weights: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    *,
+    metric_sets: tuple[str, ...] = ("legacy",),
+    challenge: str = "mets",
 ) -> dict[str, Any]:
     """Dice and HD95 per region over the cases of ``data_dir`` (+ QU-BraTS scores with uncertainty).
 
+    ``metric_sets``: ``legacy`` (those Dice and HD95) and/or ``lesionwise`` (the BraTS lesion-wise
+    columns of ``challenge``, :func:`pipelines.brats_evaluation.lesionwise_of_labels`).
     Writes ``metrics.json`` (means, standard deviations and per-case values) and ``cases.csv``.
     """
     import torch
     from monai.metrics import compute_hausdorff_distance
 
     from medimg.models import file_sha256, load_checkpoint
+    from pipelines.brats_evaluation import lesionwise_of_labels
     from uncertainty.qubrats import score_case
 
     out = Path(out)
@@ -242,17 +248,20 @@ def evaluate_brats(
         truth = np.asarray(nib.load(item["seg"]).dataobj)
         (result,) = pipeline.infer(model, [case], [dict(item, source="nifti")], meta, device="cpu", timings={})
         labels = result.extras["labels"]
-        pred_ch = torch.as_tensor(labels_to_channels(labels, convention)[None], dtype=torch.float32)
-        true_ch = torch.as_tensor(labels_to_channels(truth, convention)[None], dtype=torch.float32)
         row: dict[str, Any] = {"case_id": item["case_id"]}
-        dice = _dice_metrics(pred_ch, true_ch)
-        spacing = np.abs(np.linalg.svd(np.asarray(case.affine)[:3, :3], compute_uv=False))
-        hd = compute_hausdorff_distance(
-            pred_ch, true_ch, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
-        )[0]
-        for r, region in enumerate(REGION_CHANNELS):
-            row[f"dice_{region.lower()}"] = dice[f"dice_{region.lower()}"]
-            row[f"hd95_{region.lower()}"] = float(hd[r])
+        if "legacy" in metric_sets:
+            pred_ch = torch.as_tensor(labels_to_channels(labels, convention)[None], dtype=torch.float32)
+            true_ch = torch.as_tensor(labels_to_channels(truth, convention)[None], dtype=torch.float32)
+            dice = _dice_metrics(pred_ch, true_ch)
+            spacing = np.abs(np.linalg.svd(np.asarray(case.affine)[:3, :3], compute_uv=False))
+            hd = compute_hausdorff_distance(
+                pred_ch, true_ch, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+            )[0]
+            for r, region in enumerate(REGION_CHANNELS):
+                row[f"dice_{region.lower()}"] = dice[f"dice_{region.lower()}"]
+                row[f"hd95_{region.lower()}"] = float(hd[r])
+        if "lesionwise" in metric_sets:
+            row.update(lesionwise_of_labels(truth, labels, np.asarray(case.affine), convention, challenge))
         if "uncertainty" in result.extras:
             maps = result.extras["uncertainty"]
             scored = score_case(

@@ -381,8 +381,13 @@ def evaluate_pipeline(
     seed: int = 0,
     n_boot: int = 1000,
     batch_size: int = 16,
+    segmentation_metrics: tuple[str, ...] = ("legacy",),
+    challenge: str = "mets",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on every image of ``data_dir``; write metrics, predictions, report.
+
+    ``segmentation_metrics`` (``legacy``, ``lesionwise``) and ``challenge`` (the lesion-wise
+    regions) apply to the 3-D segmentation pipeline (brats) only.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -393,7 +398,7 @@ def evaluate_pipeline(
     if pipeline.unit == "study":  # 3-D segmentation (brats)
         from pipelines.brats_training import evaluate_brats
 
-        return evaluate_brats(pipeline, data_dir, weights, out)
+        return evaluate_brats(pipeline, data_dir, weights, out, metric_sets=segmentation_metrics, challenge=challenge)
     out = Path(out)
     model, meta = load_checkpoint(weights, pipeline=pipeline.name)
     items = pipeline.load_dataset(data_dir)
