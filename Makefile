@@ -107,6 +107,7 @@ quality: $(STAMP)
 	$(MEDIMG) evaluate density build/quality/mammo --weights sample_data/weights/density.pt -o build/quality/density
 	$(MEDIMG) sample-data build/quality --seed 200 --only brain --count 5
 	$(MEDIMG) evaluate brats build/quality/brain/nifti --weights sample_data/weights/brats.pt -o build/quality/brats
+	$(PY) -m tests.benchmarks.bench_mammo_laterality --seeds 25
 
 # Domain expansion (issue 8) on fresh generated institutions (seed 300; the learning rate and
 # lambdas were chosen on the demo-training institutions, seed 100), as quoted in docs/results/index.md (about

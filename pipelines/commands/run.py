@@ -1,4 +1,5 @@
-"""``medimg run``: a pipeline over a DICOM folder (brats: also a BraTS NIfTI folder)."""
+"""``medimg run``: a pipeline over a DICOM folder (brats: also a BraTS NIfTI folder; pneumonia: also
+a folder of PNG/JPEG radiographs)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ if TYPE_CHECKING:
 @app.command()
 def run(
     pipeline: PipelineArgument,
-    dicom_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="DICOM folder (e.g. a PACS export).")],
+    dicom_dir: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="DICOM folder (e.g. a PACS export); pneumonia: also PNG/JPEG images."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")],
     weights: Annotated[
         Path | None,
@@ -55,8 +61,36 @@ def run(
         typer.Option(help="brats: further checkpoints for --uncertainty ensemble (repeatable)."),
     ] = None,
     naming: Annotated[
-        str, typer.Option(help="brats NIfTI input naming: brats2021 (_t1ce...) or brats2023 (-t1c...).")
+        str,
+        typer.Option(
+            help="brats NIfTI input naming: brats2021 (_t1ce...), brats2023 (-t1c...) or plain "
+            "(a folder per case holding t1, t1ce, t2, flair .nii.gz)."
+        ),
     ] = "brats2021",
+    label_convention: Annotated[
+        str,
+        typer.Option(
+            help="brats output labels: auto (BraTS 2023 naming -> brats2023, ET = 3; any other input, "
+            "DICOM included -> brats2020, the 2021 labels, ET = 4), brats2020 or brats2023."
+        ),
+    ] = "auto",
+    views: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--views",
+            help="density: CSV of laterality and view per image (columns SOPInstanceUID or path, "
+            "laterality, view); overrides the tags.",
+        ),
+    ] = None,
+    view_rule: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--view-rule",
+            help="density: 'Keyword:regex' with groups (?P<laterality>..) and/or (?P<view>..), e.g. "
+            "'PatientID:_(?P<laterality>LEFT|RIGHT)_(?P<view>CC|MLO)', for images the tags do not place "
+            "(repeatable).",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -67,7 +101,15 @@ def run(
 
     apply_max_pixels(max_pixels)
     task = load_pipeline(pipeline)
-    _configure(task, naming=naming, uncertainty=uncertainty, samples=samples, ensemble_weights=ensemble_weights)
+    _configure(
+        task,
+        naming=naming,
+        uncertainty=uncertainty,
+        samples=samples,
+        ensemble_weights=ensemble_weights,
+        label_convention=label_convention,
+    )
+    _configure_views(task, views, view_rule or [], dicom_dir)
     weights = _weights_or_demo(task, weights)
     bar, update = tracked(not quiet, f"Running {task.name}")
     try:
@@ -90,7 +132,13 @@ def run(
 
 
 def _configure(
-    task: Pipeline, *, naming: str, uncertainty: str | None, samples: int, ensemble_weights: list[Path] | None
+    task: Pipeline,
+    *,
+    naming: str,
+    uncertainty: str | None,
+    samples: int,
+    ensemble_weights: list[Path] | None,
+    label_convention: str = "auto",
 ) -> None:
     """Pass the brats-only options to a pipeline that takes them; exit 2 when they are wrong or the
     pipeline takes none (uncertainty on a 2-D pipeline)."""
@@ -101,11 +149,27 @@ def _configure(
                 uncertainty=uncertainty,
                 samples=samples,
                 ensemble_weights=[str(w) for w in ensemble_weights or []],
+                label_convention=label_convention,
             )
         except ValueError as exc:
             raise error_exit(exc) from exc
     elif uncertainty or ensemble_weights:
         raise error_exit(f"--uncertainty and --ensemble-weights apply to brats, not {task.name}")
+    elif label_convention != "auto":
+        raise error_exit(f"--label-convention applies to brats, not {task.name}")
+
+
+def _configure_views(task: Pipeline, views: Path | None, view_rules: list[str], dicom_dir: Path) -> None:
+    """Pass ``--views`` / ``--view-rule`` to a pipeline that places mammograms; exit 2 when they are
+    wrong or the pipeline takes none."""
+    if views is None and not view_rules:
+        return
+    if not hasattr(task, "configure_views"):
+        raise error_exit(f"--views and --view-rule apply to density, not {task.name}")
+    try:
+        task.configure_views(views=views, view_rules=view_rules, base=dicom_dir)
+    except ValueError as exc:
+        raise error_exit(exc) from exc
 
 
 def _weights_or_demo(task: Pipeline, weights: Path | None) -> Path:
@@ -135,3 +199,6 @@ def _print_run_summary(task: Pipeline, summary: RunSummary, out: Path) -> None:
     for what, count in summarize_errors(summary.errors).items():
         style = "red" if what.startswith("error") else "dim"
         console.print(f"  [{style}]{terminal_text(what)}: {count}[/{style}]")
+    warned = sum(1 for row in summary.rows if row.get("input_check"))
+    if warned:
+        console.print(f"  [yellow]{warned} case(s) unlike BraTS data: see input_check in results.csv[/yellow]")

@@ -21,7 +21,8 @@ _TrainingData = Annotated[
     typer.Argument(
         exists=True,
         file_okay=False,
-        help="RSNA layout (pneumonia), VinDr-like site folder(s) (density) or BraTS NIfTI folder (brats).",
+        help="RSNA layout or NIH ChestX-ray14 / CheXpert PNG-JPEG folder (pneumonia), VinDr-like site folder(s) "
+        "(density) or BraTS NIfTI folder (brats).",
     ),
 ]
 _Architecture = Annotated[
@@ -32,6 +33,24 @@ _Architecture = Annotated[
         "brats: segresnet (default), segresnet-compact."
     ),
 ]
+_UncertainLabels = Annotated[
+    str,
+    typer.Option(
+        help="pneumonia, CheXpert-style CSV: what -1 (uncertain) becomes: ignore (left out), zeros or ones; "
+        "blank is negative (docs: PNG and JPEG chest X-rays)."
+    ),
+]
+
+
+def _set_label_policy(task: Pipeline, uncertain: str) -> None:
+    """The CheXpert uncertain-label policy on a pipeline that reads PNG/JPEG tables; exit 2 when unknown."""
+    if hasattr(task, "label_policy"):
+        from dataclasses import replace
+
+        try:
+            task.label_policy = replace(task.label_policy, uncertain=uncertain)
+        except ValueError as exc:
+            raise error_exit(exc) from exc
 
 
 @app.command()
@@ -75,6 +94,7 @@ def train(
         typer.Option(min=0.0, max=1.0, help="Fraction of positive training images whose boxes supervise the map."),
     ] = 0.0,
     box_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the box-supervision loss.")] = 1.0,
+    uncertain_labels: _UncertainLabels = "ignore",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a pipeline's network (patient-level split, best checkpoint, resume; DDP under torchrun)."""
@@ -82,6 +102,7 @@ def train(
     from pipelines.training import TrainPipelineConfig, train_pipeline
 
     task = load_pipeline(pipeline)
+    _set_label_policy(task, uncertain_labels)
     config = TrainPipelineConfig(
         architecture=architecture or task.default_architecture,
         image_size=tuple(int(v) for v in image_size.lower().split("x")) if image_size else None,
@@ -134,35 +155,94 @@ def _print_train_result(task: Pipeline, result: TrainResult) -> None:
         )
 
 
+# The options of ``evaluate brats --predictions --truth`` (scoring files without a model).
+_Predictions = Annotated[
+    Path | None,
+    typer.Option(exists=True, file_okay=False, help="brats without a model: folder of predicted label maps."),
+]
+_Truth = Annotated[
+    Path | None,
+    typer.Option(exists=True, file_okay=False, help="brats without a model: folder of reference label maps."),
+]
+_Metrics = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        help="brats: legacy (whole-region Dice, HD95), lesionwise (BraTS 2023+) or legacy,lesionwise "
+        "(default: legacy with a model, lesionwise with --predictions).",
+    ),
+]
+_Challenge = Annotated[str, typer.Option(help="brats lesion-wise regions: mets, gli, gli2023, goat, men, ped, menrt.")]
+_HeaderSpacing = Annotated[
+    bool,
+    typer.Option(
+        "--header-spacing",
+        help="Apply the voxel spacing in header order (physically right) instead of the official evaluation's "
+        "reversed order; changes HD95/NSD on anisotropic grids only.",
+    ),
+]
+_Penalise = Annotated[
+    bool,
+    typer.Option(
+        "--penalise-unmatched",
+        help="mets: count missed large lesions and false positives as Dice 0, HD95 373 in the lesion-wise means.",
+    ),
+]
+
+
 @app.command()
 def evaluate(
     pipeline: PipelineArgument,
-    data: Annotated[
-        Path, typer.Argument(exists=True, file_okay=False, help="Dataset in the pipeline's public layout.")
-    ],
-    weights: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Checkpoint to evaluate.")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder: metrics.json, predictions.csv, report.html.")
     ],
+    data: Annotated[
+        Path | None,
+        typer.Argument(exists=True, file_okay=False, help="Dataset in the pipeline's public layout."),
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Checkpoint to evaluate.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     uncertainty: Annotated[
         str | None, typer.Option(help="brats: also score uncertainty maps (tta, mc-dropout) with QU-BraTS.")
     ] = None,
     samples: Annotated[int, typer.Option(min=1, help="brats: samples for the uncertainty method.")] = 8,
-    naming: Annotated[str, typer.Option(help="brats: NIfTI naming, brats2021 or brats2023.")] = "brats2021",
+    naming: Annotated[
+        str, typer.Option(help="brats: NIfTI naming, brats2021, brats2023 or plain (t1/t1ce/t2/flair per case folder).")
+    ] = "brats2021",
+    predictions: _Predictions = None,
+    truth: _Truth = None,
+    metric_sets: _Metrics = None,
+    challenge: _Challenge = "mets",
+    header_spacing: _HeaderSpacing = False,
+    penalise_unmatched: _Penalise = False,
+    uncertain_labels: _UncertainLabels = "ignore",
 ) -> None:
     """Evaluate a checkpoint on a labelled dataset (classification: bootstrap 95% intervals;
-    brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty)."""
+    brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty), or, for brats, score
+    segmentation files without a model (--predictions, --truth: BraTS lesion-wise metrics)."""
     from medimg.models import CheckpointError
     from pipelines import DatasetError
     from pipelines.training import evaluate_pipeline
 
+    if predictions is not None or truth is not None:
+        from pipelines.commands.brats_files import evaluate_files
+
+        evaluate_files(pipeline, predictions, truth, out, metric_sets, challenge, header_spacing, penalise_unmatched)
+        return
+    if data is None or weights is None:
+        raise error_exit("give DATA and --weights (a model to evaluate), or --predictions and --truth (brats)")
     task = load_pipeline(pipeline)
+    _set_label_policy(task, uncertain_labels)
     if hasattr(task, "configure"):
         task.configure(naming=naming, uncertainty=uncertainty, samples=samples)
     try:
-        metrics = evaluate_pipeline(task, data, weights, out, seed=seed, n_boot=n_boot)
+        chosen = tuple(m.strip() for m in (metric_sets or "legacy").split(",") if m.strip())
+        if not chosen or set(chosen) - {"legacy", "lesionwise"}:
+            raise error_exit(f"unknown --metrics {metric_sets!r}; choose legacy, lesionwise or legacy,lesionwise")
+        metrics = evaluate_pipeline(
+            task, data, weights, out, seed=seed, n_boot=n_boot, segmentation_metrics=chosen, challenge=challenge.lower()
+        )
     except (DatasetError, CheckpointError) as exc:
         raise error_exit(exc) from exc
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
