@@ -68,6 +68,7 @@ __all__ = [
     "file_sha256",
     "gradcam_layer",
     "load_checkpoint",
+    "model_gradcam_layer",
     "read_checkpoint",
     "register_wrapper",
     "registered_wrappers",
@@ -84,6 +85,7 @@ ARCHITECTURES: tuple[str, ...] = (
     "inception_v3",
     "segresnet",
     "segresnet-compact",
+    "monai",
 )
 #: Segmentation networks (dense outputs (B, K, *spatial)); the others are classifiers.
 SEGMENTATION_ARCHITECTURES: tuple[str, ...] = ("segresnet", "segresnet-compact")
@@ -202,6 +204,9 @@ def build_network(
             module to import, e.g. ``saliency.attention``).
     """
     _check_architecture(architecture)
+    if architecture == "monai":
+        return _build_from_config(kwargs)
+    kwargs.pop("trust_code", None)
     wrapper = kwargs.pop("wrapper", None)  # None: no wrapper (a plain backbone)
     if wrapper is not None:
         network = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels, **kwargs}
@@ -226,6 +231,27 @@ def build_network(
 
         return InceptionV3(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
     return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels, **kwargs)
+
+
+def _build_from_config(kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A MONAI bundle's network (``config``: its resolved ``network_def``) in its adapter."""
+    from medimg.model_sources.adapters import ModelAdapter
+    from medimg.model_sources.monai_config import build_monai_network
+
+    config, adapter = kwargs.get("config"), kwargs.get("adapter")
+    if not isinstance(config, Mapping) or not isinstance(adapter, Mapping):
+        raise ValueError("a 'monai' network needs its 'config' (network_def) and 'adapter' settings")
+    network = build_monai_network({"network_def": dict(config)}, trust=bool(kwargs.get("trust_code")))
+    return ModelAdapter(network, **dict(adapter))
+
+
+def model_gradcam_layer(meta: Mapping[str, Any]) -> str | None:
+    """The Grad-CAM layer of a loaded model: the one its meta names (bundles, model cards), else
+    the architecture's (:func:`gradcam_layer`); None when neither says (Grad-CAM cannot run)."""
+    if meta.get("gradcam_layer"):
+        return str(meta["gradcam_layer"])
+    architecture = str(meta.get("architecture"))
+    return _GRADCAM_LAYERS.get(architecture)
 
 
 def gradcam_layer(architecture: str) -> str:
@@ -439,6 +465,7 @@ def load_checkpoint(
     pipeline: str | None = None,
     architecture: str | None = None,
     map_location: Any = "cpu",
+    trust_code: bool = False,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the network stored in a checkpoint and load its weights (strictly).
 
@@ -447,6 +474,8 @@ def load_checkpoint(
         pipeline: when given, the checkpoint must have been made for this pipeline.
         architecture: when given, the checkpoint must hold this architecture.
         map_location: device for the tensors and the returned network.
+        trust_code: a ``"monai"`` network (from a bundle) may instantiate any class its config
+            names (default: MONAI network classes only).
 
     Returns:
         ``(model, meta)``: the network in eval mode on ``map_location``, and the checkpoint's
@@ -465,7 +494,8 @@ def load_checkpoint(
     if architecture is not None and meta["architecture"] != architecture:
         raise CheckpointError(f"checkpoint {path} holds a {meta['architecture']!r} network, not {architecture!r}")
     try:
-        model = build_network(meta["architecture"], **meta["network"])
+        extra = {"trust_code": trust_code} if meta["architecture"] == "monai" else {}
+        model = build_network(meta["architecture"], **meta["network"], **extra)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot build its network ({exc})") from exc
     try:
