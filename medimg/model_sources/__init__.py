@@ -3,7 +3,7 @@ files with a model card; one loader for every command (:func:`load_model`)."""
 
 from medimg.model_sources.adapters import ModelAdapter
 from medimg.model_sources.card import ModelCardError, read_card
-from medimg.model_sources.loader import ModelSourceError, load_model, model_kind
+from medimg.model_sources.loader import ModelSourceError, load_model, model_kind, model_sha256
 from medimg.model_sources.monai_config import UntrustedConfigError
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "UntrustedConfigError",
     "load_model",
     "model_kind",
+    "model_sha256",
     "read_card",
 ]

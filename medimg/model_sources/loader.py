@@ -25,7 +25,7 @@ from medimg.model_sources.monai_config import UntrustedConfigError, build_monai_
 from medimg.model_sources.scripted import SCRIPTED_SUFFIXES, ScriptedModelError, card_path_for, load_scripted
 from medimg.models import CheckpointError, file_sha256, load_checkpoint
 
-__all__ = ["ModelSourceError", "load_model", "model_kind"]
+__all__ = ["ModelSourceError", "load_model", "model_kind", "model_sha256"]
 
 #: The pipelines' own class names, used when a model gives a single sigmoid logit.
 _DEFAULT_LABELS = {"pneumonia": ["no_pneumonia", "pneumonia"], "density": ["A", "B", "C", "D"]}
@@ -42,6 +42,26 @@ def model_kind(path: str | os.PathLike[str]) -> str:
     if is_bundle(path):
         return "bundle"
     return SCRIPTED_SUFFIXES.get(path.suffix.lower(), "checkpoint")
+
+
+def model_sha256(path: str | os.PathLike[str], card: str | os.PathLike[str] | None = None) -> str:
+    """One SHA-256 for ``--weights`` (what a rerun compares): a file's own, or for a bundle folder
+    the digest of its files' relative names and digests; a model card (given, or found beside a
+    TorchScript/exported file) counts too."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for item in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+            digest.update(f"{item.relative_to(path).as_posix()}\0{file_sha256(item)}\n".encode())
+        own = digest.hexdigest()
+    else:
+        own = file_sha256(path)
+    found = Path(card) if card is not None else (card_path_for(path) if model_kind(path) != "checkpoint" else None)
+    if found is None or not found.is_file():
+        return own
+    return hashlib.sha256(f"{own}\0{file_sha256(found)}".encode()).hexdigest()
 
 
 def load_model(

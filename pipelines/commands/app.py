@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -26,7 +27,10 @@ __all__ = [
     "PIPELINE_HELP",
     "SITE_HELP",
     "PipelineArgument",
+    "ModelCardOption",
     "QuietOption",
+    "TrustModelCodeOption",
+    "WEIGHTS_HELP",
     "app",
     "console",
     "csv_list",
@@ -57,6 +61,30 @@ SITE_HELP = (
 PipelineArgument = Annotated[str, typer.Argument(help=PIPELINE_HELP)]
 #: ``--quiet/-q`` of the commands with one progress bar.
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+#: ``--weights`` of every command that runs a model (see medimg.model_sources).
+WEIGHTS_HELP = (
+    "The model: a medimg checkpoint, a MONAI bundle (folder or .zip), or a TorchScript (.ts) or torch.export "
+    "(.pt2) file with its model card beside it."
+)
+#: ``--trust-model-code`` of every command that loads a model.
+TrustModelCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model-code",
+        help="Let a MONAI bundle's config run code ($ expressions, any _target_). Only for bundles whose "
+        "origin you trust; without it, only MONAI network classes are instantiated.",
+    ),
+]
+#: ``--model-card`` of every command that loads a model.
+ModelCardOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--model-card",
+        exists=True,
+        dir_okay=False,
+        help="Model card YAML (default: NAME.yaml beside the model file); fills what a bundle does not state.",
+    ),
+]
 #: ``--max-pixels`` of the commands that read images or volumes (checked from the header, before decoding).
 MaxPixelsOption = Annotated[
     Optional[int],  # noqa: UP045 - typer needs Optional on 3.10
