@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -280,7 +281,9 @@ def load_bundle_weights(files: BundleFiles, network: Any | None, *, map_location
     where = f"bundle {files.path}: {files.weights_name}"
     if files.weights_name.endswith(".ts"):
         try:
-            return torch.jit.load(io.BytesIO(files.weights), map_location=map_location)
+            with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(io.BytesIO(files.weights), map_location=map_location)
         except Exception as exc:  # torch raises RuntimeError and others for a bad archive
             raise BundleError(f"{where} is not a readable TorchScript file: {load_error_detail(exc)}") from exc
     try:

@@ -8,6 +8,7 @@ they come with a model card (:mod:`medimg.model_sources.card`), found beside the
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def load_scripted(path: str | os.PathLike[str], *, map_location: Any = "cpu") ->
         raise ScriptedModelError(f"model {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         if kind == "torchscript":
-            module = torch.jit.load(str(path), map_location=map_location)
+            with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; users still have such files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=map_location)
         else:
             module = torch.export.load(str(path)).module()
             module.to(map_location)
