@@ -69,6 +69,7 @@ __all__ = [
     "gradcam_layer",
     "load_checkpoint",
     "model_gradcam_layer",
+    "monai_network_def",
     "read_checkpoint",
     "register_wrapper",
     "registered_wrappers",
@@ -243,6 +244,39 @@ def _build_from_config(kwargs: dict[str, Any]) -> torch.nn.Module:
         raise ValueError("a 'monai' network needs its 'config' (network_def) and 'adapter' settings")
     network = build_monai_network({"network_def": dict(config)}, trust=bool(kwargs.get("trust_code")))
     return ModelAdapter(network, **dict(adapter))
+
+
+#: The MONAI class (and its settings) each architecture builds; inception_v3 is medimg's own.
+_MONAI_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "densenet121": ("monai.networks.nets.DenseNet121", {}),
+    "compact": ("monai.networks.nets.DenseNet", _COMPACT_DEFAULTS),
+    "resnet18": (
+        "monai.networks.nets.ResNet",
+        {"block": "basic", "layers": (2, 2, 2, 2), "block_inplanes": (64, 128, 256, 512)},
+    ),
+    "resnet-compact": ("monai.networks.nets.ResNet", _RESNET_COMPACT_DEFAULTS),
+    "segresnet": ("monai.networks.nets.SegResNet", _SEGRESNET_DEFAULTS["segresnet"]),
+    "segresnet-compact": ("monai.networks.nets.SegResNet", _SEGRESNET_DEFAULTS["segresnet-compact"]),
+}
+
+
+def monai_network_def(architecture: str, network: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A MONAI bundle ``network_def`` (``_target_`` and the constructor's keyword arguments, JSON
+    types) that builds the same network as ``build_network(architecture, **network)``.
+
+    Returns:
+        None when the network is not one MONAI class: ``inception_v3``, a wrapper (the attention
+        gate), or a ``"monai"`` network (a bundle's network inside its adapter).
+    """
+    _check_architecture(architecture)
+    if architecture not in _MONAI_CLASSES or network.get("wrapper") is not None:
+        return None
+    target, defaults = _MONAI_CLASSES[architecture]
+    kwargs = dict(network)
+    if target.endswith(".ResNet"):  # MONAI's ResNet names its channels differently
+        kwargs["n_input_channels"] = kwargs.pop("in_channels", 1)
+        kwargs["num_classes"] = kwargs.pop("out_channels")
+    return json.loads(json.dumps({"_target_": target, **defaults, **kwargs}))
 
 
 def model_gradcam_layer(meta: Mapping[str, Any]) -> str | None:

@@ -205,6 +205,16 @@ class Pipeline:
         """
         return None
 
+    def load_extra_models(self, meta: Mapping[str, Any], *, device: str, trust_code: bool = False) -> None:
+        """Load the further models a run needs besides ``--weights`` (brats: the ensemble members),
+        before any output is written; raise :class:`medimg.models.CheckpointError` for a bad one."""
+        return None
+
+    def run_notes(self, model: Any, meta: Mapping[str, Any]) -> list[str]:
+        """What a run with this model leaves out or does differently (e.g. no Grad-CAM heat maps for
+        a TorchScript model), for ``run.json`` and the report."""
+        return []
+
     def study_items(self, study: Any, chosen: Any) -> list[dict[str, Any]]:
         """For ``unit == "study"``: the work items of a study from what the rules picked."""
         raise NotImplementedError

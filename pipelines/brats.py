@@ -247,6 +247,8 @@ class BratsPipeline(Pipeline):
         self.uncertainty: str | None = None
         self.samples = 8
         self.ensemble_weights: list[str] = []
+        #: The loaded ensemble members (:meth:`load_extra_models`), None until loaded.
+        self._members: list[Any] | None = None
 
     def configure(
         self,
@@ -275,7 +277,34 @@ class BratsPipeline(Pipeline):
             raise ValueError("uncertainty 'ensemble' needs further checkpoints (--ensemble-weights)")
         self.naming, self.uncertainty, self.samples = naming, uncertainty, samples
         self.ensemble_weights = [str(w) for w in ensemble_weights]
+        self._members = None
         return self
+
+    def load_extra_models(self, meta: Mapping[str, Any], *, device: str, trust_code: bool = False) -> None:
+        """Load the ``ensemble`` members (any model kind, :func:`medimg.model_sources.load_model`;
+        each beside its own card, if any) once; they must read the channels in the main model's order.
+
+        Raises:
+            medimg.model_sources.ModelSourceError: a member cannot be loaded, or reads its input
+                channels in another order than the main model (the message names the file).
+        """
+        from medimg.model_sources import ModelSourceError, load_model
+
+        if self.uncertainty != "ensemble":
+            self._members = []
+            return
+        channels = list(meta["preprocessing"].get("channels", CHANNEL_ORDER))
+        members = []
+        for path in self.ensemble_weights:
+            member, member_meta = load_model(path, pipeline=self.name, map_location=device, trust_code=trust_code)
+            theirs = list(member_meta["preprocessing"].get("channels", CHANNEL_ORDER))
+            if theirs != channels:
+                raise ModelSourceError(
+                    f"ensemble member {path} reads the channels as {theirs}, the main model as {channels}: "
+                    "an ensemble's models must read them in one order"
+                )
+            members.append(member)
+        self._members = members
 
     def preprocessing(self, architecture: str, image_size: Sequence[int] | None = None) -> dict[str, Any]:
         return {
@@ -298,6 +327,17 @@ class BratsPipeline(Pipeline):
             return load_case(item["case_id"], item["sources"], channels=channels)
 
         return load
+
+    def run_notes(self, model: Any, meta: Mapping[str, Any]) -> list[str]:
+        """A bundle or card threshold other than 0.5: the labels are still cut at 0.5."""
+        stated = ((meta.get("source") or {}).get("values") or {}).get("threshold") or {}
+        value = stated.get("value")
+        if isinstance(value, (int, float)) and float(value) != 0.5:
+            return [
+                f"The model states a threshold of {value} ({stated.get('from', '')}); medimg cuts the region "
+                "probabilities at 0.5."
+            ]
+        return []
 
     def output_folder(self, study_uid: str, item: Mapping[str, Any]) -> str:
         """``{case ID}`` for a NIfTI case; ``{case ID}_{hash of StudyInstanceUID}`` for a DICOM study
@@ -406,15 +446,13 @@ class BratsPipeline(Pipeline):
 
         import torch
 
-        from medimg.models import load_checkpoint
-
         with quiet_monai():
             predict = self._predictor(meta, device)
             models = [model]
             if self.uncertainty == "ensemble":
-                models += [
-                    load_checkpoint(w, pipeline=self.name, map_location=device)[0] for w in self.ensemble_weights
-                ]
+                if self._members is None:
+                    self.load_extra_models(meta, device=device)
+                models += list(self._members or [])
             results = []
             for case, item in zip(inputs, items, strict=True):
                 start = time.perf_counter()

@@ -223,22 +223,27 @@ def evaluate_brats(
     *,
     metric_sets: tuple[str, ...] = ("legacy",),
     challenge: str = "mets",
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Dice and HD95 per region over the cases of ``data_dir`` (+ QU-BraTS scores with uncertainty).
 
     ``metric_sets``: ``legacy`` (those Dice and HD95) and/or ``lesionwise`` (the BraTS lesion-wise
     columns of ``challenge``, :func:`pipelines.brats_evaluation.lesionwise_of_labels`).
+    ``weights``: any model :func:`medimg.model_sources.load_model` reads (``trust_code`` and
+    ``card`` are passed to it); the cases are read in its channel order and preprocessed as it says.
     Writes ``metrics.json`` (means, standard deviations and per-case values) and ``cases.csv``.
     """
     import torch
     from monai.metrics import compute_hausdorff_distance
 
-    from medimg.models import file_sha256, load_checkpoint
+    from medimg.model_sources import load_model
     from pipelines.brats_evaluation import lesionwise_of_labels
+    from pipelines.model_info import model_record
     from uncertainty.qubrats import score_case
 
     out = Path(out)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
     convention = meta["preprocessing"].get("labels", "brats2020")
     rows = []
     for item in _items(pipeline, data_dir):
@@ -285,7 +290,7 @@ def evaluate_brats(
         "cases": rows,
         "n_cases": len(rows),
         "uncertainty": pipeline.uncertainty,
-        "weights": {"path": str(weights), "sha256": file_sha256(weights), "architecture": meta["architecture"]},
+        "weights": model_record(weights, meta, card),
         "data": str(data_dir),
     }
     out.mkdir(parents=True, exist_ok=True)

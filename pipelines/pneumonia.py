@@ -33,7 +33,40 @@ from medimg.safepath import safe_name
 from medimg.writers import write_csv
 from pipelines.base import DatasetError, ImageResult, Pipeline
 
-__all__ = ["PneumoniaPipeline", "boxes_from_heatmap"]
+__all__ = ["PneumoniaPipeline", "boxes_from_heatmap", "gradcam_plan"]
+
+
+def gradcam_plan(model: Any, meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(layer, None)`` when Grad-CAM can run on ``model``, else ``(None, why not)``.
+
+    The layer is the one the model's meta names (a bundle's known network, a model card's
+    ``gradcam_layer``), else its architecture's. TorchScript modules refuse forward hooks
+    (``register_forward_hook is not supported on ScriptModules``, also under captum's
+    ``LayerGradCam``) and a ``torch.export`` program keeps no layer modules (its ReLUs and linear
+    head are graph operations), so neither gets heat maps.
+    """
+    import torch
+
+    from medimg.models import model_gradcam_layer
+
+    kind = meta.get("architecture")
+    if kind in ("torchscript", "torch.export"):
+        hooks = "refuses forward hooks" if kind == "torchscript" else "has no layer modules to hook"
+        return None, (
+            f"No Grad-CAM heat maps or boxes: a {kind} model {hooks}; the probabilities are unaffected. "
+            "Export the model as a MONAI bundle (model.pt + network_def) for heat maps."
+        )
+    layer = model_gradcam_layer(meta)
+    if layer is None:
+        return None, (
+            "No Grad-CAM heat maps or boxes: the model does not say which layer to hook; write gradcam_layer "
+            "(the last feature map before pooling) in its model card."
+        )
+    if layer not in dict(model.named_modules()):
+        return None, f"No Grad-CAM heat maps or boxes: the model has no layer {layer!r} (gradcam_layer)."
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        return None, "No Grad-CAM heat maps or boxes: the model has no linear head after its feature map."
+    return layer, None
 
 
 def boxes_from_heatmap(
@@ -177,25 +210,35 @@ class PneumoniaPipeline(Pipeline):
 
     def forward(self, model: Any, images: Any, meta: Mapping) -> tuple[Any, Any]:
         """Logits and, from the same forward pass, the model's attention maps when it has the
-        trainable gate, else the pneumonia-class Grad-CAM maps."""
-        from medimg.models import gradcam_layer
-        from saliency.cam import gradcam_forward
+        trainable gate, else the pneumonia-class Grad-CAM maps; no maps (None) when the model has
+        no layer Grad-CAM can hook (:func:`gradcam_plan`)."""
+        from saliency.cam import find_linear_head, gradcam_forward
 
         attended = self.attention_forward(model, images)
         if attended is not None:
             return attended
-        return gradcam_forward(model, images, gradcam_layer(meta["architecture"]), class_index=1)
+        layer, _ = gradcam_plan(model, meta)
+        if layer is None:
+            return model(images), None
+        single_logit = find_linear_head(model)[1].out_features == 1  # a sigmoid logit: the pneumonia one
+        return gradcam_forward(model, images, layer, class_index=0 if single_logit else 1)
+
+    def run_notes(self, model: Any, meta: Mapping[str, Any]) -> list[str]:
+        _, why_not = gradcam_plan(model, meta)
+        return [why_not] if why_not else []
 
     def postprocess(self, images: Any, prob: np.ndarray, extras: Any, items: Sequence[Mapping], meta: Mapping) -> list:
         threshold = float(meta.get("training", {}).get("operating_threshold", 0.5))
-        maps = extras.cpu()
-        source = "attention" if "wrapper" in meta.get("network", {}) else "grad-cam"
+        maps = extras.cpu() if extras is not None else None  # None: no layer to hook (see run_notes)
+        source = "attention" if "wrapper" in meta.get("network", {}) else "grad-cam" if maps is not None else "none"
         results = []
         for i, item in enumerate(items):
             # network grid (X, Y) -> source grid (columns, rows) -> image orientation (rows, columns)
-            image, heat = self.source_grid(images.cpu(), maps, i, int(item["Rows"]), int(item["Columns"]))
+            grid = maps if maps is not None else images.cpu()[:, :1]
+            image, grid_heat = self.source_grid(images.cpu(), grid, i, int(item["Rows"]), int(item["Columns"]))
+            heat = grid_heat if maps is not None else None
             p = float(prob[i, 1])
-            boxes = boxes_from_heatmap(heat) if p >= threshold else []
+            boxes = boxes_from_heatmap(heat) if p >= threshold and heat is not None else []
             row = {
                 "probability": p,
                 "predicted": self.labels[int(p >= threshold)],

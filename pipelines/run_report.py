@@ -1,14 +1,16 @@
-"""``report.html`` of a pipeline run: counts, timings, results table, thumbnails, what was skipped."""
+"""``report.html`` of a pipeline run: counts, timings, the model's source, results table, thumbnails, what
+was skipped."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from medimg.report import Report
 from pipelines.base import Pipeline
+from pipelines.model_info import add_model_source
 
 __all__ = ["plain_run_report", "run_report", "summarize_errors"]
 
@@ -67,8 +69,8 @@ def _input_checks(report: Report, rows: list[Mapping[str, Any]]) -> None:
         report.table(warned[:200], columns)
 
 
-def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Report:
-    """Self-contained summary of one run."""
+def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any], notes: Sequence[str] = ()) -> Report:
+    """Self-contained summary of one run; ``notes``: what the run left out (:meth:`Pipeline.run_notes`)."""
     report = Report(f"medimg run {pipeline.name}", subtitle=pipeline.description)
     report.heading("Run")
     report.table(
@@ -82,6 +84,7 @@ def run_report(pipeline: Pipeline, summary: Any, meta: Mapping[str, Any]) -> Rep
         + (f" ({training.get('note')})" if training.get("note") else "")
         + f"; preprocessing {meta['preprocessing']}."
     )
+    add_model_source(report, meta, notes)
     report.heading("Results")
     columns = ["PatientID", "selection", *pipeline.result_columns]
     report.table(summary.rows[:200], [c for c in columns if c != "overlay"])

@@ -130,15 +130,16 @@ class OutputLock:
 
 def result_settings(pipeline: Any, weights_sha256: str) -> dict[str, Any]:
     """What decides a run's results (batch size, device and workers do not): pipeline, weights and,
-    for pipelines with uncertainty, its method, samples and ensemble checkpoints (their SHA-256);
+    for pipelines with uncertainty, its method, samples and ensemble models (their SHA-256,
+    :func:`medimg.model_sources.model_sha256`: bundle folders and model cards included);
     for pipelines with a label convention (brats), that setting; for density, its views table and rules."""
-    from medimg.models import file_sha256
+    from medimg.model_sources import model_sha256
 
     method = getattr(pipeline, "uncertainty", None)
     convention = getattr(pipeline, "label_convention", None)
     ensemble = list(getattr(pipeline, "ensemble_weights", []) or []) if method == "ensemble" else []
     try:
-        ensemble_sha = [file_sha256(w) for w in ensemble]
+        ensemble_sha = [model_sha256(w) for w in ensemble]
     except OSError as exc:
         raise RunRefused(f"cannot read the ensemble weights: {exc}") from exc
     return {

@@ -2,7 +2,8 @@
 
 Outputs in OUT:
 
-- ``run.json``: versions, weights and their sha256, settings, counts, timings;
+- ``run.json``: versions, weights (their sha256 and source: the kind of model file, each file's
+  SHA-256, every value taken from a MONAI bundle or model card), settings, counts, timings;
 - ``results.csv``: one row per image (PatientID, Study/Series/SOP Instance UIDs, source file,
   the selection that took it, then the pipeline's columns);
 - ``errors.csv``: every file, series or study not processed and why; ``kind`` is ``error``
@@ -289,6 +290,7 @@ def _write_run_json(
                 "sha256": identity["weights_sha256"],
                 "architecture": meta["architecture"],
                 "training": meta.get("training", {}),
+                "source": meta.get("source", {}),
             },
             "settings": {
                 "batch_size": settings["batch_size"],
@@ -301,6 +303,7 @@ def _write_run_json(
                 "ensemble_weights": list(getattr(pipeline, "ensemble_weights", []) or []),
             },
             "result_settings": identity,
+            "notes": list(settings.get("notes", [])),
             "versions": _versions(),
             "counts": summary.counts,
             "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
@@ -322,6 +325,8 @@ def run_pipeline(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     write_report: bool = True,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> RunSummary:
     """Run ``pipeline`` on every study of ``dicom_dir`` and write the outputs to ``out``.
 
@@ -329,37 +334,44 @@ def run_pipeline(
         pipeline: the task (e.g. :class:`pipelines.pneumonia.PneumoniaPipeline`).
         dicom_dir: folder of DICOM files (any layout, any file names).
         out: output folder (created; reused to resume when the result settings agree).
-        weights: checkpoint made for this pipeline (refused otherwise).
+        weights: the model for this pipeline (refused otherwise): a medimg checkpoint, a MONAI
+            bundle (folder or zip), a TorchScript ``.ts`` or ``torch.export`` ``.pt2`` file
+            (:func:`medimg.model_sources.load_model`).
         overwrite: remove the outputs of earlier runs in ``out`` and start clean.
         batch_size: images per forward pass.
         device: torch device.
         workers: processes for the header scan.
         progress: ``progress(done, total)`` per image.
         write_report: also write ``report.html``.
+        trust_code: let a bundle's config run code (``--trust-model-code``).
+        card: the model card (default: the one beside the model file).
 
     Returns:
         The :class:`RunSummary`. Bad inputs are recorded in ``errors.csv``, never raised.
 
     Raises:
-        medimg.models.CheckpointError: the weights are missing or not for this pipeline.
+        medimg.models.CheckpointError: the weights are missing, unreadable or not for this pipeline
+            (a :class:`medimg.model_sources.ModelSourceError` for a bundle, TorchScript or card).
         RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
             settings (and not ``overwrite``); nothing was written then.
     """
-    from medimg.models import file_sha256, load_checkpoint
+    from medimg.model_sources import load_model, model_sha256
 
     start = time.perf_counter()
     out = prepare_output(out)
     with OutputLock(out):
         remove_stale_temporaries(out)
-        model, meta = load_checkpoint(weights, pipeline=pipeline.name, map_location=device)
-        model.eval().to(device)
-        identity = result_settings(pipeline, file_sha256(weights))
+        model, meta = load_model(weights, pipeline=pipeline.name, map_location=device, trust_code=trust_code, card=card)
+        pipeline.load_extra_models(meta, device=device, trust_code=trust_code)
+        identity = result_settings(pipeline, model_sha256(weights, card))
         if overwrite:
             clean_previous_run(out)
         else:
             check_rerun(out, identity)
         summary = RunSummary(out=out)
+        notes = pipeline.run_notes(model, meta)
         settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite, "result": identity}
+        settings["notes"] = notes
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "running"}, summary, [])
         transform = pipeline.transforms(meta["preprocessing"], train=False)
         jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary)
@@ -368,19 +380,19 @@ def run_pipeline(
         )
         outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
         if write_report:
-            _write_report(pipeline, summary, meta)
+            _write_report(pipeline, summary, meta, notes)
         write_csv(out / "errors.csv", summary.errors, ERROR_COLUMNS)
         summary.timings["total"] = time.perf_counter() - start
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "finished"}, summary, outputs)
     return summary
 
 
-def _write_report(pipeline: Pipeline, summary: RunSummary, meta: Mapping[str, Any]) -> None:
+def _write_report(pipeline: Pipeline, summary: RunSummary, meta: Mapping[str, Any], notes: list[str]) -> None:
     """``report.html``; when it cannot be made, an error line and a plain report of the counts and errors."""
     from pipelines.run_report import plain_run_report, run_report
 
     try:
-        run_report(pipeline, summary, meta).write(summary.out / "report.html")
+        run_report(pipeline, summary, meta, notes).write(summary.out / "report.html")
     except Exception as exc:  # noqa: BLE001 - the bookkeeping is finished whatever the report does
         summary.errors.append(
             {"kind": "error", "path": "report.html", "reason": f"cannot make the report: {describe_error(exc)}"}

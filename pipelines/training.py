@@ -7,13 +7,15 @@ The best checkpoint carries the pipeline's metadata (architecture, preprocessing
 summary) and, for binary tasks, the operating threshold chosen on the validation split
 (Youden's J).
 
-``evaluate_pipeline``: predict every image of a dataset with a checkpoint and write
+``evaluate_pipeline``: predict every image of a dataset with a model (any kind
+:func:`medimg.model_sources.load_model` reads) and write
 ``metrics.json`` (point estimates with bootstrap 95% intervals), ``predictions.csv`` and
 ``report.html`` (ROC/PR/calibration or confusion matrix).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -362,7 +364,8 @@ def predict_dataset(model: Any, dataset: Any, *, batch_size: int = 16) -> tuple[
     from monai.data import DataLoader
 
     labels, probs = [], []
-    model.eval()
+    with contextlib.suppress(NotImplementedError):  # a torch.export program refuses eval(); it is exported in eval
+        model.eval()
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size):
             image = batch["image"]
@@ -383,24 +386,41 @@ def evaluate_pipeline(
     batch_size: int = 16,
     segmentation_metrics: tuple[str, ...] = ("legacy",),
     challenge: str = "mets",
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on every image of ``data_dir``; write metrics, predictions, report.
+    """Evaluate a model on every image of ``data_dir``; write metrics, predictions, report.
 
-    ``segmentation_metrics`` (``legacy``, ``lesionwise``) and ``challenge`` (the lesion-wise
-    regions) apply to the 3-D segmentation pipeline (brats) only.
+    ``weights`` is any model :func:`medimg.model_sources.load_model` reads (a medimg checkpoint,
+    a MONAI bundle, a TorchScript or ``torch.export`` file with its card); ``trust_code`` and
+    ``card`` are passed to it. ``segmentation_metrics`` (``legacy``, ``lesionwise``) and
+    ``challenge`` (the lesion-wise regions) apply to the 3-D segmentation pipeline (brats) only.
 
     Returns:
         The metrics dict written to ``metrics.json``.
+
+    Raises:
+        medimg.models.CheckpointError: the model cannot be loaded (the message names the file).
     """
-    from medimg.models import file_sha256, load_checkpoint
+    from medimg.model_sources import load_model
     from medimg.report import Report
+    from pipelines.model_info import add_model_source, model_record
 
     if pipeline.unit == "study":  # 3-D segmentation (brats)
         from pipelines.brats_training import evaluate_brats
 
-        return evaluate_brats(pipeline, data_dir, weights, out, metric_sets=segmentation_metrics, challenge=challenge)
+        return evaluate_brats(
+            pipeline,
+            data_dir,
+            weights,
+            out,
+            metric_sets=segmentation_metrics,
+            challenge=challenge,
+            trust_code=trust_code,
+            card=card,
+        )
     out = Path(out)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
     items = pipeline.load_dataset(data_dir)
     y, prob = predict_items(model, items, pipeline, meta["preprocessing"], batch_size=batch_size)
     threshold = meta.get("training", {}).get("operating_threshold")
@@ -410,7 +430,7 @@ def evaluate_pipeline(
         "pipeline": pipeline.name,
         "data": str(data_dir),
         "n_images": len(items),
-        "weights": {"path": str(weights), "sha256": file_sha256(weights), "architecture": meta["architecture"]},
+        "weights": model_record(weights, meta, card),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
@@ -426,6 +446,7 @@ def evaluate_pipeline(
     write_csv(out / "predictions.csv", rows, ["image", "patient_id", "label", *(f"prob_{n}" for n in pipeline.labels)])
     report = Report(f"medimg evaluate {pipeline.name}", subtitle=f"{len(items)} images from {data_dir}")
     report.text(f"Weights {weights} ({meta['architecture']}), sha256 {metrics['weights']['sha256'][:16]}...")
+    add_model_source(report, meta)
     pipeline.add_evaluation_report(report, y, prob, metrics)
     report.write(out / "report.html")
     return metrics

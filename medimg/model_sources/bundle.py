@@ -179,16 +179,16 @@ def _short(target: Any) -> str:
     return str(target).rsplit(".", 1)[-1]
 
 
-def _channel_names(spec: Mapping[str, Any]) -> list[str] | None:
+def _channel_names(entry: Mapping[str, Any]) -> list[str] | None:
     """``channel_def`` in index order, a single name repeated for ``num_channels`` inputs."""
-    definition = spec.get("channel_def")
+    definition = entry.get("channel_def")
     if not isinstance(definition, Mapping) or not definition:
         return None
     try:
         names = [str(definition[k]) for k in sorted(definition, key=lambda k: int(k))]
     except (TypeError, ValueError):
         return None
-    count = spec.get("num_channels")
+    count = entry.get("num_channels")
     if isinstance(count, int) and len(names) == 1 and count > 1:
         names = names * count
     return names

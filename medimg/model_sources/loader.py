@@ -85,6 +85,11 @@ def load_model(
     """
     kind = model_kind(path)
     try:
+        if kind == "checkpoint" and Path(path).is_dir():
+            raise ModelSourceError(
+                f"model {path} is a folder but not a MONAI bundle (no configs/ folder with metadata.json and "
+                "inference.json); --weights takes a checkpoint file, a bundle folder or zip, or a .ts/.pt2 file"
+            )
         if kind == "checkpoint":
             model, meta = load_checkpoint(path, pipeline=pipeline, map_location=map_location, trust_code=trust_code)
             meta = dict(meta)

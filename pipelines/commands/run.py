@@ -11,9 +11,12 @@ import typer
 from medimg.progress import tracked
 from medimg.untrusted import terminal_text
 from pipelines.commands.app import (
+    WEIGHTS_HELP,
     MaxPixelsOption,
+    ModelCardOption,
     PipelineArgument,
     QuietOption,
+    TrustModelCodeOption,
     app,
     apply_max_pixels,
     console,
@@ -39,8 +42,12 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")],
     weights: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint; default: the demo weights in sample_data/weights/ (synthetic phantoms only)."),
+        typer.Option(
+            help=f"{WEIGHTS_HELP} Default: the demo weights in sample_data/weights/ (synthetic phantoms only).",
+        ),
     ] = None,  # noqa: UP045
+    trust_model_code: TrustModelCodeOption = False,
+    model_card: ModelCardOption = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -58,7 +65,10 @@ def run(
     samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,
     ensemble_weights: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Option(help="brats: further checkpoints for --uncertainty ensemble (repeatable)."),
+        typer.Option(
+            help="brats: further models for --uncertainty ensemble (repeatable; any --weights kind, each with "
+            "its own card beside it; --trust-model-code applies to them too)."
+        ),
     ] = None,
     naming: Annotated[
         str,
@@ -123,6 +133,8 @@ def run(
                 batch_size=batch_size,
                 device=device,
                 progress=update,
+                trust_code=trust_model_code,
+                card=model_card,
             )
     except (CheckpointError, RunRefused) as exc:
         raise error_exit(exc) from exc

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medimg.untrusted import terminal_text
-from pipelines.commands.app import PipelineArgument, app, console, error_exit, load_pipeline
+from pipelines.commands.app import (
+    WEIGHTS_HELP,
+    ModelCardOption,
+    PipelineArgument,
+    TrustModelCodeOption,
+    app,
+    console,
+    error_exit,
+    load_pipeline,
+)
 
 if TYPE_CHECKING:
     from medimg.training import TrainResult
@@ -155,6 +164,9 @@ def _print_train_result(task: Pipeline, result: TrainResult) -> None:
         )
 
 
+# ``evaluate --weights``: the model kinds (medimg.model_sources), without the first word of WEIGHTS_HELP.
+_WEIGHTS_KINDS = WEIGHTS_HELP.split(": ", 1)[-1]
+
 # The options of ``evaluate brats --predictions --truth`` (scoring files without a model).
 _Predictions = Annotated[
     Path | None,
@@ -200,7 +212,9 @@ def evaluate(
         Path | None,
         typer.Argument(exists=True, file_okay=False, help="Dataset in the pipeline's public layout."),
     ] = None,
-    weights: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Checkpoint to evaluate.")] = None,
+    weights: Annotated[Path | None, typer.Option(exists=True, help=f"The model to evaluate: {_WEIGHTS_KINDS}")] = None,
+    trust_model_code: TrustModelCodeOption = False,
+    model_card: ModelCardOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     uncertainty: Annotated[
@@ -218,7 +232,7 @@ def evaluate(
     penalise_unmatched: _Penalise = False,
     uncertain_labels: _UncertainLabels = "ignore",
 ) -> None:
-    """Evaluate a checkpoint on a labelled dataset (classification: bootstrap 95% intervals;
+    """Evaluate a model (any --weights kind) on a labelled dataset (classification: bootstrap 95% intervals;
     brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty), or, for brats, score
     segmentation files without a model (--predictions, --truth: BraTS lesion-wise metrics)."""
     from medimg.models import CheckpointError
@@ -241,7 +255,16 @@ def evaluate(
         if not chosen or set(chosen) - {"legacy", "lesionwise"}:
             raise error_exit(f"unknown --metrics {metric_sets!r}; choose legacy, lesionwise or legacy,lesionwise")
         metrics = evaluate_pipeline(
-            task, data, weights, out, seed=seed, n_boot=n_boot, segmentation_metrics=chosen, challenge=challenge.lower()
+            task,
+            data,
+            weights,
+            out,
+            seed=seed,
+            n_boot=n_boot,
+            segmentation_metrics=chosen,
+            challenge=challenge.lower(),
+            trust_code=trust_model_code,
+            card=model_card,
         )
     except (DatasetError, CheckpointError) as exc:
         raise error_exit(exc) from exc

@@ -226,3 +226,23 @@ def test_a_bundle_model_saved_as_a_medimg_checkpoint_rebuilds(brats_bundle: Path
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
     assert again_meta["network"]["config"]["_target_"] == "SegResNet"
+
+
+def test_the_readme_card_is_a_valid_card(tmp_path: Path) -> None:
+    from medimg.model_sources.card import read_card
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    card = read_card(_text(tmp_path / "cxr.yaml", block))
+    assert card["task"] == "pneumonia" and card["channels"] == ["grey"] and card["image_size"] == [224, 224]
+    assert card["gradcam_layer"] == "features.denseblock4"
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_folder_that_is_not_a_bundle_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="is a folder but not a MONAI bundle"):
+        load_model(tmp_path, pipeline="pneumonia")
