@@ -21,6 +21,7 @@ __all__ = [
     "convert",
     "demo",
     "evaluate",
+    "export",
     "federated",
     "run",
     "saliency",
@@ -39,6 +40,7 @@ demo: click.Command = _commands["demo"]
 run: click.Command = _commands["run"]
 train: click.Command = _commands["train"]
 evaluate: click.Command = _commands["evaluate"]
+export: click.Command = _commands["export"]
 uncertainty: click.Command = _commands["uncertainty"]
 saliency: click.Command = _commands["saliency"]
 continual: click.Command = _commands["continual"]

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 #: Every command of ``medimg``: top-level commands and "group command" pairs.
 COMMANDS = [
-    "sample-data", "scan", "convert", "demo", "run", "train", "evaluate",
+    "sample-data", "scan", "convert", "demo", "run", "train", "evaluate", "export",
     "uncertainty score", "uncertainty rank", "saliency audit",
     "continual fisher", "continual expand", "continual compare", "federated simulate",
 ]  # fmt: skip
