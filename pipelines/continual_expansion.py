@@ -8,6 +8,12 @@ metric is measured on the test splits. Only the model and the Fisher cross from 
 the new one, except for the ``joint`` arm (pooled training, the reference for both sites together:
 it trains on both training splits and keeps the epoch with the best mean of both sites' validation
 metrics) and the old-site evaluation of ``compare``, which need the old site's images by definition.
+
+The old model (``weights``) may be a medimg checkpoint or a MONAI bundle whose network medimg
+builds from its ``network_def`` (:func:`load_old_model`); the adapted model is a medimg checkpoint
+(architecture ``"monai"`` for a bundle: the network's config and adapter travel in its meta).
+TorchScript and ``torch.export`` models are refused: their layers are compiled (no BatchNorm module
+whose statistics can be kept, no network to rebuild from a checkpoint).
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ from pipelines.training import site_dataset
 if TYPE_CHECKING:
     from continual.ewc import Fisher
 
-__all__ = ["DEFAULT_LAMBDAS", "compare_arms", "estimate_site_fisher", "expand_site", "layer_reset_rows", "site_splits"]
+__all__ = [
+    "DEFAULT_LAMBDAS",
+    "compare_arms",
+    "estimate_site_fisher",
+    "expand_site",
+    "layer_reset_rows",
+    "load_old_model",
+    "site_splits",
+]
 
 #: EWC lambdas swept by ``compare`` (mean-normalized Fisher; log-uniform, as the paper's sweep).
 DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 100.0, 10000.0)
@@ -78,6 +92,34 @@ def site_splits(pipeline: Pipeline, data_dir: str | os.PathLike[str], *, seed: i
     return splits
 
 
+def load_old_model(
+    pipeline: Pipeline,
+    weights: str | os.PathLike[str],
+    *,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The old site's model and meta (:func:`medimg.model_sources.load_model`), if continual learning can adapt it.
+
+    Raises:
+        medimg.model_sources.ModelSourceError: unreadable weights, or a TorchScript / ``torch.export``
+            model (also a bundle whose weights are TorchScript): its compiled layers hold no BatchNorm
+            module whose statistics can be kept, and the adapted model could not be rebuilt from a
+            medimg checkpoint.
+    """
+    from medimg.model_sources import ModelSourceError, load_model
+    from medimg.models import ARCHITECTURES
+
+    model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
+    if meta["architecture"] not in ARCHITECTURES:
+        raise ModelSourceError(
+            f"{weights}: a {meta['architecture']} model cannot be adapted by continual learning: its layers are "
+            "compiled (no BatchNorm module whose statistics can be kept) and the adapted network could not be "
+            "rebuilt from a medimg checkpoint; use a medimg checkpoint or a MONAI bundle with a network_def"
+        )
+    return model, meta
+
+
 def _cache_folders(cache_dir: str | os.PathLike[str] | None, preprocessing: Mapping[str, Any]) -> dict[bool, Any]:
     """``{train: folder}`` for :func:`site_dataset`: ``CACHE/<preprocessing hash>/train`` and ``/eval``
     (a cached image never meets other preprocessing or the other transform chain), or ``None``s."""
@@ -106,17 +148,21 @@ def estimate_site_fisher(
     mode: str = "empirical_logprob",
     max_samples: int | None = None,
     seed: int = 0,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> Fisher:
-    """Estimate the Fisher diagonal of ``weights`` on the old site's training split; save it to ``out``."""
+    """Estimate the Fisher diagonal of ``weights`` (:func:`load_old_model`) on the old site's training
+    split; save it to ``out``."""
     from continual.ewc import estimate_fisher
-    from medimg.models import file_sha256, load_checkpoint
+    from medimg.model_sources import model_sha256
     from pipelines import get_pipeline
 
     pipeline = get_pipeline(pipeline_name)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    model, meta = load_old_model(pipeline, weights, trust_code=trust_code, card=card)
     train = site_dataset(pipeline, site_splits(pipeline, data_a)["train"], meta["preprocessing"], train=False)
     fisher = estimate_fisher(model, train, mode=mode, max_samples=max_samples, seed=seed)
-    fisher.meta.update({"weights": str(weights), "weights_sha256": file_sha256(weights), "site": str(data_a)})
+    digest = model_sha256(weights, card)
+    fisher.meta.update({"weights": str(weights), "weights_sha256": digest, "site": str(data_a)})
     fisher.save(out)
     return fisher
 
@@ -139,15 +185,21 @@ def expand_site(
     before: Mapping[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = True,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
+    bundle_out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Adapt ``weights`` to the new site with one arm: ``OUT/best.pt`` (+ the loop's files) and
-    ``OUT/metrics.json`` (new-site test metrics before and after; old-site ones with ``data_a``).
+    """Adapt ``weights`` (:func:`load_old_model`; ``trust_code``, ``card`` as there) to the new site
+    with one arm: ``OUT/best.pt`` (+ the loop's files) and ``OUT/metrics.json`` (new-site test
+    metrics before and after; old-site ones with ``data_a``).
     ``before``: the old model's ``new_before``/``old_before`` metrics when already measured.
     ``cache_dir``: decoded training and validation images cached there (MONAI
-    ``PersistentDataset``: the deterministic transforms only, so the results do not change)."""
+    ``PersistentDataset``: the deterministic transforms only, so the results do not change).
+    ``bundle_out``: also write the adapted model there as a MONAI bundle
+    (:func:`medimg.model_sources.export.export_model`, checked by a round trip); a folder that
+    exists and is not empty is refused before any training."""
     from continual.ewc import Fisher
     from continual.expansion import ARMS, expand
-    from medimg.models import load_checkpoint
     from medimg.training import TrainConfig
     from pipelines import get_pipeline
 
@@ -155,7 +207,9 @@ def expand_site(
     if method not in ARMS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(ARMS)}")
     out = Path(out)
-    model_a, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    if bundle_out is not None and Path(bundle_out).exists() and any(Path(bundle_out).iterdir()):
+        raise ValueError(f"{bundle_out} exists and is not empty: choose another bundle folder")
+    model_a, meta = load_old_model(pipeline, weights, trust_code=trust_code, card=card)
     splits_b = site_splits(pipeline, data_b)
     splits_a = site_splits(pipeline, data_a) if data_a is not None else None
     fisher_obj = Fisher.load(fisher) if fisher is not None else None
@@ -199,6 +253,13 @@ def expand_site(
         )
         metrics["old_after"] = _site_metrics(pipeline, model, splits_a["test"], meta)
         metrics["old_site"] = str(data_a)
+    if bundle_out is not None:
+        from medimg.model_sources.export import export_model
+
+        exported = export_model(
+            metrics["checkpoint"], bundle_out, fmt="bundle", pipeline=pipeline.name, trust_code=trust_code
+        )
+        metrics["bundle"] = {"path": str(exported.path), "max_difference": exported.max_difference}
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -211,6 +272,8 @@ def layer_reset_rows(
     runs: Sequence[Mapping[str, Any]],
     *,
     n_groups: int = 4,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Where each adapted model forgot: :func:`continual.layer_reset.reset_attribution` of every
     run (``{"arm", "lambda", "seed", "checkpoint"}``) against ``weights``, scored by linear kappa on
@@ -224,7 +287,7 @@ def layer_reset_rows(
     if not runs:
         return []
     pipeline = get_pipeline(pipeline_name)
-    model_a, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    model_a, meta = load_old_model(pipeline, weights, trust_code=trust_code, card=card)
     tests = {}
     for site, folder in (("old", data_a), ("new", data_b)):
         dataset = site_dataset(pipeline, site_splits(pipeline, folder)["test"], meta["preprocessing"], train=False)
@@ -237,7 +300,7 @@ def layer_reset_rows(
 
     rows: list[dict[str, Any]] = []
     for run in runs:
-        model_b, _ = load_checkpoint(run["checkpoint"], pipeline=pipeline.name)
+        model_b, _ = load_checkpoint(run["checkpoint"], pipeline=pipeline.name, trust_code=trust_code)
         for row in reset_attribution(model_a, model_b, evaluate, n_groups=n_groups):
             rows.append({"arm": run["arm"], "lambda": run["lambda"], "seed": run["seed"], **row})
     return rows
@@ -259,6 +322,8 @@ def compare_arms(
     fisher_mode: str = "empirical_logprob",
     select: str = "metric",
     quiet: bool = True,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every arm (EWC arms at every lambda) and seed: ``OUT/arms.csv``, ``OUT/summary.csv``,
     ``OUT/reset.csv`` (layer-reset attribution of the first seed's models, :func:`layer_reset_rows`),
@@ -268,15 +333,16 @@ def compare_arms(
     from continual.report import write_compare_report
 
     out = Path(out)
-    fisher_path = _fisher_file(out / "fisher.pt", pipeline_name, data_a, weights, fisher_mode)
+    model: dict[str, Any] = {"trust_code": trust_code, "card": card}
+    fisher_path = _fisher_file(out / "fisher.pt", pipeline_name, data_a, weights, fisher_mode, model)
     rows, trained = _run_arms(
         pipeline_name, data_a, data_b, weights, out, fisher_path, arms=arms, lambdas=lambdas, seeds=seeds,
-        epochs=epochs, batch_size=batch_size, lr=lr, select=select, quiet=quiet,
+        epochs=epochs, batch_size=batch_size, lr=lr, select=select, quiet=quiet, model=model,
     )  # fmt: skip
     write_csv(out / "arms.csv", rows, list(rows[0]) if rows else [])
     summary = summarize_arms(rows)
     write_csv(out / "summary.csv", summary, list(summary[0]) if summary else [])
-    reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained)
+    reset = layer_reset_rows(pipeline_name, data_a, data_b, weights, trained, **model)
     if reset:
         write_csv(out / "reset.csv", reset, list(reset[0]))
     write_compare_report(out, rows, summary, reset=reset, settings={
@@ -293,6 +359,7 @@ def _fisher_file(
     data_a: str | os.PathLike[str],
     weights: str | os.PathLike[str],
     fisher_mode: str,
+    model: Mapping[str, Any],
 ) -> Path:
     """``path``, holding the old site's Fisher of ``weights``: estimated when missing (a rerun reuses it).
 
@@ -302,7 +369,7 @@ def _fisher_file(
     from continual.ewc import Fisher
 
     if not path.is_file():
-        estimate_site_fisher(pipeline_name, data_a, weights, path, mode=fisher_mode)
+        estimate_site_fisher(pipeline_name, data_a, weights, path, mode=fisher_mode, **model)
         return path
     found = Fisher.load(path).meta.get("mode")
     if found != fisher_mode:
@@ -326,6 +393,7 @@ def _run_arms(
     lr: float,
     select: str,
     quiet: bool,
+    model: Mapping[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt ``weights`` with every arm (EWC arms at every lambda) for every seed, each run in
     ``OUT/runs/<arm>-l<lambda>-s<seed>``: the ``arms.csv`` rows, and the first seed's trained runs
@@ -345,7 +413,7 @@ def _run_arms(
                 result = expand_site(
                     pipeline_name, data_b, weights, run, method=arm, fisher=fisher_path, lam=lam, data_a=data_a,
                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, select=select, before=before,
-                    cache_dir=out / "cache", quiet=quiet,
+                    cache_dir=out / "cache", quiet=quiet, **model,
                 )  # fmt: skip
                 before = {k: result[k] for k in ("new_before", "old_before")}  # the old model, measured once
                 reference = naive.get(seed, {})

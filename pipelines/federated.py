@@ -88,6 +88,8 @@ def simulate_federation(
     baselines: bool = True,
     n_boot: int = 1000,
     quiet: bool = True,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Federated training of ``pipeline_name`` over the site folders, with baselines and cross-site scores.
 
@@ -99,6 +101,9 @@ def simulate_federation(
     summarized over seeds with bootstrap intervals (:mod:`continual.crosssite`).
 
     Args:
+        weights: the initial model of every site and round (and of the baselines): a medimg
+            checkpoint or a MONAI bundle (:func:`medimg.model_sources.load_model`, with
+            ``trust_code`` and ``card``); None: a fresh ``architecture`` network.
         seeds: training seeds; each one trains every model again (initialization and data order).
         leave_one_out: also train and score the held-out federations (needs >= 3 sites).
         n_boot: bootstrap replicates of the intervals.
@@ -124,6 +129,8 @@ def simulate_federation(
         "site_names": site_names(site_dirs),
         "weights": str(weights) if weights else None,
         "weights_data": _weights_data(weights),
+        "trust_model_code": bool(trust_code),
+        "model_card": str(card) if card else None,
         "architecture": architecture,
         "image_size": list(image_size) if image_size else None,
         "rounds": rounds,
@@ -146,9 +153,11 @@ def simulate_federation(
     return write_outputs(fed, scores, out, settings=run, n_boot=n_boot)
 
 
-def _weights_data(weights: str | Path | None) -> str | None:
-    """The training data a starting checkpoint records (``training.data``), if any."""
-    if not weights:
+def _weights_data(weights: str | os.PathLike[str] | None) -> str | None:
+    """The training data a starting checkpoint records (``training.data``), if any (a bundle records none)."""
+    from medimg.model_sources import model_kind
+
+    if not weights or model_kind(weights) != "checkpoint":
         return None
     from medimg.models import read_checkpoint
 

@@ -63,10 +63,12 @@ class Federation:
     fingerprints: dict[str, str] = field(default_factory=dict)
 
     def make_model(self) -> torch.nn.Module:
-        """A fresh network of the federation's architecture (random initialization)."""
+        """A fresh network of the federation's architecture (random initialization; a bundle's
+        network is built from its ``network_def``, with ``trust_model_code`` as the run says)."""
         from medimg.models import build_network
 
-        return build_network(self.meta["architecture"], **self.meta["network"])
+        trust = bool(self.settings.get("trust_model_code"))
+        return build_network(self.meta["architecture"], **self.meta["network"], trust_code=trust)
 
     def evaluate(self, model: torch.nn.Module, dataset: Any) -> dict[str, float]:
         """The pipeline's metrics of ``model`` on ``dataset`` (:func:`evaluate_dataset`)."""
@@ -110,9 +112,11 @@ def load_federation(
     """Build the federation from its settings (as :func:`simulate_federation` records them).
 
     Args:
-        settings: ``pipeline``, ``sites`` (folders), ``weights`` (initial checkpoint or None),
-            ``architecture``, ``image_size``, ``seed``, ``cache_dir`` and the :class:`FedConfig`
-            fields (``rounds``, ``local_epochs``, ``batch_size``, ``lr``, ``proximal_mu``, ``bn_policy``).
+        settings: ``pipeline``, ``sites`` (folders), ``weights`` (the initial model: any kind
+            :func:`medimg.model_sources.load_model` reads whose network medimg can rebuild, or None),
+            ``trust_model_code`` and ``model_card`` (for ``weights``), ``architecture``,
+            ``image_size``, ``seed``, ``cache_dir`` and the :class:`FedConfig` fields (``rounds``,
+            ``local_epochs``, ``batch_size``, ``lr``, ``proximal_mu``, ``bn_policy``).
             Flower run configs (JSON-encoded lists) are accepted.
         only_site: load only this site's data (a client).
         site_dir: load this folder as the only site (a deployed SuperNode's own data).
@@ -151,14 +155,30 @@ def _classification_pipeline(name: str) -> Pipeline:
 
 
 def _initial_model(pipeline: Pipeline, s: Mapping[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The starting model and its checkpoint metadata: ``weights`` when given, else a fresh ``architecture``
-    (default ``compact``) initialized with ``seed``."""
+    """The starting model and its checkpoint metadata: ``weights`` when given (a medimg checkpoint or
+    a MONAI bundle), else a fresh ``architecture`` (default ``compact``) initialized with ``seed``.
+
+    Raises:
+        medimg.model_sources.ModelSourceError: unreadable weights, or a TorchScript / ``torch.export``
+            model: every site, round and saved model rebuilds the network from its architecture,
+            which a compiled model does not have.
+    """
     import torch
 
-    from medimg.models import build_network, load_checkpoint
+    from medimg.model_sources import ModelSourceError, load_model
+    from medimg.models import ARCHITECTURES, build_network
 
     if s.get("weights"):
-        return load_checkpoint(s["weights"], pipeline=pipeline.name)
+        loaded, loaded_meta = load_model(
+            s["weights"], pipeline=pipeline.name, trust_code=bool(s.get("trust_model_code")), card=s.get("model_card")
+        )
+        if loaded_meta["architecture"] not in ARCHITECTURES:
+            raise ModelSourceError(
+                f"{s['weights']}: a {loaded_meta['architecture']} model cannot start a federation: every site and "
+                "saved model rebuilds the network from its architecture, which a compiled model does not have; use a "
+                "medimg checkpoint or a MONAI bundle with a network_def"
+            )
+        return loaded, loaded_meta
     architecture = str(s.get("architecture") or "compact")
     image_size = s.get("image_size")
     meta: dict[str, Any] = {

@@ -30,7 +30,7 @@ from pipelines.base import DatasetError, Pipeline
 if TYPE_CHECKING:
     import torch
 
-    from saliency.audit import AuditData, AuditModel, AuditResult
+    from saliency.audit import AuditConfig, AuditData, AuditModel, AuditResult
 
 __all__ = ["OTHER_ARCHITECTURE", "audit_pipeline", "load_audit_data", "localizer_baseline", "training_prior"]
 
@@ -246,11 +246,12 @@ def _train_missing(
     return Path(result.best_checkpoint or result.last_checkpoint)
 
 
-def _layer(model: torch.nn.Module, architecture: str) -> str:
-    """The Grad-CAM layer: the model's own (a gated model names it) or the architecture's."""
-    from medimg.models import gradcam_layer
+def _layer(model: torch.nn.Module, meta: Mapping[str, Any]) -> str | None:
+    """The Grad-CAM layer: the model's own (a gated model names it), else its meta's (a bundle's or card's
+    ``gradcam_layer``) or its architecture's; None when none is known."""
+    from medimg.models import model_gradcam_layer
 
-    return str(getattr(model, "gradcam_layer", None) or gradcam_layer(architecture))
+    return getattr(model, "gradcam_layer", None) or model_gradcam_layer(meta)
 
 
 def _load_models(
@@ -277,7 +278,7 @@ def _load_models(
                 f"{path}: a replicate must have the architecture {arch!r}, not {other_meta['architecture']!r}"
             )
         net_arch = other_meta["architecture"]
-        layer = _layer(net, arch if role.startswith("variant:") else net_arch)
+        layer = _layer(net, meta if role.startswith("variant:") else other_meta)
         models.append(AuditModel(role, net.eval(), net_arch, layer, str(path)))
     return models
 
@@ -328,22 +329,94 @@ def _training_folder(meta: Mapping[str, Any], train_data: str | os.PathLike[str]
     return Path(recorded) if recorded else None
 
 
-def _reference_models(
-    model: torch.nn.Module, meta: Mapping[str, Any], weights: str | os.PathLike[str], seed: int
-) -> list[AuditModel]:
-    """The ``trained`` model and its ``untrained`` twin (its architecture, randomly initialized with ``seed``)."""
+def _untrained(model: torch.nn.Module, meta: Mapping[str, Any], seed: int) -> tuple[torch.nn.Module | None, str]:
+    """The model's architecture randomly initialized with ``seed``, and how it was made.
+
+    A medimg architecture is built afresh; a foreign model (bundle, TorchScript, ``torch.export``)
+    is copied and every layer re-initialized in place (:func:`saliency.randomization.reinitialize`),
+    or None with the reason when some layer cannot be."""
     import torch
 
-    from medimg.models import build_network
-    from saliency.audit import AuditModel
+    from medimg.models import ARCHITECTURES, build_network
+    from saliency.randomization import copy_model, reinitialize, stage_generator, unsupported_modules
 
     arch = meta["architecture"]
-    torch.manual_seed(seed)
-    untrained = build_network(arch, **meta["network"]).eval()
-    return [
-        AuditModel("trained", model.eval(), arch, _layer(model, arch), str(weights)),
-        AuditModel("untrained", untrained, arch, _layer(untrained, arch), f"random initialization, seed {seed}"),
-    ]
+    if arch in ARCHITECTURES and arch != "monai":
+        torch.manual_seed(seed)
+        return build_network(arch, **meta["network"]).eval(), f"random initialization, seed {seed}"
+    bad = unsupported_modules(model, [("all", [""])])
+    if bad:
+        return None, f"layer {bad[0]!r} cannot be re-initialized in place"
+    untrained = copy_model(model)
+    reinitialize(untrained, stage_generator(seed, 0))
+    return untrained.eval(), f"every layer of a copy re-initialized in place, seed {seed}"
+
+
+def _reference_models(
+    model: torch.nn.Module, meta: Mapping[str, Any], weights: str | os.PathLike[str], seed: int
+) -> tuple[list[AuditModel], list[str]]:
+    """The ``trained`` model and its ``untrained`` twin (its architecture, randomly initialized with
+    ``seed``; left out, with a note, when the model cannot be re-initialized)."""
+    from saliency.audit import AuditModel
+    from saliency.support import model_label
+
+    arch = meta["architecture"]
+    models = [AuditModel("trained", model.eval(), arch, _layer(model, meta), str(weights))]
+    untrained, how = _untrained(model, meta, seed)
+    if untrained is None:
+        return models, [f"{model_label(meta)}: no untrained model for the localization reference: {how}."]
+    return [*models, AuditModel("untrained", untrained, arch, _layer(untrained, meta), how)], []
+
+
+def _supported(
+    config: AuditConfig, model: torch.nn.Module, meta: Mapping[str, Any], example: torch.Tensor
+) -> tuple[AuditConfig, list[str]]:
+    """``config`` without the methods and criteria the model cannot support, and a note for each one left out.
+
+    Raises:
+        ValueError: none of the requested methods can run on this model.
+    """
+    from dataclasses import replace
+
+    from saliency.methods import METHODS
+    from saliency.support import method_support, model_label, randomization_problem
+    from saliency.verdicts import method_label
+
+    label, notes = model_label(meta), []
+    reasons = method_support(model, _layer(model, meta), example)
+    wanted = list(config.methods or METHODS)
+    skipped = [m for m in wanted if m in reasons]
+    if skipped:
+        kept = [m for m in wanted if m not in reasons]
+        if not kept:
+            raise ValueError(f"none of the methods {', '.join(wanted)} can run on this {label}: {reasons[skipped[0]]}")
+        for reason in dict.fromkeys(reasons[m] for m in skipped):
+            names = ", ".join(method_label(m) for m in skipped if reasons[m] == reason)
+            notes.append(f"{label}: {names} not supported: {reason}.")
+        config = replace(config, methods=tuple(kept))
+    if "randomization" in config.criteria:
+        problem = randomization_problem(model, include_stem=config.include_stem)
+        if problem:
+            config = replace(config, criteria=tuple(c for c in config.criteria if c != "randomization"))
+            notes.append(f"{label}: Randomization skipped: {problem}.")
+    return config, notes
+
+
+def _refuse_training_foreign(meta: Mapping[str, Any], weights: str | os.PathLike[str]) -> None:
+    """``--train-replicas`` trains the audited architecture again: only a medimg architecture can be.
+
+    Raises:
+        ValueError: the model is a bundle, TorchScript or ``torch.export`` model.
+    """
+    from medimg.models import ARCHITECTURES
+    from saliency.support import model_label
+
+    if meta["architecture"] not in ARCHITECTURES or meta["architecture"] == "monai":
+        raise ValueError(
+            f"{weights}: --train-replicas trains more models of the audited architecture, which medimg cannot do "
+            f"for a {model_label(meta)}; pass the replicates and the other architecture as medimg checkpoints "
+            "(--replica, --other-arch)"
+        )
 
 
 def _comparison_models(
@@ -428,6 +501,8 @@ def audit_pipeline(
     localizer_epochs: int = 30,
     variants: Mapping[str, str | os.PathLike[str]] | None = None,
     progress: bool = True,
+    trust_code: bool = False,
+    card: str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Audit the saliency maps of a 2-D pipeline's model on ``data_dir``; returns the ``AuditResult``.
 
@@ -443,12 +518,17 @@ def audit_pipeline(
     (e.g. attention models trained with 0%, 10% and 100% box supervision) whose maps (attention
     when gated, else Grad-CAM) are scored for localization on the same images.
 
+    ``weights`` may be any model :func:`medimg.model_sources.load_model` reads (``trust_code``,
+    ``card`` as there): a method or criterion the model cannot support (:mod:`saliency.support`,
+    e.g. Grad-CAM on TorchScript) is left out with a note in the report. The replicates, the other
+    architecture and the variants are medimg checkpoints.
+
     Raises:
         DatasetError: bad data folder; ValueError: a 3-D pipeline, models whose preprocessing differs,
             an unknown preset or prior.
         medimg.models.CheckpointError: unreadable or foreign weights.
     """
-    from medimg.models import load_checkpoint
+    from medimg.model_sources import load_model
     from pipelines import get_pipeline
     from saliency.audit import CRITERIA, AuditConfig, run_audit
 
@@ -459,11 +539,15 @@ def audit_pipeline(
         include_stem=include_stem, seed=seed, batch_size=batch_size,
     )  # fmt: skip
     out = Path(out)
-    model, meta = load_checkpoint(weights, pipeline=pipeline.name)
+    model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
+    if train_replicas:
+        _refuse_training_foreign(meta, weights)
     data = load_audit_data(pipeline, data_dir, meta["preprocessing"], max_images=max_images)
+    config, notes = _supported(config, model, meta, data.images[:1])
     source = _training_folder(meta, train_data)
-    notes = _resolve_prior(pipeline, data, meta["preprocessing"], prior, Path(prior_data) if prior_data else source)
-    models = _reference_models(model, meta, weights, seed)
+    notes += _resolve_prior(pipeline, data, meta["preprocessing"], prior, Path(prior_data) if prior_data else source)
+    models, untrained_notes = _reference_models(model, meta, weights, seed)
+    notes += untrained_notes
     models += _comparison_models(
         pipeline, weights, meta, out, source, replicas=replicas, other_arch=other_arch,
         other_architecture=other_architecture, variants=variants, train_replicas=train_replicas,
@@ -475,5 +559,6 @@ def audit_pipeline(
             epochs=localizer_epochs, seed=seed, progress=progress,
         )  # fmt: skip
     title = f"Saliency trust audit: {pipeline.name} ({meta['architecture']})"
-    settings = {"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)}
+    settings: dict[str, Any] = {"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)}
+    settings["model_source"] = meta.get("source")
     return run_audit(data, models, config, out, title=title, progress=progress, notes=notes, extra_settings=settings)

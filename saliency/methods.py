@@ -53,7 +53,6 @@ implementation seeds torch's global generator (inside ``torch.random.fork_rng``)
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -357,9 +356,12 @@ class MapBatch:
 
 def _working_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode, parameters frozen, every in-place module switched to out-of-place."""
-    work = copy.deepcopy(unwrap_model(model))
+    from saliency.randomization import copy_model
+
+    work = copy_model(unwrap_model(model))
     for module in work.modules():
-        if getattr(module, "inplace", False) is True:
+        # A TorchScript layer's ``inplace`` is a compiled constant (its autograd handles it as it is).
+        if getattr(module, "inplace", False) is True and not isinstance(module, torch.jit.ScriptModule):
             module.inplace = False
     work.eval()
     for parameter in work.parameters():

@@ -41,7 +41,7 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,12 +55,14 @@ __all__ = [
     "NORM_RUNNING_STATS",
     "Blocks",
     "cascading_randomization",
+    "copy_model",
     "init_scheme",
     "named_blocks",
     "prefix_blocks",
     "randomization_settings",
     "reinitialize",
     "stage_generator",
+    "unsupported_modules",
 ]
 
 #: ``[(label, [module names])]``, top-down: stage 1 first.
@@ -97,6 +99,39 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t for t in (_NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn, "RMSNorm", None)) if t is not None
 )
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # MONAI's ``conv_type`` (not transposed convolutions)
+#: TorchScript submodules are ``RecursiveScriptModule``s: their layer type is only their ``original_name``.
+_SCRIPT_CONV = {"Conv1d", "Conv2d", "Conv3d"}
+_SCRIPT_CONV_ANY = _SCRIPT_CONV | {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+_SCRIPT_NORM = {
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+    "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm",
+}  # fmt: skip
+_SCRIPT_DENSENETS = {"DenseNet", "DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264"}
+
+
+def _script_name(module: nn.Module) -> str | None:
+    """The layer class a TorchScript submodule was compiled from (``"Conv2d"``), None for a Python module."""
+    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) else None
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are its own leaves.
+
+    ``copy.deepcopy`` of a TorchScript module clones its parameters *with* autograd history (they
+    are not leaves: ``requires_grad_`` fails, and gradients would flow back to the original); here
+    they are detached and keep requiring gradients, as the originals did.
+    """
+    work = copy.deepcopy(model)
+    for parameter in work.parameters():
+        if not parameter.is_leaf:  # a clone with history: the original required gradients
+            parameter.detach_().requires_grad_(True)
+    return work
+
+
+def _is_adapter(module: nn.Module) -> bool:
+    from medimg.model_sources.adapters import ModelAdapter
+
+    return isinstance(module, ModelAdapter)
 
 
 # ----------------------------------------------------------------------------------------------- families
@@ -110,6 +145,11 @@ def _family(module: nn.Module) -> str | None:
 
     from medimg.inception import InceptionV3
 
+    scripted = _script_name(module)
+    if scripted is not None:  # a TorchScript copy of a MONAI network keeps its constructor's init
+        if scripted in _SCRIPT_DENSENETS and hasattr(module, "class_layers"):
+            return "monai-densenet"
+        return "monai-resnet" if scripted == "ResNet" and hasattr(module, "layer4") else None
     if isinstance(module, InceptionV3):
         return "inception-v3"
     if isinstance(module, DenseNet):
@@ -252,6 +292,9 @@ def named_blocks(model: nn.Module, *, include_stem: bool = True) -> Blocks:
       "up_samples"])`` (the whole decoder, plus any other non-encoder module), then
       ``down_layers.N`` .. ``down_layers.0``, then ``("stem", ["convInit"])``.
     * ``DataParallel`` / ``DistributedDataParallel``: the wrapped module's blocks under ``module.``.
+    * :class:`medimg.model_sources.ModelAdapter` (a bundle or TorchScript model): its network's
+      blocks under ``network.``. A TorchScript MONAI DenseNet or ResNet (``original_name``) gets
+      the blocks of its Python class.
     * Anything else: each top-level child that owns parameters is a stage, labelled by its name,
       in reverse registration order; the first child counts as the stem. Parameters registered
       directly on the root module are not covered.
@@ -285,14 +328,19 @@ def named_blocks(model: nn.Module, *, include_stem: bool = True) -> Blocks:
         return _validate(model, blocks)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return _validate(model, prefix_blocks(named_blocks(model.module, include_stem=include_stem), "module"))
+    if _is_adapter(model):  # a bundle or TorchScript network in medimg's adapter: the network's blocks
+        return _validate(
+            model, prefix_blocks(named_blocks(cast(nn.Module, model.network), include_stem=include_stem), "network")
+        )
 
     from monai.networks.nets.densenet import DenseNet
     from monai.networks.nets.resnet import ResNet
     from monai.networks.nets.segresnet import SegResNet
 
-    if isinstance(model, DenseNet):
+    family = _family(model)
+    if isinstance(model, DenseNet) or family == "monai-densenet":
         blocks = _densenet_blocks(model, include_stem)
-    elif isinstance(model, ResNet):
+    elif isinstance(model, ResNet) or family == "monai-resnet":
         blocks = _resnet_blocks(model, include_stem)
     elif isinstance(model, SegResNet):
         blocks = _segresnet_blocks(model, include_stem)
@@ -343,7 +391,60 @@ def _fallback(module: nn.Module, generator: torch.Generator) -> None:
                 buffer.copy_(buffers[name])
 
 
+def _reinit_scripted(module: nn.Module, kind: str, scheme: str, generator: torch.Generator) -> bool:
+    """Re-initialize a TorchScript layer in place by its ``original_name``; False: not a known layer."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if kind in _SCRIPT_NORM:
+        with torch.no_grad():
+            if weight is not None:
+                weight.fill_(1.0)
+            if bias is not None:
+                bias.zero_()
+        return True
+    if (kind not in _SCRIPT_CONV_ANY and kind != "Linear") or weight is None:
+        return False
+    if kind in _SCRIPT_CONV and scheme == "monai-densenet":
+        _draw(weight, generator, nn.init.kaiming_normal_)
+    elif kind in _SCRIPT_CONV and scheme == "monai-resnet":
+        _draw(weight, generator, nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
+    else:
+        _draw(weight, generator, nn.init.kaiming_uniform_, a=math.sqrt(5))
+    if bias is not None:
+        if kind == "Linear" and scheme in ("monai-densenet", "monai-resnet"):
+            with torch.no_grad():
+                bias.zero_()
+        else:
+            _default_bias(module, generator)
+    return True
+
+
+def _reinitializable(module: nn.Module) -> bool:
+    """Whether :func:`_reinit_one` can redraw ``module``'s own parameters."""
+    scripted = _script_name(module)
+    if scripted is not None:
+        return scripted in _SCRIPT_NORM or scripted in _SCRIPT_CONV_ANY or scripted == "Linear"
+    if isinstance(module, (_ConvNd, nn.Linear, *_NORM_TYPES)):
+        return True
+    return callable(getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None))
+
+
+def unsupported_modules(model: nn.Module, blocks: Sequence[tuple[str, Sequence[str] | str]]) -> list[str]:
+    """Names of the modules in ``blocks`` that own parameters :func:`reinitialize` cannot redraw (e.g. a
+    TorchScript layer of an unknown type, a ``torch.export`` graph module); empty when all can be."""
+    modules = dict(model.named_modules())
+    found = []
+    for _, names in _validate(model, blocks):
+        for name in names:
+            for sub_name, sub in modules[name].named_modules(prefix=name):
+                if any(True for _ in sub.parameters(recurse=False)) and not _reinitializable(sub):
+                    found.append(sub_name)
+    return list(dict.fromkeys(found))
+
+
 def _reinit_one(module: nn.Module, scheme: str, generator: torch.Generator) -> None:
+    scripted = _script_name(module)
+    if scripted is not None and _reinit_scripted(module, scripted, scheme, generator):
+        return
     if scheme == "inception-v3" and isinstance(module, (nn.Conv2d, nn.Linear)):
         _draw(module.weight, generator, nn.init.trunc_normal_, mean=0.0, std=0.1, a=-2.0, b=2.0)
         if module.bias is not None:
@@ -460,13 +561,13 @@ def cascading_randomization(
     stages = _validate(model, blocks) if blocks is not None else named_blocks(model, include_stem=include_stem)
     if not stages:
         raise ValueError("no blocks to randomize")
-    working = copy.deepcopy(model)
+    working = copy_model(model)
     modules = dict(working.named_modules())
     schemes = _scheme_map(working)
-    yield _ORIGINAL, copy.deepcopy(working).eval()
+    yield _ORIGINAL, copy_model(working).eval()
     for index, (label, names) in enumerate(stages, start=1):
         _reinit_modules([(modules[name], schemes[name]) for name in names], stage_generator(seed, index))
-        yield label, copy.deepcopy(working).eval()
+        yield label, copy_model(working).eval()
 
 
 def randomization_settings(

@@ -9,7 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from medimg.untrusted import terminal_text
-from pipelines.commands.app import SITE_HELP, console, csv_list, input_errors
+from pipelines.commands.app import (
+    SITE_HELP,
+    WEIGHTS_HELP,
+    ModelCardOption,
+    TrustModelCodeOption,
+    console,
+    csv_list,
+    input_errors,
+)
 
 federated_app = typer.Typer(
     help="Federated training across institutions (Flower): simulation, baselines, cross-site evaluation.",
@@ -34,7 +42,12 @@ def federated_simulate(
     ] = "average",
     weights: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(exists=True, dir_okay=False, help="Initial global model (default: a fresh network)."),
+        typer.Option(
+            exists=True,
+            help="Initial model of every site and round (default: a fresh network). "
+            + WEIGHTS_HELP
+            + " TorchScript and torch.export models are refused (the federation rebuilds the network).",
+        ),
     ] = None,
     architecture: Annotated[str, typer.Option(help="Architecture of a fresh network.")] = "compact",
     seeds: Annotated[
@@ -49,6 +62,8 @@ def federated_simulate(
         str, typer.Option(help="flower (Flower's simulation engine) or inprocess (no engine).")
     ] = "flower",
     baselines: Annotated[bool, typer.Option(help="Also train local-only and pooled models (same budget).")] = True,
+    trust_model_code: TrustModelCodeOption = False,
+    model_card: ModelCardOption = None,
 ) -> None:
     """Simulate a federation on this machine; compare it with local-only and pooled training across sites."""
     from pipelines.federated import simulate_federation
@@ -63,6 +78,7 @@ def federated_simulate(
             pipeline, site, out, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
             proximal_mu=proximal_mu, bn_policy=bn_policy, weights=weights, architecture=architecture,
             seeds=seed_list, leave_one_out=leave_one_out, n_boot=n_boot, engine=engine, baselines=baselines,
+            trust_code=trust_model_code, card=model_card,
         )  # fmt: skip
     for line in summary_lines(summary):
         console.print(terminal_text(line), highlight=False)

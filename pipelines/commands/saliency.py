@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from medimg.untrusted import terminal_text
-from pipelines.commands.app import QuietOption, console, csv_list, error_exit
+from pipelines.commands.app import (
+    WEIGHTS_HELP,
+    ModelCardOption,
+    QuietOption,
+    TrustModelCodeOption,
+    console,
+    csv_list,
+    error_exit,
+)
 
 if TYPE_CHECKING:
     from saliency.audit import AuditResult
@@ -97,7 +105,7 @@ def _variants(values: list[str]) -> dict[str, str]:
 def saliency_audit(
     pipeline: Annotated[str, typer.Argument(help="2-D pipeline: pneumonia (boxes: all criteria) or density.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The pipeline's dataset folder.")],
-    weights: Annotated[Path, typer.Option("--weights", exists=True, dir_okay=False, help="Trained model.")],
+    weights: Annotated[Path, typer.Option("--weights", exists=True, help=WEIGHTS_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (report, CSVs, map cache).")],
     preset: _Preset = "paper",
     replica: _Replica = None,
@@ -118,13 +126,16 @@ def saliency_audit(
     train_localizer: _TrainLocalizer = False,
     localizer_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --train-localizer.")] = 30,
     variant: _Variant = None,
+    trust_model_code: TrustModelCodeOption = False,
+    model_card: ModelCardOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Audit a model's saliency maps: localization, randomization, repeatability, reproducibility.
 
     Two model-blind controls (an edge detector, the input image) are judged beside the methods;
     a criterion they pass is reported as not discriminating. A model with the trainable attention
-    gate adds "attention" as a ninth method."""
+    gate adds "attention" as a ninth method. --weights may be a bundle or a TorchScript/torch.export
+    model too: methods it cannot support (Grad-CAM on TorchScript) are left out and the report says why."""
 
     from medimg.models import CheckpointError
     from pipelines.base import DatasetError
@@ -156,6 +167,8 @@ def saliency_audit(
             localizer_epochs=localizer_epochs,
             variants=_variants(variant or []),
             progress=not quiet,
+            trust_code=trust_model_code,
+            card=model_card,
         )
     except (DatasetError, CheckpointError, ValueError, KeyError) as exc:
         raise error_exit(exc, to=console) from exc
