@@ -5,7 +5,7 @@ kept exactly while the network is fine-tuned on a new site. This module provides
 
 * :func:`bn_modules`: every batch-norm layer (``torch.nn.modules.batchnorm._BatchNorm``:
   ``BatchNorm1d/2d/3d``, their lazy variants and ``SyncBatchNorm``; instance norm is not a
-  ``_BatchNorm`` and is excluded).
+  ``_BatchNorm`` and is excluded), TorchScript ones included (:func:`is_batch_norm`).
 * :func:`snapshot_bn_stats` / :func:`snapshot_params`: copies of the BN buffers and of the
   parameters (the anchors ``mu_A``, ``sigma2_A``, ``theta_A``).
 * :func:`freeze_bn_stats`: puts only the BN layers in eval mode and keeps them there across any
@@ -16,13 +16,22 @@ kept exactly while the network is fine-tuned on a new site. This module provides
 * :func:`check_postconditions`: the bit-for-bit post-conditions of a fine-tuning arm.
 
 Generic: works on any ``torch.nn.Module``; imports nothing from the other medimg packages.
+
+TorchScript networks (a ``.ts`` model): their BN layers are ``RecursiveScriptModule`` objects whose
+``original_name`` is the class they were compiled from. They have the same buffers, parameters and
+``training`` flag (train mode updates the running statistics), but refuse forward hooks, and the
+compiled parent calls them directly. So :func:`freeze_bn_stats` relies on the ``train`` guard alone
+there, and :func:`recompute_bn_stats` observes their inputs at the operator level instead of with a
+hook: a ``TorchDispatchMode`` sees every ``aten`` batch-norm call the TorchScript interpreter makes,
+and the call's ``running_mean`` tensor (shared with the module) says which layer it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +45,9 @@ __all__ = [
     "bn_modules",
     "check_postconditions",
     "freeze_bn_stats",
+    "is_batch_norm",
     "is_bn_frozen",
+    "is_scripted",
     "recompute_bn_stats",
     "set_trainable",
     "snapshot_bn_stats",
@@ -46,12 +57,29 @@ __all__ = [
 TRAINABLE_MODES: tuple[str, ...] = ("all", "bn_affine")
 TrainableMode = Literal["all", "bn_affine"]
 _BN_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+#: ``original_name`` of the TorchScript modules compiled from a ``_BatchNorm`` class.
+_SCRIPTED_BN_NAMES = frozenset(
+    {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
+    | {"LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"}
+)
 # BN modules currently frozen by a live handle -> how many handles hold them (freezes may nest).
 _FROZEN: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
 
 
 class PostconditionError(AssertionError):
     """A fine-tuned model breaks a post-condition of its arm (frozen BN statistics or frozen weights moved)."""
+
+
+def is_scripted(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a TorchScript module (no forward hooks; its compiled parent calls it directly)."""
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def is_batch_norm(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a batch-norm layer: a ``_BatchNorm``, or a TorchScript module compiled from one."""
+    if isinstance(module, _BatchNorm):
+        return True
+    return is_scripted(module) and getattr(module, "original_name", None) in _SCRIPTED_BN_NAMES
 
 
 def bn_modules(model: torch.nn.Module) -> dict[str, _BatchNorm]:
@@ -63,9 +91,10 @@ def bn_modules(model: torch.nn.Module) -> dict[str, _BatchNorm]:
     Returns:
         ``{name: module}`` in module order for every ``_BatchNorm`` (``BatchNorm1d``, ``BatchNorm2d``,
         ``BatchNorm3d``, the lazy variants, ``SyncBatchNorm``). Instance and group norm are not batch
-        norm and are left out. The root module itself is named ``""``.
+        norm and are left out. The root module itself is named ``""``. TorchScript BN layers
+        (:func:`is_batch_norm`) are included; they have the same attributes.
     """
-    return {name: module for name, module in model.named_modules() if isinstance(module, _BatchNorm)}
+    return {name: module for name, module in model.named_modules() if is_batch_norm(module)}
 
 
 def _bn_parameter_names(model: torch.nn.Module) -> set[str]:
@@ -186,6 +215,8 @@ def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
     False before every forward, which also catches code that assigns ``module.training = True``
     directly. The freeze belongs to the handle: a ``copy.deepcopy`` of a frozen model is not frozen
     (the copied method and hook do nothing there); freeze the copy with its own handle.
+    TorchScript BN layers refuse hooks: they get the ``train`` guard only, so a direct
+    ``module.training = True`` there is not undone.
 
     Args:
         model: any network; models without BN layers are accepted (nothing is frozen).
@@ -199,7 +230,8 @@ def freeze_bn_stats(model: torch.nn.Module) -> BNFreezeHandle:
     for name, module in modules.items():
         handle._previous_train[name] = module.__dict__.get("train")
         module.__dict__["train"] = types.MethodType(_frozen_train, module)
-        handle._hooks.append(module.register_forward_pre_hook(_frozen_pre_hook))
+        if not is_scripted(module):
+            handle._hooks.append(module.register_forward_pre_hook(_frozen_pre_hook))
         module.training = False
         _FROZEN[module] = _FROZEN.get(module, 0) + 1
     return handle
@@ -282,9 +314,10 @@ def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[Any]) -> int:
     """
     modules = _recomputable_layers(model)
     moments = {name: _Moments() for name in modules}
-    hooks = [m.register_forward_pre_hook(moments[name].observe) for name, m in modules.items()]
+    hooks = [m.register_forward_pre_hook(moments[name].observe) for name, m in modules.items() if not is_scripted(m)]
     try:
-        samples, n_batches = _forward_in_bn_train_mode(model, batches)
+        with _observing_scripted(modules, moments):
+            samples, n_batches = _forward_in_bn_train_mode(model, batches)
     finally:
         for hook in hooks:
             hook.remove()
@@ -311,6 +344,34 @@ def _recomputable_layers(model: torch.nn.Module) -> dict[str, _BatchNorm]:
     return modules
 
 
+@contextlib.contextmanager
+def _observing_scripted(modules: Mapping[str, torch.nn.Module], moments: Mapping[str, _Moments]) -> Iterator[None]:
+    """While active, feed the input of every ``aten`` batch-norm call on a TorchScript layer of ``modules``
+    to that layer's :class:`_Moments` (the layer is found by its ``running_mean`` tensor)."""
+    # torch's operator-level interception (what its FlopCounterMode builds on); torch has no public alias for it
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    by_buffer = {
+        m.running_mean.data_ptr(): moments[name]
+        for name, m in modules.items()
+        if is_scripted(m) and isinstance(m.running_mean, torch.Tensor)
+    }
+    if not by_buffer:
+        yield
+        return
+
+    class _BatchNormInputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if "batch_norm" in func.name() and len(args) > 3 and isinstance(args[3], torch.Tensor):
+                observed = by_buffer.get(args[3].data_ptr())
+                if observed is not None:
+                    observed.observe(None, (args[0],))
+            return func(*args, **(kwargs or {}))
+
+    with _BatchNormInputs():
+        yield
+
+
 @dataclass
 class _Moments:
     """Per-channel count, mean and sum of squared deviations (``M2``, float64) of a BN layer's inputs so far."""
@@ -319,7 +380,7 @@ class _Moments:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
-    def observe(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    def observe(self, module: torch.nn.Module | None, args: tuple[Any, ...]) -> None:
         """Forward pre-hook: merge the moments of this input (Chan et al.'s pairwise update)."""
         x = args[0].detach().double()
         dims = [d for d in range(x.ndim) if d != 1]
@@ -358,7 +419,7 @@ def _forward_in_bn_train_mode(model: torch.nn.Module, batches: Iterable[Any]) ->
     samples = n_batches = 0
     try:
         for m in model.modules():
-            m.training = isinstance(m, _BatchNorm)
+            m.training = is_batch_norm(m)
         for batch in batches:
             images = _batch_images(batch).to(device)
             model(images)

@@ -264,10 +264,11 @@ def expand(
     from torch.utils.data import ConcatDataset
 
     from continual.bn import check_postconditions, freeze_bn_stats, set_trainable, snapshot_bn_stats
+    from medimg.models import copy_model
     from medimg.training import train_classifier
 
     spec = _check_arm(arm, select, fisher=fisher, train_a=train_a, val_a=val_a)
-    model = copy.deepcopy(model_a)
+    model = copy_model(model_a)  # its own leaf parameters, a TorchScript network's included
     info: dict[str, Any] = {"arm": arm, "lambda": float(lam) if spec.ewc else 0.0}
     if not spec.train:
         return model.eval(), {**info, "best_epoch": None, "best_value": None, "postconditions": "n/a"}

@@ -85,8 +85,8 @@ class LwFLoss(nn.Module):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.old_model = copy.deepcopy(old_model)
-        for parameter in self.old_model.parameters():
-            parameter.requires_grad_(False)
+        for parameter in self.old_model.parameters():  # detach_: a TorchScript copy's are clones with history
+            parameter.detach_().requires_grad_(False)
         self.old_model.eval()
 
     def train(self, mode: bool = True) -> LwFLoss:

@@ -38,6 +38,12 @@ Checkpoint layout (a ``dict`` written by ``torch.save``)::
     {"format": "medimg-checkpoint", "version": 1, "state_dict": {name: tensor},
      "meta": {"pipeline", "architecture", "network", "labels", "preprocessing", "training",
               "medimg_version", "created", ...}, **extra}
+
+Architecture ``"monai"`` (a bundle's network: its ``network_def`` in ``meta["network"]["config"]``)
+is built by name like the others; ``"torchscript"`` (:data:`TORCHSCRIPT`, a TorchScript network in
+its adapter) is not: its program travels in the payload (``extra["torchscript_program"]``, see
+:mod:`medimg.model_sources.program`), written by :func:`save_checkpoint` and read back by
+:func:`load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ __all__ = [
     "REQUIRED_META_KEYS",
     "CheckpointError",
     "build_network",
+    "copy_model",
     "file_sha256",
     "gradcam_layer",
     "load_checkpoint",
@@ -90,6 +97,9 @@ ARCHITECTURES: tuple[str, ...] = (
 )
 #: Segmentation networks (dense outputs (B, K, *spatial)); the others are classifiers.
 SEGMENTATION_ARCHITECTURES: tuple[str, ...] = ("segresnet", "segresnet-compact")
+#: A TorchScript network kept in a checkpoint: not built by name but rebuilt from the program the
+#: checkpoint stores (:mod:`medimg.model_sources.program`), so not in :data:`ARCHITECTURES`.
+TORCHSCRIPT = "torchscript"
 CHECKPOINT_FORMAT = "medimg-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_META_KEYS: tuple[str, ...] = ("pipeline", "architecture", "network", "labels", "preprocessing", "training")
@@ -268,6 +278,8 @@ def monai_network_def(architecture: str, network: Mapping[str, Any]) -> dict[str
         None when the network is not one MONAI class: ``inception_v3``, a wrapper (the attention
         gate), or a ``"monai"`` network (a bundle's network inside its adapter).
     """
+    if architecture == TORCHSCRIPT:
+        return None
     _check_architecture(architecture)
     if architecture not in _MONAI_CLASSES or network.get("wrapper") is not None:
         return None
@@ -308,6 +320,22 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
         model = model.module
     return model
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` whose parameters are its own leaves.
+
+    ``copy.deepcopy`` of a TorchScript module clones its parameters *with* autograd history (they
+    are not leaves: ``requires_grad_`` fails, and gradients would flow back to the original); here
+    they are detached and keep requiring gradients, as the originals did.
+    """
+    import copy
+
+    work = copy.deepcopy(model)
+    for parameter in work.parameters():
+        if not parameter.is_leaf:  # a clone with history: the original required gradients
+            parameter.detach_().requires_grad_(True)
+    return work
 
 
 def _check_jsonable(value: Any, where: str) -> None:
@@ -382,6 +410,11 @@ def save_checkpoint(
             ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, tuples, dicts)
             and must not use the keys ``format``, ``version``, ``state_dict``, ``meta``.
 
+    A ``"torchscript"`` model (meta ``architecture``; a TorchScript network in its adapter, as
+    :func:`medimg.model_sources.load_model` returns for a ``.ts`` file) also stores the network's
+    program (:func:`medimg.model_sources.program.program_tensor`), which :func:`load_checkpoint`
+    rebuilds it from.
+
     Returns:
         The path written.
 
@@ -395,6 +428,10 @@ def save_checkpoint(
     clash = [key for key in _RESERVED_KEYS if key in extra]
     if clash:
         raise ValueError(f"checkpoint extra uses reserved key(s): {', '.join(clash)}")
+    if clean["architecture"] == TORCHSCRIPT:
+        from medimg.model_sources.program import PROGRAM_KEY, program_tensor
+
+        extra.setdefault(PROGRAM_KEY, program_tensor(getattr(unwrap_model(model), "network", None)))
     state = {name: tensor.detach().cpu() for name, tensor in unwrap_model(model).state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state_dict": state, "meta": clean, **extra}
     path = Path(path)
@@ -509,7 +546,8 @@ def load_checkpoint(
         architecture: when given, the checkpoint must hold this architecture.
         map_location: device for the tensors and the returned network.
         trust_code: a ``"monai"`` network (from a bundle) may instantiate any class its config
-            names (default: MONAI network classes only).
+            names (default: MONAI network classes only). A ``"torchscript"`` network is rebuilt
+            from the program stored in the checkpoint (see :func:`save_checkpoint`).
 
     Returns:
         ``(model, meta)``: the network in eval mode on ``map_location``, and the checkpoint's
@@ -528,9 +566,15 @@ def load_checkpoint(
     if architecture is not None and meta["architecture"] != architecture:
         raise CheckpointError(f"checkpoint {path} holds a {meta['architecture']!r} network, not {architecture!r}")
     try:
-        extra = {"trust_code": trust_code} if meta["architecture"] == "monai" else {}
-        model = build_network(meta["architecture"], **meta["network"], **extra)
-    except (TypeError, ValueError) as exc:
+        if meta["architecture"] == TORCHSCRIPT:
+            from medimg.model_sources.program import PROGRAM_KEY, scripted_network
+
+            adapter = meta["network"].get("adapter")
+            model = scripted_network(payload.get(PROGRAM_KEY), adapter, where="the checkpoint")
+        else:
+            extra = {"trust_code": trust_code} if meta["architecture"] == "monai" else {}
+            model = build_network(meta["architecture"], **meta["network"], **extra)
+    except (TypeError, ValueError) as exc:  # the message starts with the file, then what is wrong
         raise CheckpointError(f"checkpoint {path}: cannot build its network ({exc})") from exc
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -9,11 +9,11 @@ the new one, except for the ``joint`` arm (pooled training, the reference for bo
 it trains on both training splits and keeps the epoch with the best mean of both sites' validation
 metrics) and the old-site evaluation of ``compare``, which need the old site's images by definition.
 
-The old model (``weights``) may be a medimg checkpoint or a MONAI bundle whose network medimg
-builds from its ``network_def`` (:func:`load_old_model`); the adapted model is a medimg checkpoint
-(architecture ``"monai"`` for a bundle: the network's config and adapter travel in its meta).
-TorchScript and ``torch.export`` models are refused: their layers are compiled (no BatchNorm module
-whose statistics can be kept, no network to rebuild from a checkpoint).
+The old model (``weights``) may be a medimg checkpoint, a MONAI bundle or a TorchScript model
+(:func:`load_old_model`); the adapted model is a medimg checkpoint (architecture ``"monai"`` for a
+bundle: the network's config and adapter travel in its meta; ``"torchscript"`` for a TorchScript
+model: its program travels in the checkpoint, see :mod:`medimg.model_sources.scripted`).
+``torch.export`` programs are refused: an exported graph cannot be trained or re-initialised.
 """
 
 from __future__ import annotations
@@ -102,20 +102,16 @@ def load_old_model(
     """The old site's model and meta (:func:`medimg.model_sources.load_model`), if continual learning can adapt it.
 
     Raises:
-        medimg.model_sources.ModelSourceError: unreadable weights, or a TorchScript / ``torch.export``
-            model (also a bundle whose weights are TorchScript): its compiled layers hold no BatchNorm
-            module whose statistics can be kept, and the adapted model could not be rebuilt from a
-            medimg checkpoint.
+        medimg.model_sources.ModelSourceError: unreadable weights, or a ``torch.export`` program: an
+            exported graph cannot be trained or re-initialised.
     """
     from medimg.model_sources import ModelSourceError, load_model
-    from medimg.models import ARCHITECTURES
 
     model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
-    if meta["architecture"] not in ARCHITECTURES:
+    if meta["architecture"] == "torch.export":
         raise ModelSourceError(
-            f"{weights}: a {meta['architecture']} model cannot be adapted by continual learning: its layers are "
-            "compiled (no BatchNorm module whose statistics can be kept) and the adapted network could not be "
-            "rebuilt from a medimg checkpoint; use a medimg checkpoint or a MONAI bundle with a network_def"
+            f"{weights}: a torch.export model cannot be adapted by continual learning: an exported graph cannot be "
+            "trained or re-initialised; use a medimg checkpoint, a MONAI bundle or a TorchScript (.ts) model"
         )
     return model, meta
 
@@ -197,7 +193,9 @@ def expand_site(
     ``PersistentDataset``: the deterministic transforms only, so the results do not change).
     ``bundle_out``: also write the adapted model there as a MONAI bundle
     (:func:`medimg.model_sources.export.export_model`, checked by a round trip); a folder that
-    exists and is not empty is refused before any training."""
+    exists and is not empty is refused before any training, and so is ``bundle_out`` for a TorchScript
+    old model (its network is a compiled program, not a MONAI network class: export the adapted
+    checkpoint with ``medimg export --format torchscript`` instead)."""
     from continual.ewc import Fisher
     from continual.expansion import ARMS, expand
     from medimg.training import TrainConfig
@@ -210,6 +208,12 @@ def expand_site(
     if bundle_out is not None and Path(bundle_out).exists() and any(Path(bundle_out).iterdir()):
         raise ValueError(f"{bundle_out} exists and is not empty: choose another bundle folder")
     model_a, meta = load_old_model(pipeline, weights, trust_code=trust_code, card=card)
+    if bundle_out is not None and meta["architecture"] == "torchscript":
+        raise ValueError(
+            f"--bundle-out: {weights} is a TorchScript model, whose network is a compiled program, not a MONAI network "
+            "class, so the adapted model cannot be a MONAI bundle; leave out --bundle-out and export the adapted "
+            "checkpoint with `medimg export --format torchscript`"
+        )
     splits_b = site_splits(pipeline, data_b)
     splits_a = site_splits(pipeline, data_a) if data_a is not None else None
     fisher_obj = Fisher.load(fisher) if fisher is not None else None

@@ -61,12 +61,19 @@ class Federation:
     data_warnings: list[str] = field(default_factory=list)
     #: per site: a fingerprint of its items (patient, label, file name and size), see :func:`data_warnings`
     fingerprints: dict[str, str] = field(default_factory=dict)
+    #: the loaded starting model when it is a TorchScript network: :meth:`make_model` copies it
+    template: torch.nn.Module | None = None
 
     def make_model(self) -> torch.nn.Module:
         """A fresh network of the federation's architecture (random initialization; a bundle's
-        network is built from its ``network_def``, with ``trust_model_code`` as the run says)."""
-        from medimg.models import build_network
+        network is built from its ``network_def``, with ``trust_model_code`` as the run says; a
+        TorchScript network, which has no architecture to build, is a copy of :attr:`template`)."""
+        from medimg.models import TORCHSCRIPT, build_network, copy_model
 
+        if self.meta["architecture"] == TORCHSCRIPT:
+            if self.template is None:
+                raise ValueError("a TorchScript federation needs its loaded model (template) to copy")
+            return copy_model(self.template)
         trust = bool(self.settings.get("trust_model_code"))
         return build_network(self.meta["architecture"], **self.meta["network"], trust_code=trust)
 
@@ -134,7 +141,7 @@ def load_federation(
     dirs, names = _site_folders(s, only_site=only_site, site_dir=site_dir)
     cache = s.get("cache_dir")
     fed = Federation(pipeline, meta, {k: v.detach().clone() for k, v in model.state_dict().items()}, [], dirs, config,
-                     settings=dict(s))  # fmt: skip
+                     settings=dict(s), template=model if meta["architecture"] == "torchscript" else None)  # fmt: skip
     for index, (name, folder) in enumerate(zip(names, dirs, strict=True)):
         if only_site is not None and index != only_site:
             fed.sites.append(Site(name=name, train=None, val=None, test=None))
@@ -155,28 +162,27 @@ def _classification_pipeline(name: str) -> Pipeline:
 
 
 def _initial_model(pipeline: Pipeline, s: Mapping[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The starting model and its checkpoint metadata: ``weights`` when given (a medimg checkpoint or
-    a MONAI bundle), else a fresh ``architecture`` (default ``compact``) initialized with ``seed``.
+    """The starting model and its checkpoint metadata: ``weights`` when given (a medimg checkpoint, a
+    MONAI bundle or a TorchScript model), else a fresh ``architecture`` (default ``compact``)
+    initialized with ``seed``.
 
     Raises:
-        medimg.model_sources.ModelSourceError: unreadable weights, or a TorchScript / ``torch.export``
-            model: every site, round and saved model rebuilds the network from its architecture,
-            which a compiled model does not have.
+        medimg.model_sources.ModelSourceError: unreadable weights, or a ``torch.export`` program: an
+            exported graph cannot be trained or re-initialised.
     """
     import torch
 
     from medimg.model_sources import ModelSourceError, load_model
-    from medimg.models import ARCHITECTURES, build_network
+    from medimg.models import build_network
 
     if s.get("weights"):
         loaded, loaded_meta = load_model(
             s["weights"], pipeline=pipeline.name, trust_code=bool(s.get("trust_model_code")), card=s.get("model_card")
         )
-        if loaded_meta["architecture"] not in ARCHITECTURES:
+        if loaded_meta["architecture"] == "torch.export":
             raise ModelSourceError(
-                f"{s['weights']}: a {loaded_meta['architecture']} model cannot start a federation: every site and "
-                "saved model rebuilds the network from its architecture, which a compiled model does not have; use a "
-                "medimg checkpoint or a MONAI bundle with a network_def"
+                f"{s['weights']}: a torch.export model cannot start a federation: an exported graph cannot be trained "
+                "or re-initialised; use a medimg checkpoint, a MONAI bundle or a TorchScript (.ts) model"
             )
         return loaded, loaded_meta
     architecture = str(s.get("architecture") or "compact")

@@ -37,7 +37,6 @@ family (so ``backbone.*`` still gets MONAI's DenseNet init, the gate PyTorch's d
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
+
+from medimg.models import copy_model
 
 __all__ = [
     "GRANULARITY",
@@ -112,20 +113,6 @@ _SCRIPT_DENSENETS = {"DenseNet", "DenseNet121", "DenseNet169", "DenseNet201", "D
 def _script_name(module: nn.Module) -> str | None:
     """The layer class a TorchScript submodule was compiled from (``"Conv2d"``), None for a Python module."""
     return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) else None
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters are its own leaves.
-
-    ``copy.deepcopy`` of a TorchScript module clones its parameters *with* autograd history (they
-    are not leaves: ``requires_grad_`` fails, and gradients would flow back to the original); here
-    they are detached and keep requiring gradients, as the originals did.
-    """
-    work = copy.deepcopy(model)
-    for parameter in work.parameters():
-        if not parameter.is_leaf:  # a clone with history: the original required gradients
-            parameter.detach_().requires_grad_(True)
-    return work
 
 
 def _is_adapter(module: nn.Module) -> bool:

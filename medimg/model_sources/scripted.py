@@ -3,6 +3,8 @@
 Both hold a computation graph and its weights, not Python code: TorchScript is run by torch's own
 interpreter, an exported program by torch's graph runtime. Neither says how to feed the model, so
 they come with a model card (:mod:`medimg.model_sources.card`), found beside the file.
+
+A TorchScript network can also live inside a medimg checkpoint: see :mod:`medimg.model_sources.program`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medimg.model_sources.program import ScriptedModelError
+
 __all__ = ["SCRIPTED_SUFFIXES", "ScriptedModelError", "card_path_for", "load_scripted"]
 
 SCRIPTED_SUFFIXES = {".ts": "torchscript", ".pt2": "torch.export"}
-
-
-class ScriptedModelError(ValueError):
-    """A TorchScript or exported-program file cannot be read."""
 
 
 def card_path_for(path: str | os.PathLike[str]) -> Path | None:

@@ -17,7 +17,7 @@ import torch
 from monai.data import DataLoader
 from monai.metrics import compute_dice
 
-from medimg.models import ARCHITECTURES, build_network, unwrap_model
+from medimg.models import ARCHITECTURES, TORCHSCRIPT, build_network, unwrap_model
 from medimg.stats import nan_mean
 from medimg.training.batches import classification_batch, segmentation_batch
 from medimg.training.config import Criterion, MetricFn, Predictor, SegmentationMetricFn, TrainConfig
@@ -157,7 +157,10 @@ def segmentation_task(predict: Predictor, metric_fn: SegmentationMetricFn) -> Ta
 
 
 def check_model_matches_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
-    """Fail before training when ``meta`` would rebuild a network the weights do not fit."""
+    """Fail before training when ``meta`` would rebuild a network the weights do not fit (a
+    ``"torchscript"`` network is not rebuilt from ``meta``: its checkpoint stores its own program)."""
+    if meta["architecture"] == TORCHSCRIPT:
+        return
     with torch.device("meta"):  # shapes only: no memory, no initialization cost
         try:
             reference = build_network(meta["architecture"], **meta["network"]).state_dict()

@@ -25,8 +25,8 @@ _Weights = Annotated[
     typer.Option(
         "--weights",
         exists=True,
-        help="The old site's model. " + WEIGHTS_HELP + " TorchScript and torch.export models are refused "
-        "(no BatchNorm modules to keep, no network to rebuild).",
+        help="The old site's model. " + WEIGHTS_HELP + " torch.export (.pt2) models are refused (an exported "
+        "graph cannot be trained); a TorchScript model is adapted into a 'torchscript' checkpoint.",
     ),
 ]
 

@@ -46,7 +46,7 @@ def federated_simulate(
             exists=True,
             help="Initial model of every site and round (default: a fresh network). "
             + WEIGHTS_HELP
-            + " TorchScript and torch.export models are refused (the federation rebuilds the network).",
+            + " torch.export (.pt2) models are refused (an exported graph cannot be trained).",
         ),
     ] = None,
     architecture: Annotated[str, typer.Option(help="Architecture of a fresh network.")] = "compact",

@@ -160,12 +160,62 @@ def test_continual_expands_a_bundle_into_a_checkpoint_and_a_bundle(files: dict[s
     assert metrics["bundle"]["path"] == str(exported)
 
 
-def test_continual_refuses_torchscript_and_untrusted_bundle_code(files: dict[str, Path]) -> None:
-    root = files["root"]
+def _bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if "running_" in k}
+
+
+def test_continual_expands_a_torchscript_model_into_a_torchscript_checkpoint(files: dict[str, Path]) -> None:
+    from continual.metrics import site_metrics
+    from pipelines import get_pipeline
+    from pipelines.continual_expansion import site_splits
+    from pipelines.training import predict_items
+
+    root, scripted = files["root"], files["density_ts"]
+    fisher = root / "fisher_ts.pt"
     result = runner.invoke(
-        app, ["continual", "fisher", "pneumonia", str(CXR), "--weights", str(files["ts"]), "-o", str(root / "f.pt")]
+        app, ["continual", "fisher", "density", str(files["a"]), "--weights", str(scripted), "-o", str(fisher)]
     )
-    assert result.exit_code != 0 and "cannot be adapted by continual learning" in " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    original, _ = load_model(scripted, pipeline="density")
+    args = ["continual", "expand", "density", str(files["c"]), "--weights", str(scripted), "--fisher", str(fisher)]
+    args += ["--epochs", "1", "--batch-size", "8"]
+    # A TorchScript network cannot become a MONAI bundle: refused before any training.
+    result = runner.invoke(app, [*args, "-o", str(root / "ts_no"), "--bundle-out", str(root / "ts_bundle")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code != 0 and "not a MONAI network class" in flat and "--format torchscript" in flat
+    assert not (root / "ts_no").exists() and not (root / "ts_bundle").exists()
+    adapted = {}
+    for method in ("ewc-gbn", "finetune", "lwf"):
+        out = root / f"ts_{method}"
+        result = runner.invoke(app, [*args, "--method", method, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        model, meta = load_checkpoint(metrics["checkpoint"], pipeline="density")
+        assert meta["architecture"] == "torchscript" and isinstance(model.network, torch.jit.ScriptModule)
+        assert meta["training"]["continual"]["arm"] == method
+        # The reloaded checkpoint gives what the in-memory model gave on the new site's test split.
+        pipeline = get_pipeline("density")
+        y, prob = predict_items(model, site_splits(pipeline, files["c"])["test"], pipeline, meta["preprocessing"])
+        assert site_metrics(np.asarray(y), np.asarray(prob)) == pytest.approx(metrics["new_after"], abs=1e-9)
+        adapted[method] = model
+    # Every arm trained the weights; ewc-gbn kept the old BN statistics, finetune moved them.
+    weights = [k for k in original.state_dict() if k.endswith("conv0.weight")]
+    for model in adapted.values():
+        assert weights and not torch.equal(model.state_dict()[weights[0]], original.state_dict()[weights[0]])
+    old = _bn_stats(original)
+    assert old and all(torch.equal(_bn_stats(adapted["ewc-gbn"])[k], v) for k, v in old.items())
+    assert all(not torch.equal(_bn_stats(adapted["finetune"])[k], v) for k, v in old.items() if "running_mean" in k)
+
+
+def test_continual_refuses_torch_export_and_untrusted_bundle_code(files: dict[str, Path]) -> None:
+    root = files["root"]
+    exported = write_exported(root / "density_exported.pt2", "density", image_size=SIZE)
+    result = runner.invoke(
+        app, ["continual", "fisher", "density", str(files["a"]), "--weights", str(exported), "-o", str(root / "f.pt")]
+    )
+    flat = " ".join(result.output.split())
+    assert result.exit_code != 0 and "cannot be adapted by continual learning" in flat
+    assert "cannot be trained or re-initialised" in flat and not (root / "f.pt").exists()
     coded = write_classifier_bundle(root / "coded_bundle", "density", image_size=SIZE)
     inference = coded / "configs" / "inference.json"
     config = json.loads(inference.read_text())
@@ -202,5 +252,44 @@ def test_federated_simulate_starts_every_site_from_a_bundle(files: dict[str, Pat
     bundle_model, _ = load_model(files["density_bundle"], pipeline="density")
     assert all(torch.equal(fed.initial_state[k], v) for k, v in bundle_model.state_dict().items())
     assert fed.make_model().state_dict().keys() == bundle_model.state_dict().keys()
-    result = runner.invoke(app, [*args, str(files["root"] / "fed_ts"), "--weights", str(files["density_ts"])])
-    assert result.exit_code != 0 and "cannot start a federation" in " ".join(result.output.split())
+    exported = write_exported(files["root"] / "fed_exported.pt2", "density", image_size=SIZE)
+    result = runner.invoke(app, [*args, str(files["root"] / "fed_pt2"), "--weights", str(exported)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code != 0 and "cannot start a federation" in flat and "cannot be trained" in flat
+
+
+def test_federated_simulate_starts_every_site_from_a_torchscript_model(files: dict[str, Path]) -> None:
+    from pipelines.federation import load_federation
+
+    out, scripted = files["root"] / "federated_ts", files["density_ts"]
+    args = [
+        "federated", "simulate", "density", "--site", str(files["a"]), "--site", str(files["c"]), "--rounds", "2",
+        "--batch-size", "8", "--seeds", "0", "--engine", "inprocess", "--n-boot", "10",
+        "--bn-policy", "local", "--weights", str(scripted), "-o", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["weights"] == str(scripted)
+    # The baselines were scored too, with test-time BN (statistics recomputed on the scripted layers).
+    scored = _rows(out / "cross_site.csv")
+    assert {"local_unseen", "pooled_own"} <= {r["role"] for r in scored} and "tta" in {r["bn"] for r in scored}
+    # Every site and round starts from the .ts weights, in copies of the scripted network.
+    fed = load_federation({**settings, "seed": 0})
+    original, _ = load_model(scripted, pipeline="density")
+    assert fed.initial_state.keys() == original.state_dict().keys()
+    assert all(torch.equal(fed.initial_state[k], v) for k, v in original.state_dict().items())
+    fresh = fed.make_model()
+    assert isinstance(fresh.network, torch.jit.ScriptModule) and fresh.network is not fed.template.network
+    with torch.no_grad():
+        next(fresh.parameters()).add_(1.0)
+    assert torch.equal(next(fed.template.parameters()), next(original.parameters()))
+    # The global model and each site's personalized one (own BN statistics) reload as TorchScript.
+    model, meta = load_checkpoint(out / "seed0" / "federated.pt", pipeline="density")
+    assert meta["architecture"] == "torchscript" and meta["training"]["federated"]["initial_weights"] == str(scripted)
+    conv = next(k for k in original.state_dict() if k.endswith("conv0.weight"))
+    assert not torch.equal(model.state_dict()[conv], original.state_dict()[conv])
+    personal = sorted((out / "seed0").glob("federated_*.pt"))
+    assert len(personal) == 2
+    stats = [_bn_stats(load_checkpoint(p, pipeline="density")[0]) for p in personal]
+    assert any(not torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
