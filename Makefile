@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medimg-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv demo test browser dcm2niix bench lint docs clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality attention-quality continual-quality continual-quality-large federated-quality
+.PHONY: venv demo test browser dcm2niix orthanc dcmtk bench lint docs clean demo-weights demo-weights-saliency demo-weights-continual demo-weights-brats quality saliency-quality attention-quality continual-quality continual-quality-large federated-quality
 
 venv: $(STAMP)
 
@@ -16,27 +16,36 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,codecs,pdf,federated,docs]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) orthanc
 	$(VENV)/bin/medimg demo
 
-test: $(STAMP) browser dcm2niix
+test: $(STAMP) browser dcm2niix orthanc dcmtk
 	$(PY) -m pytest -n 2 -q
 
-# Headless Chromium for the saliency report's browser test (Debian package; skipped, with the
-# reason, where it cannot be installed).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
-		apt-get install -y -q chromium >/dev/null 2>&1)); } || \
-		echo "chromium not installed: the report's browser test will be skipped"
+# Debian tools the tests use: $(1) checks for the tool, $(2) are the packages apt installs (as root);
+# where they cannot be installed the tests that need them are skipped, saying why.
+define apt_tool
+	@$(1) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q $(2) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q $(2) >/dev/null 2>&1)); } || \
+		echo "$(2) not installed: $(3)"
+endef
 
-# dcm2niix, the peer the conversion tests compare with where its reference output is not shipped
-# (Debian package; skipped, with the reason, where it cannot be installed).
+# Headless Chromium for the saliency report's browser test.
+browser:
+	$(call apt_tool,command -v chromium,chromium,the report's browser test will be skipped)
+
+# dcm2niix, the peer the conversion tests compare with where its reference output is not shipped.
 dcm2niix:
-	@command -v dcm2niix >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		(apt-get install -y -q dcm2niix >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
-		apt-get install -y -q dcm2niix >/dev/null 2>&1)); } || \
-		echo "dcm2niix not installed: the tests that run it live will be skipped"
+	$(call apt_tool,command -v dcm2niix,dcm2niix,the tests that run it live will be skipped)
+
+# Orthanc with its DICOMweb plugin: the PACS of the demo's last step and of the integration tests.
+orthanc:
+	$(call apt_tool,test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so,orthanc orthanc-dicomweb,the PACS tests and demo step will be skipped)
+
+# dcmtk: dsr2xml reads the SR objects back.
+dcmtk:
+	$(call apt_tool,command -v dsr2xml,dcmtk,the SR validation tests will be skipped)
 
 # The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link or a
 # docstring mkdocstrings cannot read fails the build.
