@@ -12,6 +12,8 @@ Outputs in OUT:
 - ``studies/<StudyInstanceUID>/``: per-study outputs and ``study.json`` (written last, so a
   study with ``study.json`` is done: a second run skips it unless ``overwrite``);
 - the pipeline's run-level files (``submission.csv``, ``exams.csv``) and ``report.html``.
+- ``dicom/<StudyInstanceUID>/``: for DICOM inputs, the results as DICOM objects (SR, overlay SC),
+  listed with the brats SEG in ``run.json`` ``dicom_results`` (:mod:`pipelines.dicom_outputs`).
 
 Every run finishes its bookkeeping: whatever fails for one file, image or study (decoding,
 transforms, inference, writing) becomes an ``error`` line of ``errors.csv`` with a readable cause,
@@ -69,6 +71,8 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     #: StudyInstanceUID -> its output folder, relative to ``out``.
     folders: dict[str, str] = field(default_factory=dict)
+    #: Writes the studies' DICOM result objects (:mod:`pipelines.dicom_outputs`); None: none written.
+    dicom: Any = None
 
     @property
     def failed(self) -> bool:
@@ -207,7 +211,10 @@ def resume_study(folder: Path, overwrite: bool, summary: RunSummary) -> bool:
     done = folder / "study.json"
     if overwrite or not done.is_file():
         return False
-    summary.rows.extend(json.loads(done.read_text())["rows"])
+    record = json.loads(done.read_text())
+    summary.rows.extend(record["rows"])
+    if summary.dicom is not None:
+        summary.dicom.resumed(record.get("dicom_results", []))
     summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
     return True
 
@@ -309,6 +316,7 @@ def _write_run_json(
             "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
             "outputs": [str(p.relative_to(out)) for p in outputs] + ["results.csv", "errors.csv"],
             "folders": summary.folders,
+            "dicom_results": summary.dicom.listed if summary.dicom is not None else [],
         },
     )
 
@@ -327,6 +335,7 @@ def run_pipeline(
     write_report: bool = True,
     trust_code: bool = False,
     card: str | os.PathLike[str] | None = None,
+    dicom_results: bool = True,
 ) -> RunSummary:
     """Run ``pipeline`` on every study of ``dicom_dir`` and write the outputs to ``out``.
 
@@ -345,6 +354,8 @@ def run_pipeline(
         write_report: also write ``report.html``.
         trust_code: let a bundle's config run code (``--trust-model-code``).
         card: the model card (default: the one beside the model file).
+        dicom_results: for DICOM inputs, also write the results as DICOM objects (SR, SC) under
+            ``OUT/dicom/`` and list them in ``run.json`` (:mod:`pipelines.dicom_outputs`).
 
     Returns:
         The :class:`RunSummary`. Bad inputs are recorded in ``errors.csv``, never raised.
@@ -369,6 +380,7 @@ def run_pipeline(
         else:
             check_rerun(out, identity)
         summary = RunSummary(out=out)
+        summary.dicom = _dicom_writer(pipeline, out, weights, meta, identity, enabled=dicom_results)
         notes = pipeline.run_notes(model, meta)
         settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite, "result": identity}
         settings["notes"] = notes
@@ -379,12 +391,32 @@ def run_pipeline(
             pipeline, jobs, model, meta, transform, summary, batch_size=batch_size, device=device, progress=progress
         )
         outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
+        if summary.dicom is not None and summary.dicom.listed:
+            outputs.append(out / "dicom")  # removed by --overwrite with the rest
         if write_report:
             _write_report(pipeline, summary, meta, notes)
         write_csv(out / "errors.csv", summary.errors, ERROR_COLUMNS)
         summary.timings["total"] = time.perf_counter() - start
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "finished"}, summary, outputs)
     return summary
+
+
+def _dicom_writer(
+    pipeline: Pipeline,
+    out: Path,
+    weights: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    *,
+    enabled: bool,
+) -> Any:
+    """The run's :class:`pipelines.dicom_outputs.DicomResultWriter` (disabled: it writes nothing but
+    still lists the objects of resumed studies)."""
+    from pipelines.dicom_outputs import DicomResultWriter, is_demo_weights
+
+    demo = is_demo_weights(weights, meta, default_weights(pipeline.name))
+    sha = identity["weights_sha256"]
+    return DicomResultWriter(pipeline, out, meta=meta, weights_sha256=sha, demo=demo, enabled=enabled)
 
 
 def _write_report(pipeline: Pipeline, summary: RunSummary, meta: Mapping[str, Any], notes: list[str]) -> None:
@@ -458,7 +490,7 @@ def _process_jobs(
         t = time.perf_counter()
         for j in {j for j, _ in batch}:
             if len(results[j]) == len(jobs[j][2]):
-                rows = _finish_study(pipeline, jobs[j], results.pop(j), job_errors[j])
+                rows = _finish_study(pipeline, jobs[j], results.pop(j), job_errors[j], summary.dicom)
                 summary.rows.extend(rows)
                 summary.errors.extend(job_errors[j])
                 summary.counts["images_processed"] = summary.counts.get("images_processed", 0) + len(rows)
@@ -467,11 +499,15 @@ def _process_jobs(
 
 
 def _finish_study(
-    pipeline: Pipeline, job: tuple, done: list[tuple[dict, ImageResult | None]], errors: list[dict[str, Any]]
+    pipeline: Pipeline,
+    job: tuple,
+    done: list[tuple[dict, ImageResult | None]],
+    errors: list[dict[str, Any]],
+    dicom: Any = None,
 ) -> list[dict]:
     """:func:`_write_study`; when the study's folder cannot be written, an error line and no rows."""
     try:
-        return _write_study(pipeline, job[1], done, errors)
+        return _write_study(pipeline, job[1], done, errors, dicom)
     except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
         errors.append(_error_line(job[2][0], f"cannot write the study's outputs: {describe_error(exc)}"))
         return []
@@ -516,7 +552,11 @@ def _write_results(
 
 
 def _write_study(
-    pipeline: Pipeline, folder: Path, done: list[tuple[dict, ImageResult | None]], errors: list[dict[str, Any]]
+    pipeline: Pipeline,
+    folder: Path,
+    done: list[tuple[dict, ImageResult | None]],
+    errors: list[dict[str, Any]],
+    dicom: Any = None,
 ) -> list[dict]:
     """Per-study files, then ``study.json`` (the done marker; not written when an image of the
     study failed, so that a rerun tries the study again and reports its errors again). An image
@@ -535,6 +575,12 @@ def _write_study(
             errors.append(_error_line(item, f"cannot write outputs: {describe_error(exc)}"))
             continue
         rows.append(result.row)
+    objects = []
+    if dicom is not None and not errors:  # the study's DICOM objects (pipelines.dicom_outputs)
+        try:
+            objects = dicom.write_study(folder, done)
+        except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
+            errors.append(_error_line(done[0][0], f"cannot write the DICOM results: {describe_error(exc)}"))
     if not errors:  # a study with failures gets no done marker: the next run retries it
-        write_json(folder / "study.json", {"rows": rows})
+        write_json(folder / "study.json", {"rows": rows, **({"dicom_results": objects} if objects else {})})
     return rows
