@@ -35,7 +35,7 @@ def _thumbnail(summary: Any, row: Mapping[str, Any]) -> np.ndarray | None:
     return image.T if image.ndim == 2 else None
 
 
-def summarize_errors(errors: list[Mapping[str, Any]]) -> dict[str, int]:
+def summarize_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Counts of errors and skips by reason category (text before the first colon)."""
     out: dict[str, int] = {}
     for e in errors:

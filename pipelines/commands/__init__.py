@@ -5,6 +5,7 @@
 - :mod:`pipelines.commands.run`: ``run``
 - :mod:`pipelines.commands.train`: ``train``, ``evaluate``
 - :mod:`pipelines.commands.export`: ``export`` (a model as a MONAI bundle or TorchScript)
+- :mod:`pipelines.commands.listen`: ``listen`` (a DICOM storage SCP running a pipeline per received study)
 - :mod:`pipelines.commands.uncertainty`: ``uncertainty score``, ``uncertainty rank``
 - :mod:`pipelines.commands.saliency`: ``saliency audit``
 - :mod:`pipelines.commands.continual`: ``continual fisher``, ``continual expand``, ``continual compare``
@@ -27,7 +28,7 @@ import typer
 from pipelines.commands import data, run, train  # noqa: F401  (importing them adds their commands to ``app``, in this order)
 
 # isort: split
-from pipelines.commands import export  # noqa: F401  (after run, train and evaluate in --help)
+from pipelines.commands import export, listen  # noqa: F401  (after run, train and evaluate in --help)
 from pipelines.commands.app import app
 from pipelines.commands.continual import continual_app
 from pipelines.commands.federated import federated_app

@@ -23,6 +23,7 @@ __all__ = [
     "evaluate",
     "export",
     "federated",
+    "listen",
     "run",
     "saliency",
     "sample_data",
@@ -41,6 +42,7 @@ run: click.Command = _commands["run"]
 train: click.Command = _commands["train"]
 evaluate: click.Command = _commands["evaluate"]
 export: click.Command = _commands["export"]
+listen: click.Command = _commands["listen"]
 uncertainty: click.Command = _commands["uncertainty"]
 saliency: click.Command = _commands["saliency"]
 continual: click.Command = _commands["continual"]

@@ -26,7 +26,10 @@ from pipelines.commands.app import (
 )
 
 if TYPE_CHECKING:
+    from medimg.pacs.dicomweb import DicomWebSource
     from pipelines.base import Pipeline
+    from pipelines.dimse_runs import DimsePacs
+    from pipelines.pacs_runs import FetchReport
     from pipelines.runner import RunSummary
 
 
@@ -34,12 +37,14 @@ if TYPE_CHECKING:
 def run(
     pipeline: PipelineArgument,
     dicom_dir: Annotated[
-        Path,
+        Optional[str],  # noqa: UP045
         typer.Argument(
-            exists=True, file_okay=False, help="DICOM folder (e.g. a PACS export); pneumonia: also PNG/JPEG images."
+            metavar="SOURCE",
+            help="DICOM folder (e.g. a PACS export; pneumonia: also PNG/JPEG images) or a DICOMweb server "
+            "dicomweb+http(s)://HOST:PORT/PATH (with --study or --query; docs: pacs). None with --from-pacs.",
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")],
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a second run resumes).")] = ...,  # type: ignore[assignment]  # required
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -101,6 +106,58 @@ def run(
             "(repeatable).",
         ),
     ] = None,
+    dicom_results: Annotated[
+        bool,
+        typer.Option(
+            "--dicom-results/--no-dicom-results",
+            help="DICOM inputs: also write the results as DICOM objects (SR, overlay SC) under OUT/dicom/, "
+            "listed in run.json dicom_results (docs: dicom-results).",
+        ),
+    ] = True,
+    study: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--study", help="DICOMweb: a StudyInstanceUID to run (repeatable)."),
+    ] = None,
+    query: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="DICOMweb: QIDO-RS study search, e.g. 'ModalitiesInStudy=CR&StudyDate=20260101-'."),
+    ] = None,
+    netrc_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--netrc",
+            help="PACS credentials: netrc file with a 'machine HOST login USER password PASS' line "
+            "(else MEDIMG_PACS_TOKEN or MEDIMG_PACS_USER + MEDIMG_PACS_PASSWORD).",
+        ),
+    ] = None,
+    ca_bundle: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--ca-bundle", help="DICOMweb over HTTPS: the CA certificate(s) (PEM) to trust, instead of the system's."
+        ),
+    ] = None,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="Send the run's DICOM results back to the PACS (OUT/pushed.json records them)."),
+    ] = False,
+    from_pacs: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--from-pacs",
+            help="A PACS over DIMSE, AE@HOST:PORT, instead of SOURCE: C-FIND the studies (--study or --query "
+            "'KEY=VALUE&...' C-FIND keys), C-GET their series (docs: pacs).",
+        ),
+    ] = None,
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="--from-pacs: this side's AE title.")] = "MEDIMG",
+    move_port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=1,
+            max=65535,
+            help="--from-pacs: when the PACS refuses C-GET, receive by C-MOVE on this port (the PACS must "
+            "know --calling-ae at this host and port).",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -119,14 +176,31 @@ def run(
         ensemble_weights=ensemble_weights,
         label_convention=label_convention,
     )
-    _configure_views(task, views, view_rule or [], dicom_dir)
+    pacs = (
+        _pacs_source(dicom_dir, study=study, query=query, netrc_file=netrc_file, ca_bundle=ca_bundle, push=push)
+        if from_pacs is None and dicom_dir is not None
+        else _dimse_source(
+            dicom_dir,
+            from_pacs,
+            calling_ae=calling_ae,
+            move_port=move_port,
+            study=study,
+            query=query,
+            others={"--netrc": netrc_file, "--ca-bundle": ca_bundle},
+        )
+    )
+    folder = _input_folder(dicom_dir) if pacs is None and dicom_dir is not None else None
     weights = _weights_or_demo(task, weights)
+    fetched = _fetch(pacs, task, out, study or [], query) if pacs is not None else None
+    folder = fetched.folder if fetched is not None else folder
+    assert folder is not None
+    _configure_views(task, views, view_rule or [], folder)
     bar, update = tracked(not quiet, f"Running {task.name}")
     try:
         with bar:
             summary = run_pipeline(
                 task,
-                dicom_dir,
+                folder,
                 out,
                 weights=weights,
                 overwrite=overwrite,
@@ -135,11 +209,15 @@ def run(
                 progress=update,
                 trust_code=trust_model_code,
                 card=model_card,
+                dicom_results=dicom_results,
             )
     except (CheckpointError, RunRefused) as exc:
         raise error_exit(exc) from exc
     _print_run_summary(task, summary, out)
-    if summary.failed:
+    failed = summary.failed
+    if pacs is not None and fetched is not None:
+        failed |= _after_pacs_run(pacs, fetched, out, push=push)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -214,3 +292,132 @@ def _print_run_summary(task: Pipeline, summary: RunSummary, out: Path) -> None:
     warned = sum(1 for row in summary.rows if row.get("input_check"))
     if warned:
         console.print(f"  [yellow]{warned} case(s) unlike BraTS data: see input_check in results.csv[/yellow]")
+
+
+def _input_folder(source: str) -> Path:
+    """A folder SOURCE, checked; exit 2 when it is not one."""
+    folder = Path(source)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise error_exit(f"{source} {what}: give a DICOM folder or dicomweb+http(s)://HOST:PORT/PATH")
+    return folder
+
+
+def _pacs_source(
+    source: str,
+    *,
+    study: list[str] | None,
+    query: str | None,
+    netrc_file: Path | None,
+    ca_bundle: Path | None,
+    push: bool,
+) -> DicomWebSource | None:
+    """The DICOMweb server of a ``dicomweb+http(s)://`` SOURCE with its credentials (None for a
+    folder); exit 2 when the PACS options do not fit the source or the credentials cannot be read."""
+    from medimg.pacs.credentials import CredentialError, find_credentials
+    from medimg.pacs.dicomweb import DicomWebSource, is_dicomweb, parse_query
+
+    if not is_dicomweb(source):
+        given = [name for name, v in (("--study", study), ("--query", query), ("--push", push)) if v]
+        given += [name for name, v in (("--netrc", netrc_file), ("--ca-bundle", ca_bundle)) if v is not None]
+        if given:
+            raise error_exit(f"{', '.join(given)}: only for a PACS source (dicomweb+http(s)://...)")
+        return None
+    if not study and not query:
+        raise error_exit("a DICOMweb source needs --study UID (repeatable) or --query 'KEY=VALUE&...'")
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise error_exit(f"--ca-bundle {ca_bundle}: no such file")
+    try:
+        if query:
+            parse_query(query)
+        pacs = DicomWebSource(source)
+        credentials = find_credentials(pacs.host, netrc_file=netrc_file)
+        return DicomWebSource(source, credentials, ca_bundle=ca_bundle)
+    except (CredentialError, ValueError) as exc:
+        raise error_exit(exc) from exc
+
+
+def _fetch(
+    pacs: DicomWebSource | DimsePacs, task: Pipeline, out: Path, study: list[str], query: str | None
+) -> FetchReport:
+    """Retrieve the selected series into OUT/pacs-cache (holding OUT's lock); exit 2 when the PACS
+    refuses the credentials, the search fails or another run holds OUT."""
+    from medimg.pacs.dicomweb import PacsError
+    from pipelines.dimse_runs import DimsePacs
+    from pipelines.pacs_runs import fetch_studies
+    from pipelines.run_state import OutputLock, RunRefused, prepare_output
+
+    try:
+        with OutputLock(prepare_output(out)):
+            if isinstance(pacs, DimsePacs):
+                fetched = pacs.fetch(task, out, study, query)
+            else:
+                fetched = fetch_studies(pacs, task, out, studies=study, query=query)
+    except (PacsError, RunRefused) as exc:
+        raise error_exit(exc) from exc
+    console.print(
+        f"{len(fetched.studies)} stud(ies) from {terminal_text(pacs.url)}: {len(fetched.retrieved)} series "
+        f"retrieved, {len(fetched.cached)} already in {terminal_text(fetched.folder)}"
+    )
+    return fetched
+
+
+def _after_pacs_run(pacs: DicomWebSource | DimsePacs, fetched: FetchReport, out: Path, *, push: bool) -> bool:
+    """Add the retrieval errors to errors.csv and print them; push the results when asked. True when
+    something failed; exit 2 when the PACS refuses the credentials."""
+    from medimg.pacs.dicomweb import PacsSetupError
+    from pipelines.pacs_runs import add_errors, push_results
+
+    add_errors(out, fetched.errors)
+    for line in fetched.errors:
+        style = "red" if line["kind"] == "error" else "dim"
+        console.print(f"  [{style}]{line['kind']}: {terminal_text(line['reason'])}[/{style}]")
+    if not push:
+        return fetched.failed
+    try:
+        report = push_results(pacs, out)
+    except PacsSetupError as exc:
+        raise error_exit(exc) from exc
+    except ValueError as exc:
+        console.print(f"  [red]not pushed: {terminal_text(exc)}[/red]")
+        return True
+    console.print(
+        f"pushed {len(report.sent)} DICOM result(s) to {terminal_text(pacs.url)} "
+        f"({len(report.earlier)} sent before, {len(report.failed)} failed; OUT/pushed.json)"
+    )
+    for path, reason in report.failed:
+        console.print(f"  [red]not pushed: {terminal_text(path)}: {terminal_text(reason)}[/red]")
+    return fetched.failed or bool(report.failed)
+
+
+def _dimse_source(
+    source: str | None,
+    from_pacs: str | None,
+    *,
+    calling_ae: str,
+    move_port: int | None,
+    study: list[str] | None,
+    query: str | None,
+    others: dict[str, Path | None],
+) -> DimsePacs:
+    """The PACS of ``--from-pacs AE@HOST:PORT`` (C-FIND, C-GET or C-MOVE, C-STORE for --push); exit 2
+    when SOURCE is given too, neither is given, or the options do not fit."""
+    from medimg.pacs.aet import check_ae_title, parse_remote
+    from medimg.pacs.dicomweb import parse_query
+    from pipelines.dimse_runs import DimsePacs
+
+    if from_pacs is None:
+        raise error_exit("give SOURCE (a DICOM folder or dicomweb+http(s)://...) or --from-pacs AE@HOST:PORT")
+    if source is not None:
+        raise error_exit(f"--from-pacs takes no SOURCE (got {source}): the studies come from the PACS")
+    given = [name for name, value in others.items() if value is not None]
+    if given:
+        raise error_exit(f"{', '.join(given)}: only for a DICOMweb source, not --from-pacs")
+    if not study and not query:
+        raise error_exit("--from-pacs needs --study UID (repeatable) or --query 'KEY=VALUE&...' (C-FIND keys)")
+    try:
+        if query:
+            parse_query(query)
+        return DimsePacs(parse_remote(from_pacs), calling_ae=check_ae_title(calling_ae), move_port=move_port)
+    except ValueError as exc:
+        raise error_exit(exc) from exc

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 #: Every command of ``medimg``: top-level commands and "group command" pairs.
 COMMANDS = [
-    "sample-data", "scan", "convert", "demo", "run", "train", "evaluate", "export",
+    "sample-data", "scan", "convert", "demo", "run", "train", "evaluate", "export", "listen",
     "uncertainty score", "uncertainty rank", "saliency audit",
     "continual fisher", "continual expand", "continual compare", "federated simulate",
 ]  # fmt: skip
