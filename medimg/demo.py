@@ -34,7 +34,9 @@ def _ensure_data(data: Path, console: Console) -> None:
     generate_sample_data(data, seed=0, count=DEMO_COUNTS)
 
 
-def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bool = False) -> bool:
+def run_demo(
+    data: Path, out: Path, *, console: Console | None = None, quiet: bool = False, keep_pacs: bool = False
+) -> bool:
     """Run the demo; print what it finds. Returns False when a check fails."""
     from medimg.dicom import scan_folder
     from medimg.dicom.selection import load_rules, select
@@ -116,6 +118,11 @@ def run_demo(data: Path, out: Path, *, console: Console | None = None, quiet: bo
 
     console.rule("[bold]10. Train across three institutions without moving images (federated, Flower)")
     ok &= _federated(out, console)
+
+    console.rule("[bold]11. From a PACS and back: Orthanc, DICOMweb, results as DICOM")
+    from pipelines.demo_pacs import pacs_step
+
+    ok &= pacs_step(data, out, console, keep=keep_pacs)
     return ok
 
 

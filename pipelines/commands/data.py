@@ -209,10 +209,13 @@ def demo(
     data: Annotated[Path, typer.Option(help="Sample data folder; generated there when missing.")] = Path("sample_data"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes its outputs.")] = Path("demo_out"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    keep_pacs: Annotated[
+        bool, typer.Option("--keep-pacs", help="Keep the demo's local Orthanc running at the end (Ctrl-C stops it).")
+    ] = False,
 ) -> None:
     """Show every job the toolkit has, on the bundled (or freshly generated) sample data."""
     from medimg.demo import run_demo
 
-    ok = run_demo(data, out, console=console, quiet=quiet)
+    ok = run_demo(data, out, console=console, quiet=quiet, keep_pacs=keep_pacs)
     if not ok:
         raise typer.Exit(1)
