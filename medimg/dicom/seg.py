@@ -206,6 +206,18 @@ def _segment_descriptions(
     ]
 
 
+def _content_uid(kind: str, datasets: Sequence[Dataset], frames: np.ndarray) -> str:
+    """A UID derived from the sources and the segmentation itself: writing the same SEG again (a
+    rerun) gives the same UIDs, so a PACS that holds it is not sent a duplicate; other labels, other UIDs."""
+    import hashlib
+
+    from pydicom.uid import generate_uid
+
+    digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+    sources = [str(ds.SOPInstanceUID) for ds in datasets]
+    return str(generate_uid(entropy_srcs=["medimg-seg", kind, digest, *sources]))
+
+
 def _segmentation(
     datasets: Sequence[Dataset],
     frames: np.ndarray,
@@ -230,9 +242,9 @@ def _segmentation(
             pixel_array=frames,
             segmentation_type=segmentation_type,
             segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
+            series_instance_uid=_content_uid("series", datasets, frames),
             series_number=int(series_number),
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=_content_uid("instance", datasets, frames),
             instance_number=1,
             manufacturer="medimg",
             manufacturer_model_name="medimg",

@@ -218,3 +218,15 @@ def test_brats_case_round_trip(tmp_path: Path, brain_case, seg_type: str) -> Non
     lut = np.zeros(4, dtype=np.uint8)
     lut[1:] = list(BRATS_SEGMENTS)
     np.testing.assert_array_equal(lut[numbers].transpose(2, 1, 0), labels)
+
+
+def test_the_same_segmentation_gets_the_same_uids_and_another_gets_others(tmp_path: Path) -> None:
+    """A rerun rewrites the SEG with the same UIDs (a PACS is not sent a duplicate); other labels differ."""
+    files, volume = _series(tmp_path / "mr")
+    labels = _toy_labels(tuple(volume.shape[1:]))
+    first = pydicom.dcmread(write_seg(labels, files, tmp_path / "a.dcm"))
+    again = pydicom.dcmread(write_seg(labels, files, tmp_path / "b.dcm"))
+    labels[8, 1, 0] = 1
+    other = pydicom.dcmread(write_seg(labels, files, tmp_path / "c.dcm"))
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert other.SOPInstanceUID != first.SOPInstanceUID and other.SeriesInstanceUID != first.SeriesInstanceUID
