@@ -175,6 +175,10 @@ def _fetch_selected(
             if _down(source, exc):
                 return _down(source, exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - e.g. a UID the client refuses: one bad series never stops the others
+            reason = f"study {study_uid} series {series_uid}: cannot be retrieved ({type(exc).__name__}: {exc})"
+            report.errors.append(_line("error", study_uid, series_uid, reason, study.PatientID))
+            continue
         (report.retrieved if done_now else report.cached).append(series_uid)
     return ""
 

@@ -72,6 +72,13 @@ def parse_query(query: str) -> dict[str, str]:
     return dict(pairs)
 
 
+def _study_uid(item: Any) -> str:
+    """The StudyInstanceUID (0020000D) of one QIDO-RS answer ("" when the item is not a usable one)."""
+    value = item.get("0020000D", {}) if isinstance(item, dict) else {}
+    values = value.get("Value") if isinstance(value, dict) else None
+    return str(values[0]) if isinstance(values, list) and values and isinstance(values[0], str) else ""
+
+
 def _empty_bulk_data(*_: Any) -> bytes:
     return b""
 
@@ -183,7 +190,7 @@ class DicomWebSource:
         while True:
             offset = len(uids) or None
             page = self._call(f"searching studies ({query})", functools.partial(self._qido_studies, filters, offset))
-            found = [str(s.get("0020000D", {}).get("Value", [""])[0]) for s in page]
+            found = [_study_uid(item) for item in page]
             new = [u for u in dict.fromkeys(found) if u and u not in uids]
             if not new:
                 return uids
@@ -199,7 +206,15 @@ class DicomWebSource:
             timeout=self.timeout,
         )
         response.raise_for_status()
-        return list(response.json()) if response.content else []  # 204: nothing found
+        if not response.content:
+            return []  # 204: nothing found
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise PacsError(f"searching studies: {self.host} answered with something that is not JSON") from exc
+        if not isinstance(answer, list):
+            raise PacsError(f"searching studies: {self.host} answered with a {type(answer).__name__}, not a list")
+        return answer
 
     def study_metadata(self, study_uid: str) -> list[Any]:
         """The instances' headers of a study (WADO-RS metadata) as pydicom Datasets, bulk data left empty."""
