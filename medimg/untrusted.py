@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["plot_text", "spreadsheet_text", "terminal_text"]
+__all__ = ["plain_text", "plot_text", "spreadsheet_text", "terminal_text"]
 
 # ESC-introduced sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), DCS/SOS/PM/APC
 # (ESC P/X/^/_ ... ESC \), and the two-byte ones (ESC + one character). The 8-bit C1 forms too.
@@ -32,18 +32,20 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 
 
-def terminal_text(value: Any) -> str:
-    """``value`` as text that prints literally on a rich console.
-
-    Escape sequences (CSI, OSC, ...) are removed whole, tabs and line breaks become spaces, other
-    C0/C1 control characters and DEL are dropped, and rich markup is escaped (``[/x]`` prints as
-    ``[/x]``).
-    """
-    from rich.markup import escape
-
+def plain_text(value: Any) -> str:
+    """``value`` as one line of plain text (a log line, a plain terminal): escape sequences (CSI,
+    OSC, ...) removed whole, tabs and line breaks made spaces, other C0/C1 controls and DEL dropped."""
     text = _ESCAPES.sub("", str(value))
     text = _WHITESPACE_CONTROLS.sub(" ", text)
-    return escape(_CONTROLS.sub("", text))
+    return _CONTROLS.sub("", text)
+
+
+def terminal_text(value: Any) -> str:
+    """``value`` as text that prints literally on a rich console: :func:`plain_text` with rich
+    markup escaped (``[/x]`` prints as ``[/x]``)."""
+    from rich.markup import escape
+
+    return escape(plain_text(value))
 
 
 def spreadsheet_text(value: Any) -> Any:

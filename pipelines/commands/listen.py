@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medimg.untrusted import terminal_text
+from medimg.untrusted import plain_text, terminal_text
 from pipelines.commands.app import (
     WEIGHTS_HELP,
     ModelCardOption,
@@ -84,7 +84,7 @@ def listen(
         calling_ae=caller,
         run_options={"batch_size": batch_size, "device": device, "trust_code": trust_model_code, "card": model_card},
     )
-    _log_to_stderr()
+    log_to_stderr()
     try:
         listener = StoreListener(
             out / INCOMING_FOLDER,
@@ -116,10 +116,19 @@ def listen(
     )
 
 
-def _log_to_stderr() -> None:
+class _PlainFormatter(logging.Formatter):
+    """Log lines whose message holds values from the network (UIDs, AE titles) as plain one-line
+    text: a newline or an escape sequence in a header cannot forge a log line or drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        record.message = plain_text(record.message)
+        return super().formatMessage(record)
+
+
+def log_to_stderr() -> None:
     """The listener's and runs' log lines (refusals, studies run, forwarding) on stderr."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)s %(message)s"))
     for name in ("medimg.pacs", "medimg.listen"):
         logger = logging.getLogger(name)
         if not logger.handlers:

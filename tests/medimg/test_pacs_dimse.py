@@ -196,3 +196,17 @@ def test_listen_command_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 0, err
     assert "Stopped: 0 instance(s) stored" in out
+
+
+def test_listen_log_lines_cannot_be_forged_by_header_values() -> None:
+    """A StudyInstanceUID with a newline and an escape sequence stays on its own log line, without the escape."""
+    import logging
+
+    from pipelines.commands.listen import log_to_stderr
+
+    log_to_stderr()
+    handler = logging.getLogger("medimg.listen").handlers[0]
+    uid = "1.2.5\n2026-12-03 07:00:00,000 WARNING FAKE: forged line \x1b[31mred"
+    record = logging.LogRecord("medimg.listen", logging.INFO, __file__, 1, "study %s: run", (uid,), None)
+    line = handler.format(record)
+    assert "\n" not in line and "\x1b" not in line and "1.2.5 2026-12-03 07:00:00,000 WARNING FAKE" in line
