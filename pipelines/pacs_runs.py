@@ -14,7 +14,6 @@ what is missing.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +23,12 @@ from typing import Any, Protocol
 from medimg.pacs.cache import SeriesCache
 from medimg.pacs.dicomweb import DicomWebSource, PacsError, PacsSetupError, PacsUnreachable
 from medimg.safepath import UnsafePathError, inside
-from medimg.writers import write_csv, write_json
+from medimg.writers import write_json
 
 __all__ = [
     "FetchReport",
     "PushReport",
     "ResultStore",
-    "add_errors",
     "fetch_studies",
     "push_results",
     "read_dicom_results",
@@ -217,20 +215,6 @@ def _fetch_series(
             "(not used; rerun to take the study as it is now)"
         )
     return True
-
-
-def add_errors(out: str | Path, lines: Sequence[dict[str, Any]]) -> None:
-    """Append ``lines`` to ``OUT/errors.csv`` (written by the run)."""
-    from pipelines.runner import ERROR_COLUMNS
-
-    if not lines:
-        return
-    path = Path(out) / "errors.csv"
-    rows: list[dict[str, Any]] = []
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    write_csv(path, [*rows, *lines], ERROR_COLUMNS)
 
 
 def read_dicom_results(out: str | Path) -> list[dict[str, Any]]:

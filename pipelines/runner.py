@@ -34,7 +34,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,6 +336,7 @@ def run_pipeline(
     trust_code: bool = False,
     card: str | os.PathLike[str] | None = None,
     dicom_results: bool = True,
+    input_errors: Sequence[Mapping[str, Any]] = (),
 ) -> RunSummary:
     """Run ``pipeline`` on every study of ``dicom_dir`` and write the outputs to ``out``.
 
@@ -356,6 +357,8 @@ def run_pipeline(
         card: the model card (default: the one beside the model file).
         dicom_results: for DICOM inputs, also write the results as DICOM objects (SR, SC) under
             ``OUT/dicom/`` and list them in ``run.json`` (:mod:`pipelines.dicom_outputs`).
+        input_errors: error lines from before the run (e.g. series a PACS did not deliver): they
+            go into ``errors.csv``, the counts and the report like the run's own.
 
     Returns:
         The :class:`RunSummary`. Bad inputs are recorded in ``errors.csv``, never raised.
@@ -379,7 +382,7 @@ def run_pipeline(
             clean_previous_run(out)
         else:
             check_rerun(out, identity)
-        summary = RunSummary(out=out)
+        summary = RunSummary(out=out, errors=[dict(e) for e in input_errors])
         summary.dicom = _dicom_writer(pipeline, out, weights, meta, identity, enabled=dicom_results)
         notes = pipeline.run_notes(model, meta)
         settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite, "result": identity}

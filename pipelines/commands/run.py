@@ -210,6 +210,7 @@ def run(
                 trust_code=trust_model_code,
                 card=model_card,
                 dicom_results=dicom_results,
+                input_errors=fetched.errors if fetched is not None else (),
             )
     except (CheckpointError, RunRefused) as exc:
         raise error_exit(exc) from exc
@@ -363,13 +364,12 @@ def _fetch(
 
 
 def _after_pacs_run(pacs: DicomWebSource | DimsePacs, fetched: FetchReport, out: Path, *, push: bool) -> bool:
-    """Add the retrieval errors to errors.csv and print them; push the results when asked. True when
+    """Print the retrieval errors; push the results when asked. True when
     something failed; exit 2 when the PACS refuses the credentials."""
     from medimg.pacs.dicomweb import PacsSetupError
-    from pipelines.pacs_runs import add_errors, push_results
+    from pipelines.pacs_runs import push_results
 
-    add_errors(out, fetched.errors)
-    for line in fetched.errors:
+    for line in fetched.errors:  # in errors.csv and the counts already (run_pipeline's input_errors)
         style = "red" if line["kind"] == "error" else "dim"
         console.print(f"  [{style}]{line['kind']}: {terminal_text(line['reason'])}[/{style}]")
     if not push:

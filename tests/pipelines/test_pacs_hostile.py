@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_a_series_uid_that_is_a_path_is_an_error_line_and_the_other_study_runs(t
         errors = [e for e in csv.DictReader(fh) if e["kind"] == "error"]
     assert len(errors) == 1 and "1.2.3.777" in errors[0]["reason"] and "cannot be retrieved" in errors[0]["reason"]
     assert not list(tmp_path.rglob("ESCAPE_SERIES"))
+    # the fetch error counts like the run's own: in run.json and in the summary line
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["errors"] == 1 and "1 error(s)" in result.output
 
 
 class _Garbage(http.server.BaseHTTPRequestHandler):
