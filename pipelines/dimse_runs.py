@@ -16,6 +16,7 @@ recording each one sent in ``OUT/pushed.json`` (the DICOMweb route's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from medimg.pacs.cache import SeriesCache
 from medimg.pacs.dimse import DimseDestination, DimseError, find, retrieve_series
 from pipelines.pacs_runs import FetchReport, PushReport, push_results
 
+LOG = logging.getLogger("medimg.pacs")
 __all__ = ["DimsePacs", "fetch_studies_dimse", "find_studies", "push_results_dimse", "series_modalities"]
 
 _SERIES_KEYS = ("Modality", "SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances")
@@ -147,6 +149,11 @@ def _fetch_series(
             calling_ae=calling_ae,
             move_port=move_port,
         )
+        if result.ignored:
+            LOG.warning(
+                "study %s series %s: %s sent %d instance(s) of other studies or series; not kept",
+                study, series, remote, len(result.ignored),
+            )  # fmt: skip
         if result.failures:
             raise DimseError(f"study {study} series {series}: not written: {'; '.join(result.failures)}")
     missing = cache.complete(study, series, expected)

@@ -74,6 +74,8 @@ class RetrieveResult:
     files: list[Path] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     method: str = ""
+    #: SOPInstanceUIDs the PACS sent from other studies or series than the one asked for (not written).
+    ignored: list[str] = field(default_factory=list)
 
 
 def _application_entity(calling_ae: str, timeout: float) -> Any:
@@ -206,8 +208,24 @@ def _add_storage(ae: Any, sop_classes: Sequence[str], reserved: int, *, requeste
     return roles
 
 
-def _receiver(root: Path, result: RetrieveResult, lock: threading.Lock) -> Callable[[Any], int]:
+def _belongs(event: Any, expected: tuple[str, str]) -> bool:
+    """Whether a received instance is of the study and series asked for (a PACS that matches a
+    C-GET on the series UID alone may send another patient's study that shares it)."""
+    try:
+        ds = event.dataset
+        return (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))) == expected
+    except Exception:  # noqa: BLE001 - an instance that cannot be read is left to save_instance's checks
+        return True
+
+
+def _receiver(
+    root: Path, result: RetrieveResult, lock: threading.Lock, expected: tuple[str, str]
+) -> Callable[[Any], int]:
     def handle(event: Any) -> int:
+        if not _belongs(event, expected):
+            with lock:
+                result.ignored.append(str(event.request.AffectedSOPInstanceUID))
+            return 0x0000  # taken and dropped: not written, never another study's data on disk
         code, path = save_instance(root, event)
         with lock:
             if path is not None:
@@ -252,7 +270,7 @@ def _get(
     ae = _application_entity(opts["calling_ae"], opts["timeout"])
     ae.add_requested_context(GET)
     roles = _add_storage(ae, sop_classes, 1, requested=True)
-    handlers = [(evt.EVT_C_STORE, _receiver(root, result, lock))]
+    handlers = [(evt.EVT_C_STORE, _receiver(root, result, lock, (study, series)))]
     assoc = _associate(ae, remote, "C-GET", ext_neg=roles, evt_handlers=handlers)
     try:
         if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):
@@ -276,7 +294,7 @@ def _move(
     result, lock = RetrieveResult(method="C-MOVE"), threading.Lock()
     scp = _application_entity(opts["calling_ae"], opts["timeout"])
     _add_storage(scp, sop_classes, 0, requested=False)
-    handlers = [(evt.EVT_C_STORE, _receiver(root, result, lock))]
+    handlers = [(evt.EVT_C_STORE, _receiver(root, result, lock, (study, series)))]
     server = scp.start_server((opts.get("move_host", ""), int(opts["move_port"])), block=False, evt_handlers=handlers)
     try:
         ae = _application_entity(opts["calling_ae"], opts["timeout"])

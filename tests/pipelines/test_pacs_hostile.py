@@ -82,3 +82,25 @@ def test_a_search_answer_that_is_not_dicom_json_exits_2_without_a_traceback(tmp_
         server.shutdown()
     assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+def test_a_c_get_that_also_sends_another_study_keeps_only_the_study_asked_for(tmp_path: Path) -> None:
+    """Orthanc matches a series-level C-GET on the series UID alone: another patient's study that
+    shares it arrives too, and must not be kept."""
+    first, second = sorted(CXR.rglob("*.dcm"))[:2]
+    for n, (path, study, patient) in enumerate(((first, "1.2.3.777", "ASKED"), (second, "1.2.3.666", "OTHER"))):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.PatientID, ds.SeriesInstanceUID = study, patient, "1.2.3.99"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.99.{n}"
+        ds.save_as(tmp_path / f"{patient}.dcm")
+    server = OrthancServer(tmp_path / "orthanc", modalities={"MEDIMG": ("MEDIMG", "127.0.0.1", 11112)})
+    try:
+        server.upload([tmp_path / "ASKED.dcm", tmp_path / "OTHER.dcm"])
+        out = tmp_path / "out"
+        source = f"{server.aet}@127.0.0.1:{server.dicom_port}"
+        result = runner.invoke(app, ["run", "pneumonia", "--from-pacs", source, "--study", "1.2.3.777", "-o", str(out)])
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    kept = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm") if "pacs-" in str(p)]
+    assert kept and {ds.PatientID for ds in kept} == {"ASKED"}
