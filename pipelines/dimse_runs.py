@@ -24,7 +24,7 @@ from typing import Any
 from medimg.pacs.aet import RemoteAE
 from medimg.pacs.cache import SeriesCache
 from medimg.pacs.dimse import DimseDestination, DimseError, find, retrieve_series
-from pipelines.pacs_runs import FetchReport, PushReport, push_results
+from pipelines.pacs_runs import FetchReport, PushReport, error_line, push_results
 
 LOG = logging.getLogger("medimg.pacs")
 __all__ = ["DimsePacs", "fetch_studies_dimse", "find_studies", "push_results_dimse", "series_modalities"]
@@ -59,17 +59,6 @@ def find_studies(
     return found
 
 
-def _line(kind: str, study: str, series: str, reason: str, patient: str = "") -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "PatientID": patient,
-        "StudyInstanceUID": study,
-        "SeriesInstanceUID": series,
-        "path": "",
-        "reason": reason,
-    }
-
-
 def fetch_studies_dimse(
     remote: RemoteAE,
     task: Any,
@@ -101,7 +90,7 @@ def fetch_studies_dimse(
             )
             series = find(remote, "SERIES", keys, calling_ae=calling_ae)
         except DimseError as exc:
-            report.errors.append(_line("error", study, "", str(exc)))
+            report.errors.append(error_line("error", study, "", str(exc)))
             continue
         patient = str(series[0].get("PatientID", "")) if series else ""
         wanted = [s for s in series if modalities is None or str(s.get("Modality", "")) in modalities]
@@ -109,14 +98,14 @@ def fetch_studies_dimse(
             what = "no series" if not series else f"no series of modality {', '.join(sorted(modalities or ()))}"
             kind = "error" if not series else "skipped"
             reason = f"{what} in the study on {remote} (for the {rules.name} rules; not retrieved)"
-            report.errors.append(_line(kind, study, "", reason, patient))
+            report.errors.append(error_line(kind, study, "", reason, patient))
             continue
         for ds in wanted:
             uid = str(ds.SeriesInstanceUID)
             try:
                 retrieved = _fetch_series(remote, cache, study, uid, calling_ae=calling_ae, move_port=move_port)
             except DimseError as exc:
-                report.errors.append(_line("error", study, uid, str(exc), patient))
+                report.errors.append(error_line("error", study, uid, str(exc), patient))
                 continue
             (report.retrieved if retrieved else report.cached).append(uid)
     return report

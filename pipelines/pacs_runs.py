@@ -29,6 +29,7 @@ __all__ = [
     "FetchReport",
     "PushReport",
     "ResultStore",
+    "error_line",
     "fetch_studies",
     "push_results",
     "read_dicom_results",
@@ -62,7 +63,8 @@ class FetchReport:
         }
 
 
-def _line(kind: str, study_uid: str, series_uid: str, reason: str, patient: str = "") -> dict[str, Any]:
+def error_line(kind: str, study_uid: str, series_uid: str, reason: str, patient: str = "") -> dict[str, Any]:
+    """One ``errors.csv`` line about a study or series of a PACS."""
     return {
         "kind": kind,
         "PatientID": patient,
@@ -127,7 +129,7 @@ def fetch_studies(
     down = ""  # once the server stops answering, the rest is listed, not tried
     for study_uid in report.studies:
         if down:
-            report.errors.append(_line("error", study_uid, "", f"study {study_uid}: not retrieved: {down}"))
+            report.errors.append(error_line("error", study_uid, "", f"study {study_uid}: not retrieved: {down}"))
             continue
         try:
             study = _study_from_metadata(study_uid, source.study_metadata(study_uid))
@@ -135,16 +137,16 @@ def fetch_studies(
         except PacsSetupError:
             raise
         except PacsError as exc:
-            report.errors.append(_line("error", study_uid, "", str(exc)))
+            report.errors.append(error_line("error", study_uid, "", str(exc)))
             down = _down(source, exc)
             continue
         except Exception as exc:  # noqa: BLE001 - one bad study never stops the others
             reason = f"study {study_uid}: unusable metadata ({type(exc).__name__}: {exc})"
-            report.errors.append(_line("error", study_uid, "", reason))
+            report.errors.append(error_line("error", study_uid, "", reason))
             continue
         if not wanted:
             reason = f"no series matches the {rules.name} rules (not retrieved)"
-            report.errors.append(_line("skipped", study_uid, "", reason, study.PatientID))
+            report.errors.append(error_line("skipped", study_uid, "", reason, study.PatientID))
             continue
         down = _fetch_selected(source, cache, study, wanted, report)
     return report
@@ -169,13 +171,13 @@ def _fetch_selected(
         except PacsSetupError:
             raise
         except PacsError as exc:
-            report.errors.append(_line("error", study_uid, series_uid, str(exc), study.PatientID))
+            report.errors.append(error_line("error", study_uid, series_uid, str(exc), study.PatientID))
             if _down(source, exc):
                 return _down(source, exc)
             continue
         except Exception as exc:  # noqa: BLE001 - e.g. a UID the client refuses: one bad series never stops the others
             reason = f"study {study_uid} series {series_uid}: cannot be retrieved ({type(exc).__name__}: {exc})"
-            report.errors.append(_line("error", study_uid, series_uid, reason, study.PatientID))
+            report.errors.append(error_line("error", study_uid, series_uid, reason, study.PatientID))
             continue
         (report.retrieved if done_now else report.cached).append(series_uid)
     return ""

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BRATS_SEGMENTS",
     "SEG_SOP_CLASS_UIDS",
+    "TYPE2_PATIENT_STUDY",
     "SegmentSpec",
     "read_seg",
     "write_seg",
@@ -44,9 +45,9 @@ __all__ = [
 #: Segmentation Storage (BINARY/FRACTIONAL) and Label Map Segmentation Storage (LABELMAP).
 SEG_SOP_CLASS_UIDS = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
-#: Patient/study attributes highdicom copies from the first source image. They are type 2 in
+#: Patient/study attributes highdicom copies from the first source image (SEG, SR, SC). They are type 2 in
 #: the source IODs (present, possibly empty), but minimal exports sometimes omit them.
-_TYPE2_COPIED = (
+TYPE2_PATIENT_STUDY = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -426,7 +427,7 @@ def _encode(array: np.ndarray, values: Sequence[int], out_path: Path) -> np.ndar
 def _complete_sources(datasets: Sequence[Any]) -> None:
     """Add, in memory, the attributes highdicom reads that a minimal export may omit."""
     for ds in datasets:
-        for keyword in _TYPE2_COPIED:
+        for keyword in TYPE2_PATIENT_STUDY:
             if keyword not in ds:
                 setattr(ds, keyword, "")
     if all(ds.get("SliceThickness") not in (None, "") for ds in datasets):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg import __version__
+from medimg.dicom.seg import TYPE2_PATIENT_STUDY
 from medimg.writers import atomic_path
 
 if TYPE_CHECKING:
@@ -45,19 +46,6 @@ MANUFACTURER = "medimg"
 DISCLAIMER = "NOT FOR CLINICAL USE: demo weights trained on synthetic phantoms"
 #: Said by every object: the results are a research tool's.
 RESEARCH_NOTE = "Research use only: automated result, not reviewed by a physician"
-
-#: Patient/study attributes highdicom copies from the source (type 2 there: present, maybe empty).
-_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 
 @dataclass(frozen=True)
@@ -153,7 +141,7 @@ def read_source(path: str | os.PathLike[str]) -> Dataset:
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(k)]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)}: a result object cannot reference it")
-    for keyword in _TYPE2:
+    for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
     _drop_invalid_copied_values(ds)
@@ -167,7 +155,7 @@ def _drop_invalid_copied_values(ds: Dataset) -> None:
     from pydicom import config
     from pydicom.valuerep import validate_value
 
-    for keyword in (*_TYPE2, "PatientAge"):
+    for keyword in (*TYPE2_PATIENT_STUDY, "PatientAge"):
         element = ds.data_element(keyword) if keyword in ds else None
         if element is None or element.value in (None, ""):
             continue
