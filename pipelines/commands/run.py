@@ -33,6 +33,124 @@ if TYPE_CHECKING:
     from pipelines.runner import RunSummary
 
 
+# Options of `run` declared once here, so that the command reads as a list (the PACS ones: docs/pacs.md).
+_Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Remove the earlier run's outputs in OUT and start clean (needed when the weights or "
+        "result settings differ from those in OUT/run.json).",
+    ),
+]
+
+_Uncertainty = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="brats: uncertainty maps by tta, mc-dropout or ensemble (QU-BraTS files)."),
+]
+
+_EnsembleWeights = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        help="brats: further models for --uncertainty ensemble (repeatable; any --weights kind, each with "
+        "its own card beside it; --trust-model-code applies to them too)."
+    ),
+]
+
+_Naming = Annotated[
+    str,
+    typer.Option(
+        help="brats NIfTI input naming: brats2021 (_t1ce...), brats2023 (-t1c...) or plain "
+        "(a folder per case holding t1, t1ce, t2, flair .nii.gz)."
+    ),
+]
+
+_LabelConvention = Annotated[
+    str,
+    typer.Option(
+        help="brats output labels: auto (BraTS 2023 naming -> brats2023, ET = 3; any other input, "
+        "DICOM included -> brats2020, the 2021 labels, ET = 4), brats2020 or brats2023."
+    ),
+]
+
+_Views = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--views",
+        help="density: CSV of laterality and view per image (columns SOPInstanceUID or path, "
+        "laterality, view); overrides the tags.",
+    ),
+]
+
+_ViewRule = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--view-rule",
+        help="density: 'Keyword:regex' with groups (?P<laterality>..) and/or (?P<view>..), e.g. "
+        "'PatientID:_(?P<laterality>LEFT|RIGHT)_(?P<view>CC|MLO)', for images the tags do not place "
+        "(repeatable).",
+    ),
+]
+
+_DicomResults = Annotated[
+    bool,
+    typer.Option(
+        "--dicom-results/--no-dicom-results",
+        help="DICOM inputs: also write the results as DICOM objects (SR, overlay SC) under OUT/dicom/, "
+        "listed in run.json dicom_results (docs: dicom-results).",
+    ),
+]
+
+_Study = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--study", help="DICOMweb: a StudyInstanceUID to run (repeatable)."),
+]
+
+_Query = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="DICOMweb: QIDO-RS study search, e.g. 'ModalitiesInStudy=CR&StudyDate=20260101-'."),
+]
+
+_NetrcFile = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--netrc",
+        help="PACS credentials: netrc file with a 'machine HOST login USER password PASS' line "
+        "(else MEDIMG_PACS_TOKEN or MEDIMG_PACS_USER + MEDIMG_PACS_PASSWORD).",
+    ),
+]
+
+_CaBundle = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--ca-bundle", help="DICOMweb over HTTPS: the CA certificate(s) (PEM) to trust, instead of the system's."
+    ),
+]
+
+_Push = Annotated[
+    bool,
+    typer.Option("--push", help="Send the run's DICOM results back to the PACS (OUT/pushed.json records them)."),
+]
+
+_FromPacs = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--from-pacs",
+        help="A PACS over DIMSE, AE@HOST:PORT, instead of SOURCE: C-FIND the studies (--study or --query "
+        "'KEY=VALUE&...' C-FIND keys), C-GET their series (docs: pacs).",
+    ),
+]
+
+_MovePort = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        min=1,
+        max=65535,
+        help="--from-pacs: when the PACS refuses C-GET, receive by C-MOVE on this port (the PACS must "
+        "know --calling-ae at this host and port).",
+    ),
+]
+
+
 @app.command()
 def run(
     pipeline: PipelineArgument,
@@ -53,111 +171,25 @@ def run(
     ] = None,  # noqa: UP045
     trust_model_code: TrustModelCodeOption = False,
     model_card: ModelCardOption = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Remove the earlier run's outputs in OUT and start clean (needed when the weights or "
-            "result settings differ from those in OUT/run.json).",
-        ),
-    ] = False,
+    overwrite: _Overwrite = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    uncertainty: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="brats: uncertainty maps by tta, mc-dropout or ensemble (QU-BraTS files)."),
-    ] = None,
+    uncertainty: _Uncertainty = None,
     samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,
-    ensemble_weights: Annotated[
-        Optional[list[Path]],  # noqa: UP045
-        typer.Option(
-            help="brats: further models for --uncertainty ensemble (repeatable; any --weights kind, each with "
-            "its own card beside it; --trust-model-code applies to them too)."
-        ),
-    ] = None,
-    naming: Annotated[
-        str,
-        typer.Option(
-            help="brats NIfTI input naming: brats2021 (_t1ce...), brats2023 (-t1c...) or plain "
-            "(a folder per case holding t1, t1ce, t2, flair .nii.gz)."
-        ),
-    ] = "brats2021",
-    label_convention: Annotated[
-        str,
-        typer.Option(
-            help="brats output labels: auto (BraTS 2023 naming -> brats2023, ET = 3; any other input, "
-            "DICOM included -> brats2020, the 2021 labels, ET = 4), brats2020 or brats2023."
-        ),
-    ] = "auto",
-    views: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--views",
-            help="density: CSV of laterality and view per image (columns SOPInstanceUID or path, "
-            "laterality, view); overrides the tags.",
-        ),
-    ] = None,
-    view_rule: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--view-rule",
-            help="density: 'Keyword:regex' with groups (?P<laterality>..) and/or (?P<view>..), e.g. "
-            "'PatientID:_(?P<laterality>LEFT|RIGHT)_(?P<view>CC|MLO)', for images the tags do not place "
-            "(repeatable).",
-        ),
-    ] = None,
-    dicom_results: Annotated[
-        bool,
-        typer.Option(
-            "--dicom-results/--no-dicom-results",
-            help="DICOM inputs: also write the results as DICOM objects (SR, overlay SC) under OUT/dicom/, "
-            "listed in run.json dicom_results (docs: dicom-results).",
-        ),
-    ] = True,
-    study: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--study", help="DICOMweb: a StudyInstanceUID to run (repeatable)."),
-    ] = None,
-    query: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="DICOMweb: QIDO-RS study search, e.g. 'ModalitiesInStudy=CR&StudyDate=20260101-'."),
-    ] = None,
-    netrc_file: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--netrc",
-            help="PACS credentials: netrc file with a 'machine HOST login USER password PASS' line "
-            "(else MEDIMG_PACS_TOKEN or MEDIMG_PACS_USER + MEDIMG_PACS_PASSWORD).",
-        ),
-    ] = None,
-    ca_bundle: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--ca-bundle", help="DICOMweb over HTTPS: the CA certificate(s) (PEM) to trust, instead of the system's."
-        ),
-    ] = None,
-    push: Annotated[
-        bool,
-        typer.Option("--push", help="Send the run's DICOM results back to the PACS (OUT/pushed.json records them)."),
-    ] = False,
-    from_pacs: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--from-pacs",
-            help="A PACS over DIMSE, AE@HOST:PORT, instead of SOURCE: C-FIND the studies (--study or --query "
-            "'KEY=VALUE&...' C-FIND keys), C-GET their series (docs: pacs).",
-        ),
-    ] = None,
+    ensemble_weights: _EnsembleWeights = None,
+    naming: _Naming = "brats2021",
+    label_convention: _LabelConvention = "auto",
+    views: _Views = None,
+    view_rule: _ViewRule = None,
+    dicom_results: _DicomResults = True,
+    study: _Study = None,
+    query: _Query = None,
+    netrc_file: _NetrcFile = None,
+    ca_bundle: _CaBundle = None,
+    push: _Push = False,
+    from_pacs: _FromPacs = None,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="--from-pacs: this side's AE title.")] = "MEDIMG",
-    move_port: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            min=1,
-            max=65535,
-            help="--from-pacs: when the PACS refuses C-GET, receive by C-MOVE on this port (the PACS must "
-            "know --calling-ae at this host and port).",
-        ),
-    ] = None,
+    move_port: _MovePort = None,
     max_pixels: MaxPixelsOption = None,
     quiet: QuietOption = False,
 ) -> None:
