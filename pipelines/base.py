@@ -233,16 +233,22 @@ class Pipeline:
         device: str,
         timings: dict[str, float],
     ) -> list[ImageResult]:
-        """Results for a batch of loaded inputs: stack, :meth:`forward`, softmax, :meth:`postprocess`."""
+        """Results for a batch of loaded inputs: stack, :meth:`forward`, softmax, :meth:`postprocess`.
+
+        On a CUDA device the pass runs in mixed precision and channels-last (:mod:`medimg.devices`);
+        the probabilities and maps are float32 either way."""
         import time
 
         import torch
 
+        from medimg.devices import inference_precision, to_device
+
         start = time.perf_counter()
-        images = torch.stack([torch.as_tensor(x) for x in inputs]).to(device)
-        with torch.no_grad():
+        images = to_device(torch.stack([torch.as_tensor(x) for x in inputs]), device, channels_last=True)
+        with torch.no_grad(), inference_precision(device):
             logits, extras = self.forward(model, images, meta)
-            prob = torch.softmax(logits, dim=1).cpu().numpy()
+        prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        extras = extras.float() if isinstance(extras, torch.Tensor) else extras
         timings["inference"] = timings.get("inference", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         results = self.postprocess(images.cpu(), prob, extras, items, meta)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -55,6 +55,8 @@ __all__ = [
     "NAMING",
     "REGION_CHANNELS",
     "CaseInputError",
+    "CaseLoader",
+    "PreparedCase",
     "channels_to_labels",
     "choose_label_convention",
     "convert_labels",
@@ -217,6 +219,27 @@ def _to_source_grid(array: Any, prepared: Any, case: Any) -> np.ndarray:
     return np.asarray(ResampleToMatch(mode="bilinear")(moved, img_dst=case), dtype=np.float32)
 
 
+class PreparedCase(NamedTuple):
+    """A loaded case (on its source grid) and its tensor preprocessed for the network
+    (:func:`preprocessing_transforms`), made together in the load stage of a run."""
+
+    case: Any
+    prepared: Any
+
+
+class CaseLoader:
+    """The load stage of a case (picklable, for the loading processes): read the four sequences in
+    ``channels`` order onto one grid, then preprocess with ``spacing``."""
+
+    def __init__(self, channels: Sequence[str], spacing: Sequence[float] | None) -> None:
+        self.channels = tuple(channels)
+        self.spacing = spacing
+
+    def __call__(self, item: Mapping[str, Any]) -> PreparedCase:
+        case = load_case(item["case_id"], item["sources"], channels=self.channels)
+        return PreparedCase(case, preprocessing_transforms(self.spacing)(case))
+
+
 class BratsPipeline(Pipeline):
     """Brain-tumour segmentation; configure with :meth:`configure` before running."""
 
@@ -317,16 +340,11 @@ class BratsPipeline(Pipeline):
         }
 
     def transforms(self, preprocessing: Mapping[str, Any], *, train: bool, box_masks: bool = False) -> Any:
-        """Loader of a case in the checkpoint's channel order (intensity preprocessing is in infer()).
+        """:class:`CaseLoader`: a case in the checkpoint's channel order, with its preprocessed tensor.
 
         ``train`` and ``box_masks`` (box supervision of the 2-D attention gate) change nothing here.
         """
-        channels = tuple(preprocessing.get("channels", CHANNEL_ORDER))
-
-        def load(item: Mapping[str, Any]) -> Any:
-            return load_case(item["case_id"], item["sources"], channels=channels)
-
-        return load
+        return CaseLoader(tuple(preprocessing.get("channels", CHANNEL_ORDER)), preprocessing.get("spacing"))
 
     def run_notes(self, model: Any, meta: Mapping[str, Any]) -> list[str]:
         """A bundle or card threshold other than 0.5: the labels are still cut at 0.5."""
@@ -414,21 +432,26 @@ class BratsPipeline(Pipeline):
             return transform(item)
 
     def _predictor(self, meta: Mapping[str, Any], device: str) -> Any:
+        """``predict(model, x)``: sigmoid region probabilities (float32) by sliding windows, in mixed
+        precision on a CUDA device (:mod:`medimg.devices`)."""
         import torch
         from monai.inferers import sliding_window_inference
+
+        from medimg.devices import inference_precision, to_device
 
         pre = meta["preprocessing"]
 
         def predict(model: Any, x: Any) -> Any:
-            logits = sliding_window_inference(
-                x.to(device),
-                roi_size=tuple(pre["roi_size"]),
-                sw_batch_size=1,
-                predictor=model,
-                overlap=float(pre.get("overlap", 0.5)),
-                mode="gaussian",
-            )
-            return torch.sigmoid(cast(torch.Tensor, logits))
+            with inference_precision(device):
+                logits = sliding_window_inference(
+                    to_device(x, device),
+                    roi_size=tuple(pre["roi_size"]),
+                    sw_batch_size=1,
+                    predictor=model,
+                    overlap=float(pre.get("overlap", 0.5)),
+                    mode="gaussian",
+                )
+            return torch.sigmoid(cast(torch.Tensor, logits).float())
 
         return predict
 
@@ -454,9 +477,13 @@ class BratsPipeline(Pipeline):
                     self.load_extra_models(meta, device=device)
                 models += list(self._members or [])
             results = []
-            for case, item in zip(inputs, items, strict=True):
+            for loaded, item in zip(inputs, items, strict=True):
                 start = time.perf_counter()
-                prepared = preprocessing_transforms(meta["preprocessing"].get("spacing"))(case)
+                case, prepared = (
+                    loaded
+                    if isinstance(loaded, PreparedCase)
+                    else (loaded, preprocessing_transforms(meta["preprocessing"].get("spacing"))(loaded))
+                )
                 batch = prepared.unsqueeze(0)
                 maps = None
                 with torch.no_grad():

@@ -85,13 +85,14 @@ class DicomResultWriter:
         #: Every object listed so far (resumed studies' included), for ``run.json``.
         self.listed: list[dict[str, Any]] = []
 
-    def resumed(self, entries: Sequence[Mapping[str, Any]]) -> None:
-        """Keep the objects of a study done by an earlier run (its ``study.json``)."""
+    def record(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """List the objects of a study: written by this run (:meth:`write_study` may run in another
+        process) or by an earlier run (its ``study.json``)."""
         self.listed.extend(dict(e) for e in entries)
 
     def write_study(self, folder: Path, done: Sequence[tuple[Mapping[str, Any], Any]]) -> list[dict[str, Any]]:
         """Write the objects of one study from its ``(item, result)`` pairs (a failed image's result
-        is None) and return their entries (also added to :attr:`listed`).
+        is None) and return their entries (for :meth:`record`).
 
         Raises:
             ValueError: a source cannot be read or an object cannot be made (the message says which).
@@ -106,7 +107,6 @@ class DicomResultWriter:
             files = sorted({str(item.get("source_file", "")) for item, _ in ok})
             where = files[0] + (f" (and {len(files) - 1} more)" if len(files) > 1 else "")
             raise ValueError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        self.listed.extend(entries)
         return entries
 
     # --- per pipeline ------------------------------------------------------------------------

@@ -30,11 +30,12 @@ Inputs are only read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import numpy as np
 from medimg import __version__
 from medimg.writers import remove_stale_temporaries, write_csv, write_json
 from pipelines.base import ImageResult, Pipeline
+from pipelines.run_stages import Outcome, StagePool, WorkItem, default_workers, local_outcomes
 from pipelines.run_state import (
     OutputLock,
     RunRefused,
@@ -53,6 +55,7 @@ from pipelines.run_state import (
     prepare_output,
     result_settings,
 )
+from pipelines.study_outputs import StudyTask, WrittenStudy, error_line, write_study
 
 __all__ = ["ERROR_COLUMNS", "RunRefused", "RunSummary", "default_weights", "resume_study", "run_pipeline"]
 
@@ -104,12 +107,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _error_line(item: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """An ``error`` line of ``errors.csv`` for a work item (or a study's ids)."""
-    ids = {k: item.get(k, "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
-    return {"kind": "error", **ids, "path": item.get("source_file", item.get("path", "")), "reason": reason}
-
-
 def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: RunSummary) -> list[tuple]:
     """Select images per study; record skips; return jobs (study, folder, items) not yet done. A study
     that cannot be planned (e.g. an unusable UID for its folder) is an error line, never raised."""
@@ -127,7 +124,7 @@ def _plan(pipeline: Pipeline, scan: Any, out: Path, overwrite: bool, summary: Ru
         except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
             first = study.series[0].files[0] if study.series and study.series[0].files else ""
             ids = {"PatientID": study.PatientID, "StudyInstanceUID": study.StudyInstanceUID, "path": first}
-            summary.errors.append(_error_line(ids, f"cannot plan the study: {describe_error(exc)}"))
+            summary.errors.append(error_line(ids, f"cannot plan the study: {describe_error(exc)}"))
             continue
         if job is not None:
             jobs.append(job)
@@ -214,62 +211,9 @@ def resume_study(folder: Path, overwrite: bool, summary: RunSummary) -> bool:
     record = json.loads(done.read_text())
     summary.rows.extend(record["rows"])
     if summary.dicom is not None:
-        summary.dicom.resumed(record.get("dicom_results", []))
+        summary.dicom.record(record.get("dicom_results", []))
     summary.counts["studies_resumed"] = summary.counts.get("studies_resumed", 0) + 1
     return True
-
-
-def _load_batch(
-    pipeline: Pipeline,
-    batch: list[tuple[int, dict[str, Any]]],
-    transform: Any,
-    results: dict[int, list[tuple[dict, ImageResult | None]]],
-    job_errors: dict[int, list[dict[str, Any]]],
-) -> tuple[list[Any], list[tuple[int, dict[str, Any]]]]:
-    """Load and transform a batch of ``(job, item)``; an image that fails is recorded as an error of
-    its job (and a missing result), never raised. Returns the tensors and their ``(job, item)``."""
-    tensors, ok = [], []
-    for j, item in batch:
-        try:
-            tensors.append(pipeline.load(item, transform))
-            ok.append((j, item))
-        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-            job_errors[j].append(_error_line(item, f"cannot load: {describe_error(exc)}"))
-            results[j].append((item, None))
-    return tensors, ok
-
-
-def _infer_batch(
-    pipeline: Pipeline,
-    model: Any,
-    loaded: tuple[list[Any], list[tuple[int, dict[str, Any]]]],
-    meta: Mapping[str, Any],
-    results: dict[int, list[tuple[dict, ImageResult | None]]],
-    job_errors: dict[int, list[dict[str, Any]]],
-    *,
-    device: str,
-    timings: dict[str, float],
-) -> None:
-    """Results of a loaded batch into ``results``; when the batch fails, each image is tried alone
-    and an image that still fails is an error of its job (and a missing result), never raised."""
-    tensors, ok = loaded
-    if not tensors:
-        return
-    try:
-        outputs = pipeline.infer(model, tensors, [item for _, item in ok], meta, device=device, timings=timings)
-        pairs = list(zip(ok, outputs, strict=True))
-    except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-        if len(ok) > 1:
-            for one, tensor in zip(ok, tensors, strict=True):
-                alone = ([tensor], [one])
-                _infer_batch(pipeline, model, alone, meta, results, job_errors, device=device, timings=timings)
-            return
-        j, item = ok[0]
-        job_errors[j].append(_error_line(item, f"inference failed: {describe_error(exc)}"))
-        results[j].append((item, None))
-        return
-    for (j, item), result in pairs:
-        results[j].append((item, result))
 
 
 def _write_run_json(
@@ -302,6 +246,8 @@ def _write_run_json(
             "settings": {
                 "batch_size": settings["batch_size"],
                 "device": settings["device"],
+                "workers": settings["workers"],
+                "ray": settings["ray"],
                 "preprocessing": meta["preprocessing"],
                 "overwrite": settings["overwrite"],
                 "selection_rules": pipeline.rules,
@@ -337,6 +283,8 @@ def run_pipeline(
     card: str | os.PathLike[str] | None = None,
     dicom_results: bool = True,
     input_errors: Sequence[Mapping[str, Any]] = (),
+    scan_index: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
 ) -> RunSummary:
     """Run ``pipeline`` on every study of ``dicom_dir`` and write the outputs to ``out``.
 
@@ -349,8 +297,9 @@ def run_pipeline(
             (:func:`medimg.model_sources.load_model`).
         overwrite: remove the outputs of earlier runs in ``out`` and start clean.
         batch_size: images per forward pass.
-        device: torch device.
-        workers: processes for the header scan.
+        device: torch device; on ``cuda`` mixed precision and channels-last (:mod:`medimg.devices`).
+        workers: processes that read headers and load (decode, preprocess) the images while the model
+            runs (:mod:`pipelines.run_stages`); default: one per core; 0 does everything in this process.
         progress: ``progress(done, total)`` per image.
         write_report: also write ``report.html``.
         trust_code: let a bundle's config run code (``--trust-model-code``).
@@ -359,23 +308,31 @@ def run_pipeline(
             ``OUT/dicom/`` and list them in ``run.json`` (:mod:`pipelines.dicom_outputs`).
         input_errors: error lines from before the run (e.g. series a PACS did not deliver): they
             go into ``errors.csv``, the counts and the report like the run's own.
+        scan_index: an SQLite scan index of ``dicom_dir`` (:mod:`medimg.dicom.scan_index`): only new
+            or changed files are read, and the index is brought up to date; None scans every header.
+        ray: ``"auto"`` or a Ray cluster's address: load and infer on the cluster's workers
+            (:mod:`pipelines.ray_runs`; the results are written here as in a local run); None: here.
 
     Returns:
         The :class:`RunSummary`. Bad inputs are recorded in ``errors.csv``, never raised.
 
     Raises:
+        medimg.devices.DeviceError: ``device`` cannot be used here (e.g. ``cuda`` without a GPU).
         medimg.models.CheckpointError: the weights are missing, unreadable or not for this pipeline
             (a :class:`medimg.model_sources.ModelSourceError` for a bundle, TorchScript or card).
         RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
             settings (and not ``overwrite``); nothing was written then.
     """
+    from medimg.devices import check_device, prepare_model
     from medimg.model_sources import load_model, model_sha256
 
     start = time.perf_counter()
+    check_device(device)
     out = prepare_output(out)
     with OutputLock(out):
         remove_stale_temporaries(out)
         model, meta = load_model(weights, pipeline=pipeline.name, map_location=device, trust_code=trust_code, card=card)
+        model = prepare_model(model, device)
         pipeline.load_extra_models(meta, device=device, trust_code=trust_code)
         identity = result_settings(pipeline, model_sha256(weights, card))
         if overwrite:
@@ -385,14 +342,21 @@ def run_pipeline(
         summary = RunSummary(out=out, errors=[dict(e) for e in input_errors])
         summary.dicom = _dicom_writer(pipeline, out, weights, meta, identity, enabled=dicom_results)
         notes = pipeline.run_notes(model, meta)
+        workers = default_workers() if workers is None else workers
         settings = {"batch_size": batch_size, "device": device, "overwrite": overwrite, "result": identity}
+        settings.update(workers=workers, ray=ray)
         settings["notes"] = notes
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "running"}, summary, [])
         transform = pipeline.transforms(meta["preprocessing"], train=False)
-        jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary)
-        timings = _process_jobs(
-            pipeline, jobs, model, meta, transform, summary, batch_size=batch_size, device=device, progress=progress
-        )
+        jobs, n_studies = _scan_and_plan(pipeline, dicom_dir, overwrite, workers, summary, scan_index)
+        stage_timings: dict[str, float] = {}
+        write = functools.partial(write_study, pipeline, summary.dicom)
+        with StagePool(pipeline, transform, write, workers if jobs else 0, died=_study_writer_died) as pool:
+            outcomes = _outcome_source(
+                pipeline, pool, model, meta, ray, device, stage_timings, weights, card, trust_code
+            )
+            _process_jobs(pipeline, jobs, outcomes, pool, summary, batch_size=batch_size, progress=progress)
+        timings = {**stage_timings, "write": pool.write_seconds}
         outputs = _write_results(pipeline, meta, summary, timings, n_studies=n_studies, n_processed=len(jobs))
         if summary.dicom is not None and summary.dicom.listed:
             outputs.append(out / "dicom")  # removed by --overwrite with the rest
@@ -402,6 +366,42 @@ def run_pipeline(
         summary.timings["total"] = time.perf_counter() - start
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "finished"}, summary, outputs)
     return summary
+
+
+def _outcome_source(
+    pipeline: Pipeline,
+    pool: StagePool,
+    model: Any,
+    meta: Mapping[str, Any],
+    ray: str | None,
+    device: str,
+    timings: dict[str, float],
+    weights: str | os.PathLike[str],
+    card: str | os.PathLike[str] | None,
+    trust_code: bool,
+) -> Callable[[list[list[WorkItem]]], Generator[list[Outcome], None, None]]:
+    """Where the batches are loaded and inferred: ``pool`` and ``model`` here, or the Ray cluster at
+    ``ray`` (:mod:`pipelines.ray_runs`, which loads the model on its workers)."""
+
+    def outcomes(batches: list[list[WorkItem]]) -> Generator[list[Outcome], None, None]:
+        if ray is not None:
+            from pipelines.ray_runs import ray_outcomes
+
+            return ray_outcomes(
+                pipeline,
+                batches,
+                pool.transform,
+                meta,
+                weights=weights,
+                card=card,
+                trust_code=trust_code,
+                device=device,
+                address=ray,
+                timings=timings,
+            )
+        return local_outcomes(pool, batches, model, meta, device=device, timings=timings)
+
+    return outcomes
 
 
 def _dicom_writer(
@@ -437,7 +437,12 @@ def _write_report(pipeline: Pipeline, summary: RunSummary, meta: Mapping[str, An
 
 
 def _scan_and_plan(
-    pipeline: Pipeline, dicom_dir: str | os.PathLike[str], overwrite: bool, workers: int | None, summary: RunSummary
+    pipeline: Pipeline,
+    dicom_dir: str | os.PathLike[str],
+    overwrite: bool,
+    workers: int | None,
+    summary: RunSummary,
+    scan_index: str | os.PathLike[str] | None = None,
 ) -> tuple[list[tuple], int]:
     """The jobs ``(study, folder, items)`` still to do and the number of studies found; the pipeline's own
     file plan when it has one, else a header scan and :func:`_plan`. Times it as ``timings["scan"]``.
@@ -448,7 +453,13 @@ def _scan_and_plan(
     try:
         planned = pipeline.plan_files(Path(dicom_dir), summary.out, overwrite, summary)
         if planned is None:
-            scan = scan_folder(dicom_dir, workers=workers)
+            readers = 1 if workers == 0 else workers
+            if scan_index is None:
+                scan = scan_folder(dicom_dir, workers=readers)
+            else:
+                from medimg.dicom.scan_index import scan_folder_indexed
+
+                scan = scan_folder_indexed(dicom_dir, scan_index, workers=readers)
             jobs = _plan(pipeline, scan, summary.out, overwrite, summary)
             n_studies = len(scan.studies)
         else:
@@ -465,55 +476,52 @@ def _scan_and_plan(
 def _process_jobs(
     pipeline: Pipeline,
     jobs: list[tuple],
-    model: Any,
-    meta: Mapping[str, Any],
-    transform: Any,
+    outcomes: Callable[[list[list[WorkItem]]], Generator[list[Outcome], None, None]],
+    pool: StagePool,
     summary: RunSummary,
     *,
     batch_size: int,
-    device: str,
     progress: Callable[[int, int], None] | None,
-) -> dict[str, float]:
-    """Load, infer and write every job's images in batches of ``batch_size``; a study's files are written
-    as soon as its last image is done. Returns the time spent per stage (seconds)."""
+) -> None:
+    """Every job's images through the stages (:mod:`pipelines.run_stages`): ``outcomes(batches)``
+    loads and infers batches of ``batch_size`` (a study-level pipeline: one case per batch), here
+    (:func:`pipelines.run_stages.local_outcomes`) or on a Ray cluster; ``pool`` writes each study as
+    soon as its last image is done, and its rows, errors and DICOM objects go into ``summary``."""
     pending = [(j, item) for j, (_, _, items) in enumerate(jobs) for item in items]
+    size = 1 if pipeline.unit == "study" else batch_size
+    batches = [pending[b : b + size] for b in range(0, len(pending), size)]
     results: dict[int, list[tuple[dict, ImageResult | None]]] = {j: [] for j in range(len(jobs))}
     job_errors: dict[int, list[dict[str, Any]]] = {j: [] for j in range(len(jobs))}
-    timings = {"load_transform": 0.0, "inference": 0.0, "postprocess": 0.0, "write": 0.0}
+
+    def record(written: WrittenStudy) -> None:
+        summary.rows.extend(written.rows)
+        summary.errors.extend(written.errors)
+        if summary.dicom is not None:
+            summary.dicom.record(written.objects)
+        summary.counts["images_processed"] = summary.counts.get("images_processed", 0) + len(written.rows)
+
     done_images = 0
-    for b in range(0, len(pending), batch_size):
-        batch = pending[b : b + batch_size]
-        t = time.perf_counter()
-        loaded = _load_batch(pipeline, batch, transform, results, job_errors)
-        timings["load_transform"] += time.perf_counter() - t
-        _infer_batch(pipeline, model, loaded, meta, results, job_errors, device=device, timings=timings)
-        done_images += len(batch)
-        if progress:
-            progress(done_images, len(pending))
-        t = time.perf_counter()
-        for j in {j for j, _ in batch}:
-            if len(results[j]) == len(jobs[j][2]):
-                rows = _finish_study(pipeline, jobs[j], results.pop(j), job_errors[j], summary.dicom)
-                summary.rows.extend(rows)
-                summary.errors.extend(job_errors[j])
-                summary.counts["images_processed"] = summary.counts.get("images_processed", 0) + len(rows)
-        timings["write"] += time.perf_counter() - t
-    return timings
-
-
-def _finish_study(
-    pipeline: Pipeline,
-    job: tuple,
-    done: list[tuple[dict, ImageResult | None]],
-    errors: list[dict[str, Any]],
-    dicom: Any = None,
-) -> list[dict]:
-    """:func:`_write_study`; when the study's folder cannot be written, an error line and no rows."""
+    stream = outcomes(batches)
     try:
-        return _write_study(pipeline, job[1], done, errors, dicom)
-    except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
-        errors.append(_error_line(job[2][0], f"cannot write the study's outputs: {describe_error(exc)}"))
-        return []
+        for batch in stream:
+            for (j, item), result, reason in batch:
+                if result is None:
+                    job_errors[j].append(error_line(item, reason))
+                results[j].append((item, result))
+            done_images += len(batch)
+            if progress:
+                progress(done_images, len(pending))
+            for j in sorted({j for (j, _), _, _ in batch}):
+                if len(results[j]) == len(jobs[j][2]):
+                    pool.write(StudyTask(jobs[j][1], results.pop(j), job_errors.pop(j)), record)
+    finally:
+        stream.close()
+
+
+def _study_writer_died(task: StudyTask) -> WrittenStudy:
+    """What a study whose writing process died gives: an error line (no ``study.json``: a rerun writes it)."""
+    line = error_line(task.done[0][0], "cannot write the study's outputs: the writing process died (killed or crashed)")
+    return WrittenStudy(rows=[], errors=[*task.errors, line], objects=[])
 
 
 def _write_results(
@@ -552,38 +560,3 @@ def _write_results(
         skipped=sum(1 for e in summary.errors if e["kind"] == "skipped"),
     )
     return outputs
-
-
-def _write_study(
-    pipeline: Pipeline,
-    folder: Path,
-    done: list[tuple[dict, ImageResult | None]],
-    errors: list[dict[str, Any]],
-    dicom: Any = None,
-) -> list[dict]:
-    """Per-study files, then ``study.json`` (the done marker; not written when an image of the
-    study failed, so that a rerun tries the study again and reports its errors again). An image
-    whose files cannot be written is an error line."""
-    rows = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for item, result in done:
-        if result is None:
-            continue
-        row = {key: item.get(key, "") for key in pipeline.id_columns}
-        row.update(result.row)
-        result.row = row
-        try:
-            pipeline.write_image_outputs(folder, result)
-        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-            errors.append(_error_line(item, f"cannot write outputs: {describe_error(exc)}"))
-            continue
-        rows.append(result.row)
-    objects = []
-    if dicom is not None and not errors:  # the study's DICOM objects (pipelines.dicom_outputs)
-        try:
-            objects = dicom.write_study(folder, done)
-        except Exception as exc:  # noqa: BLE001 - one bad study never stops the run
-            errors.append(_error_line(done[0][0], f"cannot write the DICOM results: {describe_error(exc)}"))
-    if not errors:  # a study with failures gets no done marker: the next run retries it
-        write_json(folder / "study.json", {"rows": rows, **({"dicom_results": objects} if objects else {})})
-    return rows

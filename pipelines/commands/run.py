@@ -151,6 +151,34 @@ _MovePort = Annotated[
 ]
 
 
+_Workers = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        min=0,
+        help="Processes that read headers and decode/preprocess images while the model runs "
+        "(default: all cores; 0: everything in this process).",
+    ),
+]
+
+_Ray = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--ray",
+        help="Load and infer on a Ray cluster: auto (the cluster this machine belongs to, else a local "
+        "one) or its ADDRESS (host:port); results are written here (needs the cluster extra; docs: throughput).",
+    ),
+]
+
+_Index = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--index",
+        help="SQLite scan index of the DICOM folder (made or updated): only new or changed files are read "
+        "(`medimg scan DIR --index FILE`).",
+    ),
+]
+
+
 @app.command()
 def run(
     pipeline: PipelineArgument,
@@ -174,6 +202,9 @@ def run(
     overwrite: _Overwrite = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    workers: _Workers = None,
+    ray: _Ray = None,
+    index: _Index = None,
     uncertainty: _Uncertainty = None,
     samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,
     ensemble_weights: _EnsembleWeights = None,
@@ -195,10 +226,15 @@ def run(
 ) -> None:
     """Run a pipeline on a DICOM folder (brats: also a BraTS NIfTI folder): results.csv, per-study
     outputs, errors.csv, report.html."""
+    from medimg.devices import DeviceError, check_device
     from medimg.models import CheckpointError
     from pipelines.runner import RunRefused, run_pipeline
 
     apply_max_pixels(max_pixels)
+    try:
+        check_device(device)  # before anything is fetched or written
+    except DeviceError as exc:
+        raise error_exit(exc) from exc
     task = load_pipeline(pipeline)
     _configure(
         task,
@@ -243,8 +279,11 @@ def run(
                 card=model_card,
                 dicom_results=dicom_results,
                 input_errors=fetched.errors if fetched is not None else (),
+                workers=workers,
+                ray=ray,
+                scan_index=index,
             )
-    except (CheckpointError, RunRefused) as exc:
+    except (CheckpointError, RunRefused, DeviceError) as exc:
         raise error_exit(exc) from exc
     _print_run_summary(task, summary, out)
     failed = summary.failed

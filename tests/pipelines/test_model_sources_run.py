@@ -130,12 +130,12 @@ def test_the_bundles_channel_order_reaches_the_loader(data: Path, brats_bundle: 
     probabilities = []
     for bundle in (brats_bundle, permuted):
         model, meta = load_model(bundle, pipeline="brats")
-        case = pipeline.transforms(meta["preprocessing"], train=False)(item)
+        case = pipeline.transforms(meta["preprocessing"], train=False)(item).case
         probabilities.append(segment(model, case, roi_size=meta["preprocessing"]["roi_size"]))
     assert meta["preprocessing"]["channels"] == ["flair", "t1ce", "t1", "t2"]
     assert np.allclose(probabilities[0], probabilities[1], atol=1e-5)
     # the check can fail: the permuted model fed the original order gives other probabilities
-    original_order = pipeline.transforms({"channels": ["t1ce", "t1", "t2", "flair"]}, train=False)(item)
+    original_order = pipeline.transforms({"channels": ["t1ce", "t1", "t2", "flair"]}, train=False)(item).case
     wrong = segment(model, original_order, roi_size=meta["preprocessing"]["roi_size"])
     assert np.abs(wrong - probabilities[0]).max() > 1e-3
 

@@ -1,0 +1,321 @@
+"""The stages of a run, overlapped: worker processes load and write while the model runs here.
+
+:func:`pipelines.runner.run_pipeline` puts a run's work items through three stages:
+
+1. **load** — decode and preprocess (``Pipeline.load``), a batch per task, handed back in order;
+2. **infer** — batched inference in the calling process (where the model and the GPU are);
+3. **write** — each finished study's files (PNG overlays, NIfTI, DICOM objects, ``study.json``,
+   :func:`pipelines.study_outputs.write_study`).
+
+:class:`StagePool` runs the load and write stages on ``workers`` processes (one pool, forked
+before any thread starts, see :func:`medimg.parallel.pool_context`), with bounded queues: at most
+two batches per worker loaded ahead and :data:`WRITE_QUEUE` studies per worker being written, so
+memory stays flat whatever the number of images. With ``workers`` 0 everything runs in this
+process, one step after the other.
+
+A worker that dies (killed, out of memory, a decoder crashing) costs only its own task: the
+tasks then in flight are done again one at a time in a fresh pool; a batch that kills a worker
+again becomes an error line of each of its images, a study an error line (and no ``study.json``,
+so a rerun writes it).
+
+Tasks and results cross between processes as bytes pickled by this run itself (its own child
+processes, never a file), so tensors are copied through the pipe and need no shared memory
+(``/dev/shm`` is often small in containers).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from medimg.parallel import pool_context
+from pipelines.run_state import describe_error
+
+__all__ = [
+    "DIED",
+    "WRITE_QUEUE",
+    "LoadedBatch",
+    "Outcome",
+    "StagePool",
+    "WorkItem",
+    "default_workers",
+    "infer_loaded",
+    "load_batch",
+    "local_outcomes",
+]
+
+#: ``(job index, item)``: one image (or, for a study-level pipeline, one case) of a run's job.
+WorkItem = tuple[int, dict[str, Any]]
+
+#: What became of a work item: its result, or None and why (the reason of its ``errors.csv`` line).
+Outcome = tuple[WorkItem, Any, str]
+
+#: Studies per worker that may be being written before inference waits for the writing.
+WRITE_QUEUE = 4
+
+#: Why a batch's images are error lines when the loading process died on them twice.
+DIED = "cannot load: the loading process died on this batch (killed, out of memory, or a decoder crashed)"
+
+
+def default_workers() -> int:
+    """Loading processes when none are asked for: one per CPU core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class LoadedBatch:
+    """A batch after the load stage: the tensors of the items that loaded, in order, and the reason
+    for each item that did not."""
+
+    tensors: list[Any] = field(default_factory=list)
+    ok: list[WorkItem] = field(default_factory=list)
+    failed: list[tuple[WorkItem, str]] = field(default_factory=list)
+    #: Seconds the loading took (in the process that loaded it).
+    seconds: float = 0.0
+
+
+def load_batch(pipeline: Any, batch: Sequence[WorkItem], transform: Any) -> LoadedBatch:
+    """Decode and preprocess ``batch``; an item that fails is a reason in ``failed``, never raised."""
+    start = time.perf_counter()
+    loaded = LoadedBatch()
+    for work in batch:
+        try:
+            loaded.tensors.append(pipeline.load(work[1], transform))
+            loaded.ok.append(work)
+        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+            loaded.failed.append((work, f"cannot load: {describe_error(exc)}"))
+    loaded.seconds = time.perf_counter() - start
+    return loaded
+
+
+# --- the worker processes --------------------------------------------------------------------
+
+_worker_state: dict[str, Any] = {}
+
+
+def _start_worker(pipeline: Any, transform: Any, write: Callable[[Any], Any] | None) -> None:
+    """Worker initializer: keep the run's task, transform and study writer; one torch thread per
+    worker (the workers together use the cores, as torch's DataLoader does)."""
+    import torch
+
+    torch.set_num_threads(1)
+    _worker_state.update(pipeline=pipeline, transform=transform, write=write)
+
+
+def _load_in_worker(batch: Sequence[WorkItem]) -> bytes:
+    """:func:`load_batch` in a worker, its result pickled here (see the module docstring)."""
+    loaded = load_batch(_worker_state["pipeline"], batch, _worker_state["transform"])
+    return pickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _write_in_worker(task: bytes) -> bytes:
+    """The run's study writer on one pickled task, its result pickled here."""
+    result = _worker_state["write"](pickle.loads(task))  # noqa: S301 - made by this run's own process
+    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class StagePool:
+    """The processes of a run's load and write stages (see the module docstring).
+
+    Args:
+        pipeline: the run's task (``load``).
+        transform: its preprocessing.
+        write: ``write(task)`` writes one study and returns what the caller records (a picklable,
+            module-level function or a ``functools.partial`` of one); it should not raise.
+        workers: processes; 0 runs both stages in this process.
+        died: ``died(task)``: what :meth:`write` hands back for a task whose writing process died.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        transform: Any,
+        write: Callable[[Any], Any],
+        workers: int,
+        *,
+        died: Callable[[Any], Any],
+    ) -> None:
+        self.pipeline, self.transform, self.write_study, self.died = pipeline, transform, write, died
+        self.workers = workers
+        self.write_seconds = 0.0
+        self.generation = 0
+        self._executor: ProcessPoolExecutor | None = None
+        self._writes: deque[tuple[Any, int, Future[bytes], Callable[[Any], None]]] = deque()
+
+    def __enter__(self) -> StagePool:
+        if self.workers > 0:
+            self._executor = self._new()
+            self._executor.submit(int).result()  # all workers forked now, before any thread starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=pool_context(["pipelines.run_stages"]),
+            initializer=_start_worker,
+            initargs=(self.pipeline, self.transform, self.write_study),
+        )
+
+    def submit(self, func: Callable[[Any], bytes], arg: Any) -> tuple[int, Future[bytes]]:
+        """Run ``func(arg)`` on a worker: ``(the pool's generation, the future)``."""
+        assert self._executor is not None
+        return self.generation, self._executor.submit(func, arg)
+
+    def replace(self, generation: int) -> None:
+        """A worker died: start a fresh pool, unless that was done since ``generation``'s."""
+        if generation != self.generation or self._executor is None:
+            return
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = self._new()
+        self.generation += 1
+
+    # --- write stage ---------------------------------------------------------------------
+
+    def write(self, task: Any, record: Callable[[Any], None]) -> None:
+        """Write ``task`` on a worker; ``record(result)`` is called here, in the order of the tasks,
+        once it is written (at once with no workers). Waits while too many are being written."""
+        if self._executor is None:
+            start = time.perf_counter()
+            result = self.write_study(task)
+            self.write_seconds += time.perf_counter() - start
+            record(result)
+            return
+        generation, future = self.submit(_write_in_worker, pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        self._writes.append((task, generation, future, record))
+        while len(self._writes) > WRITE_QUEUE * self.workers:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        task, generation, future, record = self._writes.popleft()
+        start = time.perf_counter()
+        try:
+            result = pickle.loads(future.result())  # noqa: S301 - made by this run's own worker
+        except BrokenProcessPool:  # a worker died: each task of the dead pool is written again alone
+            self.replace(generation)
+            result = self._write_alone(task)
+        self.write_seconds += time.perf_counter() - start  # time the inference waited for writing
+        record(result)
+
+    def _write_alone(self, task: Any) -> Any:
+        """``task`` on a fresh worker, waiting for it: a task that kills its worker again is
+        :attr:`died`'s result."""
+        generation, future = self.submit(_write_in_worker, pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            return pickle.loads(future.result())  # noqa: S301 - made by this run's own worker
+        except BrokenProcessPool:
+            self.replace(generation)
+            return self.died(task)
+
+    def close(self) -> None:
+        """Wait for every write (recording each), then stop the workers."""
+        try:
+            while self._writes:
+                self._finish_oldest()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+    # --- load stage ----------------------------------------------------------------------
+
+    def load(self, batches: Sequence[Sequence[WorkItem]]) -> Generator[LoadedBatch, None, None]:
+        """Each batch loaded (:func:`load_batch`), in order, the workers working up to two batches
+        each ahead of the consumer (in this process, one batch when asked for, with no workers).
+        Never raises for a bad item or a dead worker."""
+        if self._executor is None:
+            for batch in batches:
+                yield load_batch(self.pipeline, batch, self.transform)
+            return
+        pending: deque[tuple[int, int, Future[bytes]]] = deque()
+        following = 0
+        while pending or following < len(batches):
+            while following < len(batches) and len(pending) < 2 * self.workers:
+                pending.append((following, *self.submit(_load_in_worker, batches[following])))
+                following += 1
+            index, generation, future = pending.popleft()
+            try:
+                payload = future.result()
+            except BrokenProcessPool:
+                again = [index] + [i for i, _, _ in pending]
+                pending.clear()
+                self.replace(generation)
+                yield from self._one_at_a_time([batches[i] for i in again])
+                continue
+            yield pickle.loads(payload)  # noqa: S301 - bytes made by this run's own worker process
+
+    def _one_at_a_time(self, batches: Sequence[Sequence[WorkItem]]) -> Generator[LoadedBatch, None, None]:
+        """After a worker died: each batch alone, so that the one that kills a worker is known; its
+        items become failures (:data:`DIED`) and the pool is replaced."""
+        for batch in batches:
+            generation, future = self.submit(_load_in_worker, batch)
+            try:
+                payload = future.result()
+            except BrokenProcessPool:
+                self.replace(generation)
+                yield LoadedBatch(failed=[(work, DIED) for work in batch])
+                continue
+            yield pickle.loads(payload)  # noqa: S301 - bytes made by this run's own worker process
+
+
+# --- the infer stage -------------------------------------------------------------------------
+
+
+def infer_loaded(
+    pipeline: Any, model: Any, loaded: LoadedBatch, meta: Mapping[str, Any], *, device: str, timings: dict[str, float]
+) -> list[Outcome]:
+    """The outcome of each item of a loaded batch: its load failure, or ``Pipeline.infer``'s result.
+    When the batch fails, each image is tried alone; an image that still fails is an ``inference
+    failed`` outcome, never raised."""
+    done: list[Outcome] = [(work, None, reason) for work, reason in loaded.failed]
+    if not loaded.tensors:
+        return done
+    items = [item for _, item in loaded.ok]
+    try:
+        results = pipeline.infer(model, loaded.tensors, items, meta, device=device, timings=timings)
+        return done + [(work, result, "") for work, result in zip(loaded.ok, results, strict=True)]
+    except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+        if len(loaded.ok) == 1:
+            return done + [(loaded.ok[0], None, f"inference failed: {describe_error(exc)}")]
+    for work, tensor in zip(loaded.ok, loaded.tensors, strict=True):
+        alone = LoadedBatch(tensors=[tensor], ok=[work])
+        done += infer_loaded(pipeline, model, alone, meta, device=device, timings=timings)
+    return done
+
+
+def local_outcomes(
+    pool: StagePool,
+    batches: Sequence[Sequence[WorkItem]],
+    model: Any,
+    meta: Mapping[str, Any],
+    *,
+    device: str,
+    timings: dict[str, float],
+) -> Generator[list[Outcome], None, None]:
+    """The outcomes of each batch, in order: loaded by ``pool`` (:meth:`StagePool.load`), inferred in
+    this process. Adds the seconds of each stage to ``timings`` (``load_transform``: in the loading
+    processes; ``wait_load``: inference waiting for them)."""
+    for key in ("load_transform", "wait_load", "inference", "postprocess"):
+        timings.setdefault(key, 0.0)
+    pipeline = pool.pipeline
+    loaded_batches = pool.load(batches)
+    try:
+        while True:
+            start = time.perf_counter()
+            loaded = next(loaded_batches, None)
+            timings["wait_load"] += time.perf_counter() - start
+            if loaded is None:
+                return
+            timings["load_transform"] += loaded.seconds
+            yield infer_loaded(pipeline, model, loaded, meta, device=device, timings=timings)
+    finally:
+        loaded_batches.close()
