@@ -1,9 +1,12 @@
 """Run independent work items in worker processes on every core, with progress.
 
 One place for the process-pool policy that every batch job shares (folder scans, scoring
-cases): fork when the calling process has a single Python thread (cheapest, and it works
-when ``__main__`` is not a file, e.g. stdin or a notebook), forkserver otherwise (forking a
-threaded process can deadlock), spawn where neither exists.
+cases, a run's load and write stages): fork when the calling process has a single Python
+thread (cheapest, and it works when ``__main__`` is not a file, e.g. stdin or a notebook),
+forkserver otherwise (forking a threaded process can deadlock; a progress bar is a thread),
+spawn where neither exists. The forkserver imports :data:`FORKSERVER_PRELOAD` once, when the
+first pool of the process starts it (later preloads are ignored by multiprocessing), so that its
+workers start with torch and MONAI already imported.
 """
 
 from __future__ import annotations
@@ -16,26 +19,29 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import TypeVar
 
-__all__ = ["ProgressCallback", "parallel_map", "pool_context"]
+__all__ = ["FORKSERVER_PRELOAD", "ProgressCallback", "parallel_map", "pool_context"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 ProgressCallback = Callable[[int, int], None]
+
+#: Modules the forkserver imports before forking any worker (see the module docstring).
+FORKSERVER_PRELOAD = ("numpy", "pydicom", "torch", "monai.transforms", "medimg.dicom.header")
 
 
 def pool_context(preload: Sequence[str] = ()) -> BaseContext:
     """The multiprocessing context to start workers with (see the module docstring).
 
     Args:
-        preload: modules a forkserver imports once before forking workers.
+        preload: modules a forkserver imports once before forking workers, besides
+            :data:`FORKSERVER_PRELOAD`.
     """
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         context = multiprocessing.get_context("forkserver")
-        if preload:
-            context.set_forkserver_preload(list(preload))
+        context.set_forkserver_preload([*FORKSERVER_PRELOAD, *preload])
         return context
     return multiprocessing.get_context("spawn")
 

@@ -172,3 +172,20 @@ def test_a_study_whose_writer_dies_is_an_error_and_is_written_by_the_rerun(
     monkeypatch.setattr(PneumoniaPipeline, "write_image_outputs", original)
     rerun = run_pipeline(get_pipeline("pneumonia"), cxr, out, weights=weights, workers=2, batch_size=4)
     assert rerun.counts["images"] == 20 and not [e for e in rerun.errors if "died" in e["reason"]]
+
+
+def test_a_forkserver_pool_gets_everything_it_needs_pickled(
+    cxr: Path, untrained_weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threaded caller (a progress bar is a thread) gets forkserver workers: the task, its transform
+    and the study writer then reach them pickled, and the run equals one in one process."""
+    import multiprocessing
+
+    import pipelines.run_stages as stages
+
+    monkeypatch.setattr(stages, "pool_context", lambda preload=(): multiprocessing.get_context("forkserver"))
+    task = get_pipeline("pneumonia")
+    weights = untrained_weights["pneumonia"]
+    run_pipeline(task, cxr, tmp_path / "serial", weights=weights, workers=0, batch_size=4)
+    run_pipeline(task, cxr, tmp_path / "forkserver", weights=weights, workers=2, batch_size=4)
+    assert _tree(tmp_path / "serial") == _tree(tmp_path / "forkserver")
