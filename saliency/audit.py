@@ -37,7 +37,7 @@ import torch
 
 from medimg.progress import progress_bar
 from medimg.writers import write_csv, write_json
-from saliency.audit_maps import ATTENTION, ATTENTION_READOUT, MapCache, has_attention
+from saliency.audit_maps import ATTENTION, ATTENTION_READOUT, MapCache, MapExecutor, MapJob, has_attention
 from saliency.audit_result import AuditResult
 from saliency.protocol import AuditProtocol, get_protocol
 from saliency.verdicts import (
@@ -279,6 +279,29 @@ def _compute_maps(plan: _Plan, by_name: Mapping[str, AuditModel], cache: MapCach
         method = ATTENTION if has_attention(entry.model) else "gradcam"
         maps[entry.name] = {method: cache.maps(entry.model, method, entry.layer)}
     return maps
+
+
+def _prefetch_maps(
+    plan: _Plan, by_name: Mapping[str, AuditModel], config: AuditConfig, cache: MapCache, executor: MapExecutor
+) -> None:
+    """Compute every map set the audit will ask ``cache`` for with ``executor`` (the models' and the
+    variants' maps in one call, then each replicate's randomized states, one replicate at a time so
+    that only one replicate's states are in memory)."""
+    from saliency.randomization import cascading_randomization
+
+    def methods_of(model: torch.nn.Module) -> list[str]:
+        return [m for m in plan.methods if m != ATTENTION or has_attention(model)]
+
+    jobs = [MapJob(by_name[r].model, m, by_name[r].layer) for r in plan.roles for m in methods_of(by_name[r].model)]
+    for entry in plan.variants:
+        jobs.append(MapJob(entry.model, ATTENTION if has_attention(entry.model) else "gradcam", entry.layer))
+    cache.prefetch(jobs, executor)
+    for role, stages in plan.stages.items():
+        entry = by_name[role]
+        seed = randomization_seed(config.seed, plan.replicates, role)
+        states = list(cascading_randomization(entry.model, stages, seed=seed))[1:]  # [0]: the original
+        methods = methods_of(entry.model)
+        cache.prefetch([MapJob(model, m, entry.layer) for _, model in states for m in methods], executor)
 
 
 def randomization_seed(seed: int, replicates: Sequence[str], role: str) -> int:
@@ -648,6 +671,7 @@ def run_audit(
     progress: bool = True,
     notes: Sequence[str] = (),
     extra_settings: Mapping[str, Any] | None = None,
+    map_executor: MapExecutor | None = None,
 ) -> AuditResult:
     """Run the audit and write ``OUT/{report.html, summary.csv, localization.csv, randomization.csv,
     repeatability.csv, reproducibility.csv, settings.json}`` (+ ``report.pdf`` with the ``pdf`` extra).
@@ -664,6 +688,8 @@ def run_audit(
         progress: show a progress bar (stderr).
         notes: the caller's notes for the report (e.g. a substituted prior), shown first.
         extra_settings: further settings to record (e.g. the pipeline, the weights paths).
+        map_executor: computes the map sets not cached yet, all at once, before the audit reads them
+            (e.g. on a Ray cluster: :mod:`pipelines.ray_maps`); None computes each here when needed.
 
     Returns:
         :class:`AuditResult`.
@@ -688,6 +714,8 @@ def run_audit(
     if bar is not None:
         bar.start()
     try:
+        if map_executor is not None:
+            _prefetch_maps(plan, by_name, config, cache, map_executor)
         maps = _compute_maps(plan, by_name, cache)
         rand_rows, randomization = _randomize(plan, by_name, maps, cache, data, config) if plan.stages else ([], {})
     finally:

@@ -5,6 +5,10 @@ eight post-hoc methods (:func:`saliency.methods.explain`), the trainable attenti
 (:func:`attention_maps`) or a model-independent control (:func:`saliency.controls.control_maps`,
 not cached: it costs less than reading a file). Cached maps live in ``folder/{method}-{key}.npz``,
 the key hashing the weights, the method's settings, the Grad-CAM layer, the images and the seed.
+
+:meth:`MapCache.prefetch` computes many map sets at once through a :data:`MapExecutor` (e.g. on a
+Ray cluster, :mod:`pipelines.ray_maps`), each a :class:`MapJob` computed by :func:`compute_map_job`
+exactly as :meth:`MapCache.maps` computes it here; the audit then reads them from the cache.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,18 @@ from medimg.writers import write_bytes
 from saliency.controls import control_maps, is_control
 from saliency.methods import MapBatch
 
-__all__ = ["ATTENTION", "ATTENTION_READOUT", "MapCache", "attention_maps", "has_attention", "state_hash"]
+__all__ = [
+    "ATTENTION",
+    "ATTENTION_READOUT",
+    "MapCache",
+    "MapExecutor",
+    "MapJob",
+    "MapSettings",
+    "attention_maps",
+    "compute_map_job",
+    "has_attention",
+    "state_hash",
+]
 
 #: The ninth method: the map of a model with the trainable attention gate (:mod:`saliency.attention`).
 ATTENTION = "attention"
@@ -72,6 +88,47 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor, *, batch_size: 
     return MapBatch(maps=post, degenerate=degenerate, targets=torch.cat(logits).argmax(1).numpy(), raw=raw)
 
 
+@dataclass
+class MapJob:
+    """One map set to compute: ``method``'s maps of ``model`` (Grad-CAM family at ``layer``)."""
+
+    model: torch.nn.Module
+    method: str
+    layer: str | None
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """What every map set of an audit shares besides the images: the methods' preset, the noise seed
+    and the images per forward/backward chunk."""
+
+    method_preset: str
+    seed: int
+    batch_size: int
+
+
+#: ``executor(jobs, images, settings)``: the :class:`~saliency.methods.MapBatch` of each job, in
+#: order, each as :func:`compute_map_job` gives it (wherever it is computed).
+MapExecutor = Callable[[Sequence[MapJob], torch.Tensor, MapSettings], Sequence[MapBatch]]
+
+
+def compute_map_job(job: MapJob, images: torch.Tensor, settings: MapSettings) -> MapBatch:
+    """The maps of ``job`` on ``images``: attention read-out or :func:`saliency.methods.explain`."""
+    from saliency.methods import explain, method_settings
+
+    if job.method == ATTENTION:
+        return attention_maps(job.model, images, batch_size=settings.batch_size)
+    return explain(
+        job.model,
+        images,
+        job.method,
+        settings=method_settings(job.method, settings.method_preset),
+        layer=job.layer,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+    )
+
+
 class MapCache:
     """Post-processed maps per (weights, method, settings, images, seed) in ``folder`` as ``.npz``.
 
@@ -104,6 +161,7 @@ class MapCache:
         self.images_key = hashlib.sha256("\n".join(ids).encode() + images.numpy().tobytes()).hexdigest()[:12]
         self.computed = 0
         self.loaded = 0
+        self._prefetched: set[Path] = set()
 
     def _key(self, model: torch.nn.Module, method: str, settings: Any, layer: str | None) -> str:
         described = {"read-out": ATTENTION_READOUT} if method == ATTENTION else settings.to_dict()
@@ -124,29 +182,55 @@ class MapCache:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
             return None
 
-    def maps(self, model: torch.nn.Module, method: str, layer: str | None) -> MapBatch:
-        """The maps of ``method`` for ``model`` on the cache's images (computed, or read back)."""
-        from saliency.methods import explain, method_settings
+    @property
+    def settings(self) -> MapSettings:
+        """The settings every map set of this cache is computed with."""
+        return MapSettings(method_preset=self.method_preset, seed=self.seed, batch_size=self.batch_size)
 
-        if is_control(method):
-            self.progress()
-            return control_maps(self.images, method)
-        settings = None if method == ATTENTION else method_settings(method, self.method_preset)
-        path = self.folder / f"{method}-{self._key(model, method, settings, layer)}.npz"
-        batch = self._load(path)
-        if batch is not None:
-            self.loaded += 1
-            self.progress()
-            return batch
-        if method == ATTENTION:
-            batch = attention_maps(model, self.images, batch_size=self.batch_size)
-        else:
-            batch = explain(
-                model, self.images, method, settings=settings, layer=layer, batch_size=self.batch_size, seed=self.seed
-            )
+    def _path(self, job: MapJob) -> Path:
+        from saliency.methods import method_settings
+
+        settings = None if job.method == ATTENTION else method_settings(job.method, self.method_preset)
+        return self.folder / f"{job.method}-{self._key(job.model, job.method, settings, job.layer)}.npz"
+
+    def _store(self, path: Path, batch: MapBatch) -> None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, maps=batch.maps, degenerate=batch.degenerate, targets=batch.targets)
         write_bytes(path, buffer.getvalue())
+
+    def maps(self, model: torch.nn.Module, method: str, layer: str | None) -> MapBatch:
+        """The maps of ``method`` for ``model`` on the cache's images (computed, or read back)."""
+        if is_control(method):
+            self.progress()
+            return control_maps(self.images, method)
+        job = MapJob(model, method, layer)
+        path = self._path(job)
+        batch = self._load(path)
+        if batch is not None:
+            if path in self._prefetched:  # computed by this audit (prefetch), not reused from an earlier one
+                self.computed += 1
+            else:
+                self.loaded += 1
+            self.progress()
+            return batch
+        batch = compute_map_job(job, self.images, self.settings)
+        self._store(path, batch)
         self.computed += 1
         self.progress()
         return batch
+
+    def prefetch(self, jobs: Sequence[MapJob], executor: MapExecutor) -> int:
+        """Compute the jobs not cached yet (controls are never cached) with ``executor`` and cache
+        them; :meth:`maps` then reads them back. Returns how many were computed."""
+        todo: list[tuple[MapJob, Path]] = []
+        for job in jobs:
+            path = self._path(job) if not is_control(job.method) else None
+            if path is not None and not path.is_file() and path not in {p for _, p in todo}:
+                todo.append((job, path))
+        if not todo:
+            return 0
+        batches = executor([job for job, _ in todo], self.images, self.settings)
+        for (_, path), batch in zip(todo, batches, strict=True):
+            self._store(path, batch)
+        self._prefetched.update(path for _, path in todo)
+        return len(todo)

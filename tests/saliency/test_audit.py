@@ -263,3 +263,27 @@ def test_holm_corrects_over_the_methods_and_leaves_the_controls_out(toy: dict, t
     assert [rows[m]["p_holm"] for m in methods] == pytest.approx(list(expected))
     for control in CONTROLS:
         assert rows[control]["p_holm"] == rows[control]["p_value"]
+
+
+def test_maps_computed_up_front_by_an_executor_give_the_same_audit(toy: dict, tmp_path: Path) -> None:
+    """A map executor (a Ray cluster in pipelines.ray_maps; here, in this process) computes every map
+    set the audit reads, randomized states included; the tables equal those of an audit computing
+    each map when needed, and nothing is computed twice."""
+    from saliency.audit_maps import compute_map_job
+
+    calls: list[int] = []
+
+    def executor(jobs, images, settings):  # noqa: ANN001, ANN202 - the MapExecutor signature
+        calls.append(len(jobs))
+        return [compute_map_job(job, images, settings) for job in jobs]
+
+    config = AuditConfig(methods=("gradient", "gradcam"), criteria=("localization", "randomization"))
+    models = toy["models"][:3]
+    plain = run_audit(toy["data"], models, config, tmp_path / "plain", progress=False)
+    ahead = run_audit(toy["data"], models, config, tmp_path / "ahead", progress=False, map_executor=executor)
+    for name in ("summary.csv", "localization.csv", "randomization.csv"):
+        assert _read(tmp_path / "plain" / name) == _read(tmp_path / "ahead" / name), name
+    assert sum(calls) == ahead.settings["cache"]["computed"] == plain.settings["cache"]["computed"]
+    assert len(calls) == 3  # the models' maps, then the randomized states of trained and of replica1
+    again = run_audit(toy["data"], models, config, tmp_path / "ahead", progress=False, map_executor=executor)
+    assert again.settings["cache"]["computed"] == 0 and len(calls) == 3  # all cached: the executor is not called
