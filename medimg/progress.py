@@ -3,10 +3,15 @@
 Every long job (header scans, conversions, pipeline runs, scoring, training, saliency audits)
 draws its bar through :func:`progress_bar`; jobs that report ``(done, total)`` through a
 callback use :func:`tracked`.
+
+The bar redraws when it is updated (at most ten times a second), not from a refresh thread of its
+own: a process with a single thread can fork its worker pools, the cheapest way to start them
+(:func:`medimg.parallel.pool_context`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -23,6 +28,29 @@ from rich.progress import (
 )
 
 ProgressCallback = Callable[[int, int], None]
+
+#: Seconds between two redraws of a bar.
+REDRAW_EVERY = 0.1
+
+
+class _Bar(Progress):
+    """A rich ``Progress`` without a refresh thread: it redraws on :meth:`update` and :meth:`advance`."""
+
+    _last_draw = 0.0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._redraw()
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        super().advance(*args, **kwargs)
+        self._redraw()
+
+    def _redraw(self) -> None:
+        now = time.monotonic()
+        if now - self._last_draw >= REDRAW_EVERY:
+            self._last_draw = now
+            self.refresh()
 
 
 def progress_bar(enabled: bool, *, status: bool = False) -> Progress | None:
@@ -41,7 +69,7 @@ def progress_bar(enabled: bool, *, status: bool = False) -> Progress | None:
     ]
     if status:
         columns += [TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
-    return Progress(*columns, console=Console(stderr=True, soft_wrap=True), transient=True)
+    return _Bar(*columns, console=Console(stderr=True, soft_wrap=True), transient=True, auto_refresh=False)
 
 
 def tracked(enabled: bool, description: str) -> tuple[AbstractContextManager[Any], ProgressCallback | None]:

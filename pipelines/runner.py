@@ -317,7 +317,8 @@ def run_pipeline(
         The :class:`RunSummary`. Bad inputs are recorded in ``errors.csv``, never raised.
 
     Raises:
-        medimg.devices.DeviceError: ``device`` cannot be used here (e.g. ``cuda`` without a GPU).
+        medimg.devices.DeviceError: ``device`` cannot be used here (e.g. ``cuda`` without a GPU; not
+            checked with ``ray``, where the model runs on the cluster's workers).
         medimg.models.CheckpointError: the weights are missing, unreadable or not for this pipeline
             (a :class:`medimg.model_sources.ModelSourceError` for a bundle, TorchScript or card).
         RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
@@ -327,13 +328,13 @@ def run_pipeline(
     from medimg.model_sources import load_model, model_sha256
 
     start = time.perf_counter()
-    check_device(device)
+    here = check_device(device) if ray is None else "cpu"  # on a cluster only its workers need the device
     out = prepare_output(out)
     with OutputLock(out):
         remove_stale_temporaries(out)
-        model, meta = load_model(weights, pipeline=pipeline.name, map_location=device, trust_code=trust_code, card=card)
-        model = prepare_model(model, device)
-        pipeline.load_extra_models(meta, device=device, trust_code=trust_code)
+        model, meta = load_model(weights, pipeline=pipeline.name, map_location=here, trust_code=trust_code, card=card)
+        model = prepare_model(model, here)
+        pipeline.load_extra_models(meta, device=here, trust_code=trust_code)
         identity = result_settings(pipeline, model_sha256(weights, card))
         if overwrite:
             clean_previous_run(out)

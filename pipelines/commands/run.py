@@ -232,7 +232,8 @@ def run(
 
     apply_max_pixels(max_pixels)
     try:
-        check_device(device)  # before anything is fetched or written
+        if ray is None:  # with --ray the model runs on the cluster's workers
+            check_device(device)  # before anything is fetched or written
     except DeviceError as exc:
         raise error_exit(exc) from exc
     task = load_pipeline(pipeline)
