@@ -92,18 +92,40 @@ def scan(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder to scan recursively.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Header-reading processes (default: all cores).")] = None,  # noqa: UP045
+    index: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--index",
+            dir_okay=False,
+            help="SQLite scan index of this folder (created when missing): only new or changed files are read.",
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Index a DICOM folder (headers only): patients, studies, series, and the quarantine."""
     from medimg.dicom import scan_folder
 
     bar, update = tracked(not (quiet or as_json), "Reading headers")
+    reuse = None
     with bar:
-        result = scan_folder(folder, workers=workers, progress=update)
+        if index is None:
+            result = scan_folder(folder, workers=workers, progress=update)
+        else:
+            from medimg.dicom.scan_index import ScanIndexError, scan_with_index
+
+            try:
+                result, stats = scan_with_index(folder, index, workers=workers, progress=update)
+            except ScanIndexError as exc:
+                raise error_exit(exc) from exc
+            reuse = [*stats.notes, f"{stats.read} file(s) read, {stats.reused} reused from the index {index}"]
+            if stats.dropped:
+                reuse[-1] += f", {stats.dropped} gone file(s) dropped from it"
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-        return
-    _print_scan(result)
+    else:
+        _print_scan(result)
+    for line in reuse or ():  # after the JSON on stderr, so that stdout stays one JSON object
+        (err_console if as_json else console).print(terminal_text(line))
 
 
 def _print_scan(result: ScanResult) -> None:

@@ -8,8 +8,14 @@ non-DICOM files), then in one run times
 - medimg: ``scan_folder(root)`` (walks, reads headers on every core, checks pixel data,
   groups Patient/Study/Series, validates slice geometry).
 
-and prints the ratio medimg / reference (target <= 1.0). Each is run ``--repeats`` times and
-the best time is kept, alternating the two so that disk cache effects are shared.
+and prints the ratio medimg / reference (target <= 1.0). Then the incremental scan
+(:func:`medimg.dicom.scan_index.scan_folder_indexed`, index file outside the folder):
+
+- first indexed scan (fresh index) / reference loop (target <= 1.0), and
+- rescan of the unchanged folder with that index / first indexed scan (target <= 0.1).
+
+Each is run ``--repeats`` times and the best time is kept, alternating them so that disk cache
+effects are shared.
 
 Usage (repository root): python -m tests.benchmarks.bench_scan [--files N] [--repeats R] [--workers W]
 """
@@ -31,7 +37,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 def generate(root: Path, n_files: int, per_series: int = 100) -> list[str]:
     """Write ``n_files`` 32x32 MR slices in series of ``per_series``; returns their paths."""
     rng = np.random.default_rng(0)
-    paths = []
+    paths: list[str] = []
     n_series = -(-n_files // per_series)
     for s in range(n_series):
         study_uid, series_uid = generate_uid(), generate_uid()
@@ -92,15 +98,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from medimg.dicom import scan_folder
+    from medimg.dicom.scan_index import scan_folder_indexed
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as index_dir:
         root = Path(tmp)
+        index = Path(index_dir) / "scan-index.sqlite"
         t0 = time.perf_counter()
         generate(root, args.files)
         print(f"generated {args.files} DICOM files (+3 non-DICOM) in {time.perf_counter() - t0:.1f} s")
         all_files = sorted(str(p) for p in root.rglob("*") if p.is_file())
 
-        ref_times, scan_times = [], []
+        ref_times, scan_times, first_times, rescan_times = [], [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             n_ref = reference_loop(all_files)
@@ -108,6 +116,15 @@ def main() -> None:
             t = time.perf_counter()
             result = scan_folder(root, workers=args.workers)
             scan_times.append(time.perf_counter() - t)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{index}{suffix}").unlink(missing_ok=True)
+            t = time.perf_counter()
+            first = scan_folder_indexed(root, index, workers=args.workers)
+            first_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            rescan = scan_folder_indexed(root, index, workers=args.workers)
+            rescan_times.append(time.perf_counter() - t)
+            assert first == result and rescan == result, "the indexed scan differs from scan_folder"
         n_indexed = sum(len(s.instances) for _, s in result.iter_series())
         assert n_indexed == args.files and len(result.quarantine) == 3, (n_indexed, len(result.quarantine))
         ref, ours = min(ref_times), min(scan_times)
@@ -115,6 +132,11 @@ def main() -> None:
         print(f"reference pydicom.dcmread(stop_before_pixels=True) loop: {ref:.3f} s (best of {args.repeats})")
         print(f"medimg scan_folder (walk + headers + pixel check + grouping + validation): {ours:.3f} s")
         print(f"ratio scan / reference = {ours / ref:.2f}  (target <= 1.0)")
+        t_first, t_rescan = min(first_times), min(rescan_times)
+        print(f"medimg scan_folder_indexed, first scan (fresh index): {t_first:.3f} s; scan_folder: {ours:.3f} s")
+        print(f"medimg scan_folder_indexed, rescan of the unchanged folder: {t_rescan:.3f} s")
+        print(f"ratio first indexed scan / reference = {t_first / ref:.2f}  (target <= 1.0)")
+        print(f"ratio rescan / first indexed scan = {t_rescan / t_first:.3f}  (target <= 0.1)")
 
 
 if __name__ == "__main__":
