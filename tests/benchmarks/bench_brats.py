@@ -108,9 +108,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto: cuda when a GPU is visible, else cpu")
     parser.add_argument("--no-uncertainty", dest="uncertainty", action="store_false")
     args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     from medimg.models import load_checkpoint
     from medimg.parallel import parallel_map
@@ -140,7 +142,14 @@ def main() -> None:
         rates = {}
         for workers in (0, None):
             start = time.perf_counter()
-            run_pipeline(pipeline.configure(), data, root / f"run-{workers}", weights=weights, workers=workers)
+            run_pipeline(
+                pipeline.configure(),
+                data,
+                root / f"run-{workers}",
+                weights=weights,
+                workers=workers,
+                device=args.device,
+            )
             rates[workers] = n / (time.perf_counter() - start)
         pre = meta["preprocessing"]
         print(f"{n} case(s) 240x240x155, roi {pre['roi_size']}, {meta['architecture']}, {cores} cores, {args.device}")

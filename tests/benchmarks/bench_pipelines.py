@@ -21,7 +21,7 @@ Uses the demo weights in ``sample_data/weights/`` for ``compact`` when present (
 untrained network, which runs at the same speed).
 
 Usage (repository root): python -m tests.benchmarks.bench_pipelines [--images 300] [--rss]
-    [--architectures compact,densenet121] [--no-dicom-results] [--device cpu]
+    [--architectures compact,densenet121] [--no-dicom-results] [--device auto]
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto: cuda when a GPU is visible, else cpu")
     parser.add_argument("--dicom-results", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--rss", action="store_true", help="also peak memory at 100 vs 1,000 images")
     parser.add_argument("--no-training", dest="training", action="store_false")
@@ -236,6 +236,8 @@ def main() -> None:
         help="comma-separated; densenet121 is the pipelines' default, compact the CPU demo network",
     )
     args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.rss_child:
         _rss_child(*args.rss_child)
         return

@@ -189,3 +189,28 @@ def test_a_forkserver_pool_gets_everything_it_needs_pickled(
     run_pipeline(task, cxr, tmp_path / "serial", weights=weights, workers=0, batch_size=4)
     run_pipeline(task, cxr, tmp_path / "forkserver", weights=weights, workers=2, batch_size=4)
     assert _tree(tmp_path / "serial") == _tree(tmp_path / "forkserver")
+
+
+def test_a_run_with_a_scan_index_reads_only_the_new_files_again(
+    cxr: Path, untrained_weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medimg.dicom.scan_index as scan_index
+
+    folder = tmp_path / "archive"
+    shutil.copytree(cxr, folder, ignore=shutil.ignore_patterns("broken.dcm"))
+    newest = sorted(folder.glob("*.dcm"))[-1]
+    parked = newest.rename(tmp_path / newest.name)  # arrives later
+    read: list[str] = []
+    original = scan_index.read_instance_header
+    monkeypatch.setattr(scan_index, "read_instance_header", lambda path: read.append(path) or original(path))
+    index, weights = tmp_path / "archive.sqlite", untrained_weights["pneumonia"]
+    task = get_pipeline("pneumonia")
+    first = run_pipeline(task, folder, tmp_path / "out", weights=weights, scan_index=index, workers=0)
+    assert first.counts["images"] == 19 and len(read) == 19 and index.is_file()
+    parked.rename(newest)
+    read.clear()
+    second = run_pipeline(task, folder, tmp_path / "out", weights=weights, scan_index=index, workers=0)
+    assert [Path(p).name for p in read] == [newest.name]  # the other 19 headers came from the index
+    assert second.counts["studies_resumed"] == 19 and second.counts["images_processed"] == 1
+    run_pipeline(task, folder, tmp_path / "plain", weights=weights, workers=0)
+    assert _tree(tmp_path / "plain") == _tree(tmp_path / "out")
