@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[test,codecs,pdf,federated,docs]"
+	$(PY) -m pip install --quiet -e ".[test,codecs,pdf,federated,cluster,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP) orthanc

@@ -319,6 +319,7 @@ def run_pipeline(
     Raises:
         medimg.devices.DeviceError: ``device`` cannot be used here (e.g. ``cuda`` without a GPU; not
             checked with ``ray``, where the model runs on the cluster's workers).
+        pipelines.ray_runs.RayUnavailable: ``ray`` given, and Ray is not installed or no cluster answers.
         medimg.models.CheckpointError: the weights are missing, unreadable or not for this pipeline
             (a :class:`medimg.model_sources.ModelSourceError` for a bundle, TorchScript or card).
         RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
@@ -329,6 +330,10 @@ def run_pipeline(
 
     start = time.perf_counter()
     here = check_device(device) if ray is None else "cpu"  # on a cluster only its workers need the device
+    if ray is not None:
+        from pipelines.ray_runs import connect
+
+        connect(ray)  # before anything is written: an unreachable cluster leaves OUT as it was
     out = prepare_output(out)
     with OutputLock(out):
         remove_stale_temporaries(out)

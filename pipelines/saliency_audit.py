@@ -503,6 +503,7 @@ def audit_pipeline(
     progress: bool = True,
     trust_code: bool = False,
     card: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
 ) -> AuditResult:
     """Audit the saliency maps of a 2-D pipeline's model on ``data_dir``; returns the ``AuditResult``.
 
@@ -521,7 +522,8 @@ def audit_pipeline(
     ``weights`` may be any model :func:`medimg.model_sources.load_model` reads (``trust_code``,
     ``card`` as there): a method or criterion the model cannot support (:mod:`saliency.support`,
     e.g. Grad-CAM on TorchScript) is left out with a note in the report. The replicates, the other
-    architecture and the variants are medimg checkpoints.
+    architecture and the variants are medimg checkpoints. ``ray`` (``"auto"`` or ``HOST:PORT``)
+    computes the maps on a Ray cluster (:mod:`pipelines.ray_maps`); the rest runs here.
 
     Raises:
         DatasetError: bad data folder; ValueError: a 3-D pipeline, models whose preprocessing differs,
@@ -561,4 +563,13 @@ def audit_pipeline(
     title = f"Saliency trust audit: {pipeline.name} ({meta['architecture']})"
     settings: dict[str, Any] = {"pipeline": pipeline.name, "data_dir": str(data_dir), "weights": str(weights)}
     settings["model_source"] = meta.get("source")
-    return run_audit(data, models, config, out, title=title, progress=progress, notes=notes, extra_settings=settings)
+    settings["ray"] = ray
+    executor = None
+    if ray is not None:
+        from pipelines.ray_maps import ray_map_executor
+
+        executor = ray_map_executor(ray)
+    return run_audit(
+        data, models, config, out, title=title, progress=progress, notes=notes, extra_settings=settings,
+        map_executor=executor,
+    )  # fmt: skip

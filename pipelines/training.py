@@ -388,6 +388,7 @@ def evaluate_pipeline(
     challenge: str = "mets",
     trust_code: bool = False,
     card: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on every image of ``data_dir``; write metrics, predictions, report.
 
@@ -395,12 +396,16 @@ def evaluate_pipeline(
     a MONAI bundle, a TorchScript or ``torch.export`` file with its card); ``trust_code`` and
     ``card`` are passed to it. ``segmentation_metrics`` (``legacy``, ``lesionwise``) and
     ``challenge`` (the lesion-wise regions) apply to the 3-D segmentation pipeline (brats) only.
+    ``ray`` (``"auto"`` or a Ray cluster's ``HOST:PORT``; 2-D pipelines) computes the predictions on
+    that cluster (:func:`pipelines.ray_runs.ray_predict`); the outputs are written here.
 
     Returns:
         The metrics dict written to ``metrics.json``.
 
     Raises:
         medimg.models.CheckpointError: the model cannot be loaded (the message names the file).
+        ValueError: ``ray`` with a 3-D segmentation pipeline.
+        pipelines.ray_runs.RayUnavailable: ``ray`` and Ray is not installed or the cluster cannot be reached.
     """
     from medimg.model_sources import load_model
     from medimg.report import Report
@@ -408,6 +413,9 @@ def evaluate_pipeline(
 
     if pipeline.unit == "study":  # 3-D segmentation (brats)
         from pipelines.brats_training import evaluate_brats
+
+        if ray is not None:
+            raise ValueError(f"evaluate {pipeline.name} runs here only: a Ray cluster evaluates the 2-D pipelines")
 
         return evaluate_brats(
             pipeline,
@@ -422,7 +430,15 @@ def evaluate_pipeline(
     out = Path(out)
     model, meta = load_model(weights, pipeline=pipeline.name, trust_code=trust_code, card=card)
     items = pipeline.load_dataset(data_dir)
-    y, prob = predict_items(model, items, pipeline, meta["preprocessing"], batch_size=batch_size)
+    if ray is None:
+        y, prob = predict_items(model, items, pipeline, meta["preprocessing"], batch_size=batch_size)
+    else:
+        from pipelines.ray_runs import ray_predict
+
+        y, prob = ray_predict(
+            pipeline, items, meta["preprocessing"], weights=weights, card=card, trust_code=trust_code,
+            batch_size=batch_size, address=ray,
+        )  # fmt: skip
     threshold = meta.get("training", {}).get("operating_threshold")
     metrics = pipeline.evaluate(y, prob, seed=seed, threshold=threshold)
     metrics = {

@@ -208,6 +208,7 @@ class MapCache:
         batch = self._load(path)
         if batch is not None:
             if path in self._prefetched:  # computed by this audit (prefetch), not reused from an earlier one
+                self._prefetched.discard(path)  # a second model with the same weights reuses it
                 self.computed += 1
             else:
                 self.loaded += 1

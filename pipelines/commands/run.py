@@ -228,6 +228,7 @@ def run(
     outputs, errors.csv, report.html."""
     from medimg.devices import DeviceError, check_device
     from medimg.models import CheckpointError
+    from pipelines.ray_runs import RayUnavailable
     from pipelines.runner import RunRefused, run_pipeline
 
     apply_max_pixels(max_pixels)
@@ -284,7 +285,7 @@ def run(
                 ray=ray,
                 scan_index=index,
             )
-    except (CheckpointError, RunRefused, DeviceError) as exc:
+    except (CheckpointError, RunRefused, DeviceError, RayUnavailable) as exc:
         raise error_exit(exc) from exc
     _print_run_summary(task, summary, out)
     failed = summary.failed

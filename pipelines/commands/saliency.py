@@ -90,6 +90,16 @@ _Variant = Annotated[
 ]
 
 
+_Ray = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--ray",
+        help="Compute the maps on a Ray cluster: auto or its ADDRESS (host:port); the statistics and "
+        "the report are made here (needs the cluster extra; docs: throughput).",
+    ),
+]
+
+
 def _variants(values: list[str]) -> dict[str, str]:
     """``["LABEL=WEIGHTS", ...]`` -> ``{LABEL: WEIGHTS}``; a bad value or a missing file is a usage error."""
     out = {}
@@ -128,6 +138,7 @@ def saliency_audit(
     variant: _Variant = None,
     trust_model_code: TrustModelCodeOption = False,
     model_card: ModelCardOption = None,
+    ray: _Ray = None,
     quiet: QuietOption = False,
 ) -> None:
     """Audit a model's saliency maps: localization, randomization, repeatability, reproducibility.
@@ -139,6 +150,7 @@ def saliency_audit(
 
     from medimg.models import CheckpointError
     from pipelines.base import DatasetError
+    from pipelines.ray_runs import RayUnavailable
     from pipelines.saliency_audit import audit_pipeline
 
     try:
@@ -169,8 +181,9 @@ def saliency_audit(
             progress=not quiet,
             trust_code=trust_model_code,
             card=model_card,
+            ray=ray,
         )
-    except (DatasetError, CheckpointError, ValueError, KeyError) as exc:
+    except (DatasetError, CheckpointError, ValueError, KeyError, RayUnavailable) as exc:
         raise error_exit(exc, to=console) from exc
     _print_audit(result)
 

@@ -202,6 +202,16 @@ _Penalise = Annotated[
 ]
 
 
+_Ray = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="2-D pipelines: predict on a Ray cluster, auto or its ADDRESS (host:port); the data and weights "
+        "must be at the same path on every node (needs the cluster extra; docs: throughput).",
+    ),
+]
+
+
 @app.command()
 def evaluate(
     pipeline: PipelineArgument,
@@ -231,12 +241,14 @@ def evaluate(
     header_spacing: _HeaderSpacing = False,
     penalise_unmatched: _Penalise = False,
     uncertain_labels: _UncertainLabels = "ignore",
+    ray: _Ray = None,
 ) -> None:
     """Evaluate a model (any --weights kind) on a labelled dataset (classification: bootstrap 95% intervals;
     brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty), or, for brats, score
     segmentation files without a model (--predictions, --truth: BraTS lesion-wise metrics)."""
     from medimg.models import CheckpointError
     from pipelines import DatasetError
+    from pipelines.ray_runs import RayUnavailable
     from pipelines.training import evaluate_pipeline
 
     if predictions is not None or truth is not None:
@@ -247,6 +259,8 @@ def evaluate(
     if data is None or weights is None:
         raise error_exit("give DATA and --weights (a model to evaluate), or --predictions and --truth (brats)")
     task = load_pipeline(pipeline)
+    if ray is not None and task.unit == "study":
+        raise error_exit(f"--ray: evaluate {task.name} runs here only (a Ray cluster evaluates the 2-D pipelines)")
     _set_label_policy(task, uncertain_labels)
     if hasattr(task, "configure"):
         task.configure(naming=naming, uncertainty=uncertainty, samples=samples)
@@ -265,8 +279,9 @@ def evaluate(
             challenge=challenge.lower(),
             trust_code=trust_model_code,
             card=model_card,
+            ray=ray,
         )
-    except (DatasetError, CheckpointError) as exc:
+    except (DatasetError, CheckpointError, RayUnavailable) as exc:
         raise error_exit(exc) from exc
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     ci = metrics.get("ci95", {})
