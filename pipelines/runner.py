@@ -325,15 +325,11 @@ def run_pipeline(
         RunRefused: ``out`` is a file, another run holds it, or it holds a run with other result
             settings (and not ``overwrite``); nothing was written then.
     """
-    from medimg.devices import check_device, prepare_model
+    from medimg.devices import prepare_model
     from medimg.model_sources import load_model, model_sha256
 
     start = time.perf_counter()
-    here = check_device(device) if ray is None else "cpu"  # on a cluster only its workers need the device
-    if ray is not None:
-        from pipelines.ray_runs import connect
-
-        connect(ray)  # before anything is written: an unreachable cluster leaves OUT as it was
+    here = _where_the_model_runs(device, ray)
     out = prepare_output(out)
     with OutputLock(out):
         remove_stale_temporaries(out)
@@ -372,6 +368,20 @@ def run_pipeline(
         summary.timings["total"] = time.perf_counter() - start
         _write_run_json(pipeline, dicom_dir, weights, meta, {**settings, "status": "finished"}, summary, outputs)
     return summary
+
+
+def _where_the_model_runs(device: str, ray: str | None) -> str:
+    """The device of the model in this process, after checking ``device`` (here) or connecting to the
+    cluster (``ray``; the model then runs on its workers and only waits here, on the CPU), before
+    anything is written: a missing GPU or an unreachable cluster leaves OUT as it was."""
+    from medimg.devices import check_device
+
+    if ray is None:
+        return check_device(device)
+    from pipelines.ray_runs import connect
+
+    connect(ray)
+    return "cpu"
 
 
 def _outcome_source(
