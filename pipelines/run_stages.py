@@ -9,9 +9,9 @@
 
 :class:`StagePool` runs the load and write stages on ``workers`` processes (one pool, forked
 before any thread starts, see :func:`medimg.parallel.pool_context`), with bounded queues: at most
-two batches per worker loaded ahead and :data:`WRITE_QUEUE` studies per worker being written, so
-memory stays flat whatever the number of images. With ``workers`` 0 everything runs in this
-process, one step after the other.
+two batches per worker loaded ahead and :data:`WRITE_QUEUE` studies per worker being written (at
+most :data:`CASES_AHEAD` whole cases each way for a study-level pipeline), so memory stays flat
+whatever the number of images. With ``workers`` 0 everything runs in this process, one step after the other.
 
 A worker that dies (killed, out of memory, a decoder crashing) costs only its own task: the
 tasks then in flight are done again one at a time in a fresh pool; a batch that kills a worker
@@ -39,6 +39,7 @@ from medimg.parallel import pool_context
 from pipelines.run_state import describe_error
 
 __all__ = [
+    "CASES_AHEAD",
     "DIED",
     "WRITE_QUEUE",
     "LoadedBatch",
@@ -59,6 +60,9 @@ Outcome = tuple[WorkItem, Any, str]
 
 #: Studies per worker that may be being written before inference waits for the writing.
 WRITE_QUEUE = 4
+
+#: Cases (study-level batches) loaded ahead of the inference at most (see :attr:`StagePool.ahead`).
+CASES_AHEAD = 4
 
 #: Why a batch's images are error lines when the loading process died on them twice.
 DIED = "cannot load: the loading process died on this batch (killed, out of memory, or a decoder crashed)"
@@ -210,7 +214,7 @@ class StagePool:
             return
         generation, future = self.submit(_write_in_worker, pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
         self._writes.append((task, generation, future, record))
-        while len(self._writes) > WRITE_QUEUE * self.workers:
+        while len(self._writes) > self.writing:
             self._finish_oldest()
 
     def _finish_oldest(self) -> None:
@@ -246,10 +250,27 @@ class StagePool:
 
     # --- load stage ----------------------------------------------------------------------
 
+    @property
+    def writing(self) -> int:
+        """Studies being written at most before the inference waits: :data:`WRITE_QUEUE` per worker;
+        for a study-level pipeline at most :data:`CASES_AHEAD` (a case's label and uncertainty volumes)."""
+        if getattr(self.pipeline, "unit", "image") == "study":
+            return min(WRITE_QUEUE * self.workers, CASES_AHEAD)
+        return WRITE_QUEUE * self.workers
+
+    @property
+    def ahead(self) -> int:
+        """Batches loaded ahead of the inference: two per worker; for a study-level pipeline (a batch
+        is a whole case: four MRI volumes and their preprocessed copy, about 300 MB at 240x240x155)
+        at most :data:`CASES_AHEAD`, whatever the number of workers."""
+        if getattr(self.pipeline, "unit", "image") == "study":
+            return min(2 * self.workers, CASES_AHEAD)
+        return 2 * self.workers
+
     def load(self, batches: Sequence[Sequence[WorkItem]]) -> Generator[LoadedBatch, None, None]:
-        """Each batch loaded (:func:`load_batch`), in order, the workers working up to two batches
-        each ahead of the consumer (in this process, one batch when asked for, with no workers).
-        Never raises for a bad item or a dead worker."""
+        """Each batch loaded (:func:`load_batch`), in order, the workers working :attr:`ahead` of the
+        consumer (in this process, one batch when asked for, with no workers). Never raises for a
+        bad item or a dead worker."""
         if self._executor is None:
             for batch in batches:
                 yield load_batch(self.pipeline, batch, self.transform)
@@ -257,7 +278,7 @@ class StagePool:
         pending: deque[tuple[int, int, Future[bytes]]] = deque()
         following = 0
         while pending or following < len(batches):
-            while following < len(batches) and len(pending) < 2 * self.workers:
+            while following < len(batches) and len(pending) < self.ahead:
                 pending.append((following, *self.submit(_load_in_worker, batches[following])))
                 following += 1
             index, generation, future = pending.popleft()

@@ -214,3 +214,18 @@ def test_a_run_with_a_scan_index_reads_only_the_new_files_again(
     assert second.counts["studies_resumed"] == 19 and second.counts["images_processed"] == 1
     run_pipeline(task, folder, tmp_path / "plain", weights=weights, workers=0)
     assert _tree(tmp_path / "plain") == _tree(tmp_path / "out")
+
+
+def test_whole_cases_in_flight_are_capped_whatever_the_workers() -> None:
+    from pipelines.run_stages import CASES_AHEAD, WRITE_QUEUE
+
+    class Cases(Numbers):
+        unit = "study"
+
+    images, cases = (
+        StagePool(Numbers(), None, _written, 16, died=_died),
+        StagePool(Cases(), None, _written, 16, died=_died),
+    )
+    assert (images.ahead, images.writing) == (32, 16 * WRITE_QUEUE)
+    assert (cases.ahead, cases.writing) == (CASES_AHEAD, CASES_AHEAD) == (4, 4)
+    assert StagePool(Cases(), None, _written, 1, died=_died).ahead == 2
