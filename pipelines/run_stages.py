@@ -25,6 +25,7 @@ processes, never a file), so tensors are copied through the pipe and need no sha
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import time
@@ -104,25 +105,56 @@ def load_batch(pipeline: Any, batch: Sequence[WorkItem], transform: Any) -> Load
 _worker_state: dict[str, Any] = {}
 
 
+class _LogRecords(logging.Handler):
+    """Keeps a worker's log records as ``(logger, level, message)`` for the run's process to log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
 def _start_worker(pipeline: Any, transform: Any, write: Callable[[Any], Any] | None) -> None:
     """Worker initializer: keep the run's task, transform and study writer; one torch thread per
-    worker (the workers together use the cores, as torch's DataLoader does)."""
+    worker (the workers together use the cores, as torch's DataLoader does); log records kept for
+    the run's process (:func:`_relog`), where the caller's logging set-up sees them."""
     import torch
 
     torch.set_num_threads(1)
-    _worker_state.update(pipeline=pipeline, transform=transform, write=write)
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # inherited by fork: the run's process logs them instead
+        root.removeHandler(handler)
+    records = _LogRecords()
+    root.addHandler(records)
+    _worker_state.update(pipeline=pipeline, transform=transform, write=write, logs=records)
+
+
+def _in_worker(work: Callable[[], Any]) -> bytes:
+    """``work()`` and the log records it made, pickled here (see the module docstring)."""
+    logs = _worker_state["logs"]
+    logs.records.clear()
+    result = work()
+    return pickle.dumps((result, list(logs.records)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load_in_worker(batch: Sequence[WorkItem]) -> bytes:
-    """:func:`load_batch` in a worker, its result pickled here (see the module docstring)."""
-    loaded = load_batch(_worker_state["pipeline"], batch, _worker_state["transform"])
-    return pickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+    """:func:`load_batch` in a worker."""
+    return _in_worker(lambda: load_batch(_worker_state["pipeline"], batch, _worker_state["transform"]))
 
 
 def _write_in_worker(task: bytes) -> bytes:
-    """The run's study writer on one pickled task, its result pickled here."""
-    result = _worker_state["write"](pickle.loads(task))  # noqa: S301 - made by this run's own process
-    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    """The run's study writer on one pickled task."""
+    return _in_worker(lambda: _worker_state["write"](pickle.loads(task)))  # noqa: S301 - made by this run
+
+
+def _relog(payload: bytes) -> Any:
+    """The result of a worker's task; the log records it made are logged here, by their loggers."""
+    result, records = pickle.loads(payload)  # noqa: S301 - bytes made by this run's own worker process
+    for name, level, message in records:
+        logging.getLogger(name).log(level, "%s", message)
+    return result
 
 
 class StagePool:
@@ -226,7 +258,7 @@ class StagePool:
         task, generation, future, record = self._writes.popleft()
         start = time.perf_counter()
         try:
-            result = pickle.loads(future.result())  # noqa: S301 - made by this run's own worker
+            result = _relog(future.result())
         except BrokenProcessPool:  # a worker died: each task of the dead pool is written again alone
             self.replace(generation)
             result = self._write_alone(task)
@@ -238,7 +270,7 @@ class StagePool:
         :attr:`died`'s result."""
         generation, future = self.submit(_write_in_worker, pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
         try:
-            return pickle.loads(future.result())  # noqa: S301 - made by this run's own worker
+            return _relog(future.result())
         except BrokenProcessPool:
             self.replace(generation)
             return self.died(task)
@@ -295,7 +327,7 @@ class StagePool:
                 self.replace(generation)
                 yield from self._one_at_a_time([batches[i] for i in again])
                 continue
-            yield pickle.loads(payload)  # noqa: S301 - bytes made by this run's own worker process
+            yield _relog(payload)
 
     def _one_at_a_time(self, batches: Sequence[Sequence[WorkItem]]) -> Generator[LoadedBatch, None, None]:
         """After a worker died: each batch alone, so that the one that kills a worker is known; its
@@ -308,7 +340,7 @@ class StagePool:
                 self.replace(generation)
                 yield LoadedBatch(failed=[(work, DIED) for work in batch])
                 continue
-            yield pickle.loads(payload)  # noqa: S301 - bytes made by this run's own worker process
+            yield _relog(payload)
 
 
 # --- the infer stage -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ class Numbers:
             raise RuntimeError("would end the test process")
         if item.get("bad"):
             raise ValueError(f"{item['value']}: not a number")
+        if item.get("odd"):
+            logging.getLogger("medimg.test.numbers").warning("%s: an odd number", item["value"])
         return torch.tensor([float(item["value"])])
 
 
@@ -229,3 +232,10 @@ def test_whole_cases_in_flight_are_capped_whatever_the_workers() -> None:
     assert (images.ahead, images.writing) == (32, 16 * WRITE_QUEUE)
     assert (cases.ahead, cases.writing) == (CASES_AHEAD, CASES_AHEAD) == (4, 4)
     assert StagePool(Cases(), None, _written, 1, died=_died).ahead == 2
+
+
+def test_what_a_worker_logs_is_logged_in_the_runs_process(caplog: pytest.LogCaptureFixture) -> None:
+    batches = _batches(6, 2, **{"3": {"odd": True}})
+    with caplog.at_level(logging.WARNING), StagePool(Numbers(), None, _written, 2, died=_died) as pool:
+        list(pool.load(batches))
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("medimg.test.numbers", "3: an odd number")]
