@@ -262,6 +262,12 @@ def simulate(server_app: Any, client_app: Any, *, num_sites: int, quiet: bool = 
             num_supernodes=num_sites,
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": "ERROR" if quiet else "INFO", "log_to_driver": not quiet},
+                # "local": a Ray of its own, never a cluster already running on this machine (ray.init's
+                # default joins one, whose CPUs other jobs hold: a simulation would wait for them)
+                "init_args": {
+                    "address": "local",
+                    "logging_level": "ERROR" if quiet else "INFO",
+                    "log_to_driver": not quiet,
+                },
             },
         )
