@@ -182,6 +182,9 @@ class StagePool:
         self.workers = workers
         self.write_seconds = 0.0
         self.generation = 0
+        #: A study-level pipeline (a batch is a whole case): fewer in flight, every torch thread here.
+        self.cases = getattr(pipeline, "unit", "image") == "study"
+        self._threads: int | None = None  # torch's threads before _share_cores, restored on exit
         self._executor: ProcessPoolExecutor | None = None
         self._writes: deque[tuple[Any, int, Future[bytes], Callable[[Any], None]]] = deque()
 
@@ -201,8 +204,6 @@ class StagePool:
 
                 torch.set_num_threads(self._threads)
 
-    _threads: int | None = None
-
     def _share_cores(self) -> None:
         """For an image-level pipeline, leave the workers their cores: the inference here uses the
         others (at least one). There, decoding and writing cost as much as the model, and torch's
@@ -212,7 +213,7 @@ class StagePool:
         (brats on two cores: 12.6 cases/h with one thread against 17.1 with two)."""
         import torch
 
-        if getattr(self.pipeline, "unit", "image") == "study":
+        if self.cases:
             return
         self._threads = torch.get_num_threads()
         torch.set_num_threads(max(1, min(self._threads, default_workers() - self.workers)))
@@ -291,7 +292,7 @@ class StagePool:
     def writing(self) -> int:
         """Studies being written at most before the inference waits: :data:`WRITE_QUEUE` per worker;
         for a study-level pipeline at most :data:`CASES_AHEAD` (a case's label and uncertainty volumes)."""
-        if getattr(self.pipeline, "unit", "image") == "study":
+        if self.cases:
             return min(WRITE_QUEUE * self.workers, CASES_AHEAD)
         return WRITE_QUEUE * self.workers
 
@@ -300,7 +301,7 @@ class StagePool:
         """Batches loaded ahead of the inference: two per worker; for a study-level pipeline (a batch
         is a whole case: four MRI volumes and their preprocessed copy, about 300 MB at 240x240x155)
         at most :data:`CASES_AHEAD`, whatever the number of workers."""
-        if getattr(self.pipeline, "unit", "image") == "study":
+        if self.cases:
             return min(2 * self.workers, CASES_AHEAD)
         return 2 * self.workers
 

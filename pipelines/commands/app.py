@@ -29,6 +29,7 @@ __all__ = [
     "PipelineArgument",
     "ModelCardOption",
     "QuietOption",
+    "RayOption",
     "TrustModelCodeOption",
     "WEIGHTS_HELP",
     "app",
@@ -83,6 +84,16 @@ ModelCardOption = Annotated[
         exists=True,
         dir_okay=False,
         help="Model card YAML (default: NAME.yaml beside the model file); fills what a bundle does not state.",
+    ),
+]
+#: ``--ray`` of the commands that can run their model on a Ray cluster (run, evaluate, saliency audit).
+RayOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--ray",
+        help="Run the model's work on a Ray cluster: auto (the cluster this machine belongs to, else a local "
+        "one) or its ADDRESS (host:port); inputs and weights must be at the same path on every node; outputs "
+        "are written here (needs the cluster extra; docs: throughput).",
     ),
 ]
 #: ``--max-pixels`` of the commands that read images or volumes (checked from the header, before decoding).

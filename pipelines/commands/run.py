@@ -16,6 +16,7 @@ from pipelines.commands.app import (
     ModelCardOption,
     PipelineArgument,
     QuietOption,
+    RayOption,
     TrustModelCodeOption,
     app,
     apply_max_pixels,
@@ -160,15 +161,6 @@ _Workers = Annotated[
     ),
 ]
 
-_Ray = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--ray",
-        help="Load and infer on a Ray cluster: auto (the cluster this machine belongs to, else a local "
-        "one) or its ADDRESS (host:port); results are written here (needs the cluster extra; docs: throughput).",
-    ),
-]
-
 _Index = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
@@ -203,7 +195,7 @@ def run(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     workers: _Workers = None,
-    ray: _Ray = None,
+    ray: RayOption = None,
     index: _Index = None,
     uncertainty: _Uncertainty = None,
     samples: Annotated[int, typer.Option(min=1, help="brats: samples for tta / mc-dropout.")] = 8,

@@ -12,6 +12,7 @@ from pipelines.commands.app import (
     WEIGHTS_HELP,
     ModelCardOption,
     QuietOption,
+    RayOption,
     TrustModelCodeOption,
     console,
     csv_list,
@@ -90,16 +91,6 @@ _Variant = Annotated[
 ]
 
 
-_Ray = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--ray",
-        help="Compute the maps on a Ray cluster: auto or its ADDRESS (host:port); the statistics and "
-        "the report are made here (needs the cluster extra; docs: throughput).",
-    ),
-]
-
-
 def _variants(values: list[str]) -> dict[str, str]:
     """``["LABEL=WEIGHTS", ...]`` -> ``{LABEL: WEIGHTS}``; a bad value or a missing file is a usage error."""
     out = {}
@@ -138,7 +129,7 @@ def saliency_audit(
     variant: _Variant = None,
     trust_model_code: TrustModelCodeOption = False,
     model_card: ModelCardOption = None,
-    ray: _Ray = None,
+    ray: RayOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Audit a model's saliency maps: localization, randomization, repeatability, reproducibility.

@@ -12,6 +12,7 @@ from pipelines.commands.app import (
     WEIGHTS_HELP,
     ModelCardOption,
     PipelineArgument,
+    RayOption,
     TrustModelCodeOption,
     app,
     console,
@@ -202,16 +203,6 @@ _Penalise = Annotated[
 ]
 
 
-_Ray = Annotated[
-    str | None,
-    typer.Option(
-        "--ray",
-        help="2-D pipelines: predict on a Ray cluster, auto or its ADDRESS (host:port); the data and weights "
-        "must be at the same path on every node (needs the cluster extra; docs: throughput).",
-    ),
-]
-
-
 @app.command()
 def evaluate(
     pipeline: PipelineArgument,
@@ -241,7 +232,7 @@ def evaluate(
     header_spacing: _HeaderSpacing = False,
     penalise_unmatched: _Penalise = False,
     uncertain_labels: _UncertainLabels = "ignore",
-    ray: _Ray = None,
+    ray: RayOption = None,
 ) -> None:
     """Evaluate a model (any --weights kind) on a labelled dataset (classification: bootstrap 95% intervals;
     brats: Dice and HD95 per region, QU-BraTS scores with --uncertainty), or, for brats, score
