@@ -7,7 +7,7 @@ quarantine with a reason. The scan never raises on bad files.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from medimg.dicom.codecs import decode_support
@@ -17,7 +17,14 @@ from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult, Seri
 from medimg.dicom.series4d import frame_order_key, split_volumes
 from medimg.parallel import ProgressCallback, parallel_map
 
-__all__ = ["list_files", "scan_folder", "group_instances"]
+__all__ = [
+    "check_series_decoding",
+    "check_series_geometry",
+    "group_instances",
+    "list_files",
+    "scan_folder",
+    "validate_series",
+]
 
 #: Below this many files the scan runs in-process: starting workers would cost more.
 PARALLEL_THRESHOLD = 400
@@ -143,11 +150,15 @@ def scan_folder(
     return ScanResult(root=os.fspath(Path(root)), studies=studies, quarantine=quarantine)
 
 
-def group_instances(headers: Iterable[InstanceHeader]) -> tuple[list[Study], list[QuarantineEntry]]:
+def group_instances(
+    headers: Iterable[InstanceHeader], validate: Callable[[Series], None] | None = None
+) -> tuple[list[Study], list[QuarantineEntry]]:
     """Group instance headers into studies and series, and validate each series.
 
     Args:
         headers: instance headers (any order).
+        validate: fills a series' summary and problems in place; default :func:`validate_series`
+            (the scan index passes one that reuses stored geometry checks).
 
     Returns:
         ``(studies, duplicates)``: the studies, and quarantine entries for files whose
@@ -173,7 +184,7 @@ def group_instances(headers: Iterable[InstanceHeader]) -> tuple[list[Study], lis
     for study_uid, series_map in by_study.items():
         series_list = sorted(series_map.values(), key=_series_sort_key)
         for series in series_list:
-            validate_series(series)
+            (validate or validate_series)(series)
         studies.append(Study(study_uid, patient[study_uid], series_list))
     studies.sort(key=lambda s: (s.PatientID, s.StudyInstanceUID))
     return studies, duplicates
@@ -186,6 +197,16 @@ def _series_sort_key(series: Series) -> tuple[int, str]:
 
 def validate_series(series: Series) -> None:
     """Fill a series' orientation, spacing, decodability and consistency problems in place."""
+    check_series_geometry(series)
+    check_series_decoding(series)
+
+
+def check_series_geometry(series: Series) -> None:
+    """Fill a series' orientation, slice spacing and consistency problems in place.
+
+    A function of the instances' headers alone (in their order), so its result can be stored;
+    what the installed codecs decode is :func:`check_series_decoding`.
+    """
     instances = series.instances
     problems: list[str] = []
     sizes: dict[tuple[int, int], int] = {}
@@ -217,7 +238,11 @@ def validate_series(series: Series) -> None:
                 series.slice_spacing = split.spacing
             except GeometryError as exc:
                 problems.append(str(exc))
+    series.problems = problems
 
+
+def check_series_decoding(series: Series) -> None:
+    """Fill whether the installed codecs decode every instance of a series, and the note saying so."""
     notes = []
     decodable = True
     for ts in series.transfer_syntaxes:
@@ -226,4 +251,3 @@ def validate_series(series: Series) -> None:
         notes.append(support.note)
     series.decodable = decodable
     series.decode_note = "; ".join(sorted(set(notes)))
-    series.problems = problems

@@ -4,27 +4,34 @@
 folder, but remembers, per file, the result of :func:`medimg.dicom.header.read_instance_header`
 in an SQLite file (WAL mode) keyed by the path relative to the folder together with the file's
 size, modification time (ns) and inode. A rescan stats every file and reads only those that are
-new or whose (size, mtime_ns, inode) changed; rows of files that disappeared are dropped. Studies,
-series and their validation are rebuilt from the headers on every scan, so they are never stale.
+new or whose (size, mtime_ns, inode) changed; rows of files that disappeared are dropped.
 
-What is stored is data, never code: the header fields as JSON (:class:`InstanceHeader` less its
-path) or the quarantine reason as text. Results that depend on the environment rather than on
-the file's bytes (``unreadable``, ``broken symbolic link``, ``not a regular file``) are not
-stored, so a permission fixed later is seen without a content change.
+Three tables: ``files`` (one row per file: its state, and either the quarantine reason or where
+its header is stored), ``chunks`` (the headers of one read batch as one compact JSON text, see
+:mod:`medimg.dicom.scan_chunks`) and ``series_checks`` (a series' geometry checks: orientation,
+slice spacing, problems, keyed by a digest of its files and their stored headers). Studies and
+series are regrouped on every scan; a series whose files and headers are those of a stored check
+takes that check instead of recomputing it, and what the installed codecs decode is always
+checked again. Results that depend on the environment rather than on the file's bytes
+(``unreadable``, ``broken symbolic link``, ``not a regular file``) are not stored, so a
+permission fixed later is seen without a content change.
 
-The index file is treated as untrusted input. Everything read back is checked (the file's
-format marker and schema version, the tables it holds, every row's JSON shape and types); an
-index that fails a check raises :class:`ScanIndexError` naming the index file and the problem, and
-is never deleted or rewritten: a wrong ``--index`` path must not destroy somebody's database. The
-one exception is an index written by another header reader (another medimg or pydicom version):
-its stored results are discarded and the files reread, with a note in :attr:`ScanIndexStats.notes`.
+What is stored is data, never code: JSON and text. The index file is treated as untrusted
+input. Everything read back is checked (the file's format marker and schema version, the tables
+it holds, every row's types, every chunk against its id and its JSON shape); an index that fails
+a check raises :class:`ScanIndexError` naming the index file and the problem, and is never
+deleted or rewritten: a wrong ``--index`` path must not destroy somebody's database. The one
+exception is an index written by another header reader or series checker (another medimg or
+pydicom version): its stored results are discarded and the files reread, with a note in
+:attr:`ScanIndexStats.notes`.
 
 An index records the real path of the folder it was made for and refuses any other folder.
-Results are committed every :data:`COMMIT_EVERY` files, so an interrupted scan keeps what it read
-and the next one resumes from there. Several processes may scan with the same index at once: every
-write is a short ``BEGIN IMMEDIATE`` transaction under a busy timeout, and a row always pairs a
-file's (size, mtime_ns, inode) with the result read from exactly that file state, so the worst a
-race can cause is a file read twice.
+Each read batch (at most :data:`COMMIT_EVERY` files) is committed with its chunk, so an
+interrupted scan keeps what it read and the next one resumes from there. Several processes may
+scan with the same index at once: every write is a short ``BEGIN IMMEDIATE`` transaction under a
+busy timeout, everything is read back in one read transaction, and a row always pairs a file's
+(size, mtime_ns, inode) with the header read from exactly that file state, so the worst a race
+can cause is a file read twice.
 """
 
 from __future__ import annotations
@@ -42,8 +49,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from medimg.dicom.header import read_instance_header
-from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult
-from medimg.dicom.scan import PARALLEL_THRESHOLD, group_instances, list_files
+from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult, Series
+from medimg.dicom.scan import (
+    PARALLEL_THRESHOLD,
+    check_series_decoding,
+    check_series_geometry,
+    group_instances,
+    list_files,
+)
+from medimg.dicom.scan_chunks import Chunk, decode_chunk, encode_chunk
 from medimg.parallel import ProgressCallback, pool_context
 
 __all__ = [
@@ -52,15 +66,13 @@ __all__ = [
     "IndexedScan",
     "ScanIndexError",
     "ScanIndexStats",
-    "decode_result",
-    "encode_result",
     "reader_fingerprint",
     "scan_folder_indexed",
     "scan_with_index",
 ]
 
 #: Version of the tables and of the row format; an index of another version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a scan index ("MDIX"): tells our files from other SQLite files.
 APPLICATION_ID = 0x4D444958
 #: Files read between two commits: what an interrupted scan keeps at most loses.
@@ -70,15 +82,22 @@ BUSY_TIMEOUT_S = 60.0
 
 #: Quarantine reasons that describe the environment, not the file's bytes: never stored.
 _UNSTORED_REASONS = ("unreadable", "broken symbolic link", "not a regular file")
-_HEADER_FIELDS = frozenset(
-    {"attributes", "transfer_syntax", "frame_positions", "frame_orientation", "pixel_spacing", "slice_spacing_hint"}
-)
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # A header file has chunk + entry (its place in the chunk); a quarantined file has reason.
     "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
-    " inode INTEGER NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL) WITHOUT ROWID",
+    " inode INTEGER NOT NULL, chunk TEXT, entry INTEGER, reason TEXT) WITHOUT ROWID",
+    "CREATE TABLE chunks (id TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE series_checks (digest TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID",
 )
-_OBJECTS = {("table", "meta"), ("table", "files"), ("index", "sqlite_autoindex_meta_1")}
+_OBJECTS = {
+    ("table", "meta"),
+    ("table", "files"),
+    ("table", "chunks"),
+    ("table", "series_checks"),
+    ("index", "sqlite_autoindex_meta_1"),
+}
+_TABLES = ("files", "chunks", "series_checks")
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 FileState = tuple[int, int, int]  # (size, mtime_ns, inode as a signed 64-bit integer)
@@ -176,21 +195,26 @@ def scan_with_index(
         files = _without_index_files(files, index_path)
         stats.files = len(files)
         keys = _keys(files, root_str)
-        results, stale = _reusable_results(conn, index_path, files, keys)
+        stored = _read_back(conn, index_path, files, keys)
+        results, origins = stored.results, stored.origins
         stats.reused = len(results)
         to_read = [i for i in range(len(files)) if i not in results]
         if progress:
             progress(stats.reused, len(files))
-        for i, read in _read_and_store(conn, index_path, files, keys, to_read, workers, progress):
+        for i, read, origin in _read_and_store(conn, index_path, files, keys, to_read, workers, progress):
             results[i] = read
+            if origin is not None:
+                origins[i] = origin
             stats.read += 1
-        stats.dropped = _drop_rows(conn, index_path, stale)
+        stats.dropped = _drop_rows(conn, index_path, stored.stale, prune=stored.changed > 0)
+        ordered = [results[i] for i in range(len(files))]
+        headers = [r for r in ordered if isinstance(r, InstanceHeader)]
+        quarantine.extend(r for r in ordered if isinstance(r, QuarantineEntry))
+        checks = _SeriesChecks(index_path, stored.checks, {id(results[i]): o for i, o in origins.items()})
+        studies, duplicates = group_instances(headers, checks)
+        checks.save(conn)
     finally:
         conn.close()
-    ordered = [results[i] for i in range(len(files))]
-    headers = [r for r in ordered if isinstance(r, InstanceHeader)]
-    quarantine.extend(r for r in ordered if isinstance(r, QuarantineEntry))
-    studies, duplicates = group_instances(headers)
     quarantine.extend(duplicates)
     quarantine.sort(key=lambda q: q.path)
     result = ScanResult(root=os.fspath(Path(root_str)), studies=studies, quarantine=quarantine)
@@ -203,24 +227,37 @@ def scan_with_index(
 
 @cache
 def reader_fingerprint() -> str:
-    """Identify the header reader: stored results of another reader are not reused.
+    """Identify the header reader and the series checks: stored results of others are not reused.
 
-    Hashes the source of :mod:`medimg.dicom.header` (what is read and how) with the pydicom
-    version (which transfer syntaxes have a decoder) and :data:`SCHEMA_VERSION`.
+    Hashes the source of the modules that decide what is stored (:data:`_STORED_BY`: what is read
+    and how, how it is stored, how a series' geometry is checked) with the pydicom version and
+    :data:`SCHEMA_VERSION`.
     """
+    import importlib
+
     import pydicom
 
-    import medimg.dicom.header as header_module
-
     digest = hashlib.sha256(f"{SCHEMA_VERSION} {pydicom.__version__}".encode())
-    try:
-        with open(header_module.__file__, "rb") as fp:
-            digest.update(fp.read())
-    except (OSError, TypeError):  # no source file (frozen or compiled-only install)
-        import medimg
+    for name in _STORED_BY:
+        try:
+            with open(importlib.import_module(name).__file__ or "", "rb") as fp:
+                digest.update(fp.read())
+        except OSError:  # no source file (frozen or compiled-only install)
+            import medimg
 
-        digest.update(medimg.__version__.encode())
+            digest.update(f"{name} {medimg.__version__}".encode())
     return digest.hexdigest()[:16]
+
+
+#: Modules whose source is part of :func:`reader_fingerprint`.
+_STORED_BY = (
+    "medimg.dicom.header",
+    "medimg.dicom.index",
+    "medimg.dicom.scan",
+    "medimg.dicom.scan_chunks",
+    "medimg.dicom.series4d",
+    "medimg.dicom.geometry",
+)
 
 
 def _open_index(index_path: str, root_real: str, notes: list[str]) -> sqlite3.Connection:
@@ -325,6 +362,8 @@ def _check_meta(conn: sqlite3.Connection, index_path: str, root_real: str, notes
     reader = reader_fingerprint()
     if meta.get("reader") != reader:
         dropped = conn.execute("DELETE FROM files").rowcount
+        conn.execute("DELETE FROM chunks")
+        conn.execute("DELETE FROM series_checks")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('reader', ?)", (reader,))
         notes.append(
             f"{index_path}: written by another header reader (medimg or pydicom version); "
@@ -377,154 +416,151 @@ def _state(path: str) -> FileState | None:
 # reading back
 
 
-def _reusable_results(
-    conn: sqlite3.Connection,
-    index_path: str,
-    files: Sequence[str],
-    keys: Sequence[str],
-) -> tuple[dict[int, InstanceHeader | QuarantineEntry], list[Any]]:
-    """Stored results whose file is unchanged (by position in ``files``), and keys of vanished files.
+@dataclass(slots=True)
+class _Stored:
+    """What the index holds for the listed files.
+
+    Attributes:
+        results: stored results of unchanged files, by position in the file list.
+        origins: per stored header (by position), where it comes from: key, chunk, entry.
+        stale: keys of rows whose file is no longer listed.
+        changed: rows whose file changed since (they are replaced when the file is read).
+        checks: stored series checks, digest -> JSON text (checked when used).
+    """
+
+    results: dict[int, InstanceHeader | QuarantineEntry] = field(default_factory=dict)
+    origins: dict[int, str] = field(default_factory=dict)
+    stale: list[Any] = field(default_factory=list)
+    changed: int = 0
+    checks: dict[Any, Any] = field(default_factory=dict)
+
+
+def _read_back(conn: sqlite3.Connection, index_path: str, files: Sequence[str], keys: Sequence[str]) -> _Stored:
+    """The stored results of the files that did not change, read in one transaction.
 
     Only files with a row are stat'ed here; the others are stat'ed by the processes that read them.
     """
     position = {key: i for i, key in enumerate(keys)}
-    reused: dict[int, InstanceHeader | QuarantineEntry] = {}
-    stale: list[Any] = []
+    stored = _Stored()
+    in_chunk: dict[Any, list[tuple[int, Any]]] = {}
     try:
-        rows = conn.execute("SELECT path, size, mtime_ns, inode, kind, data FROM files")
-        for key, size, mtime_ns, inode, kind, data in rows:
-            i = position.get(key) if isinstance(key, str) else None
-            if i is None:
-                stale.append(key)
-            elif _state(files[i]) == (size, mtime_ns, inode):
-                try:
-                    reused[i] = decode_result(kind, data, files[i])
-                except ValueError as exc:
-                    raise ScanIndexError(
-                        f"{index_path}: corrupt or edited scan index: the row of {key!r} is invalid ({exc}); "
-                        "delete the index to rebuild it"
-                    ) from exc
+        conn.execute("BEGIN")  # one snapshot: another process may commit meanwhile
+        try:
+            for key, size, mtime_ns, inode, chunk, entry, reason in conn.execute(
+                "SELECT path, size, mtime_ns, inode, chunk, entry, reason FROM files"
+            ):
+                i = position.get(key) if type(key) is str else None
+                if i is None:
+                    stored.stale.append(key)
+                elif _state(files[i]) != (size, mtime_ns, inode):
+                    stored.changed += 1
+                elif chunk is None and entry is None:
+                    stored.results[i] = _quarantined(index_path, key, reason, files[i])
+                elif reason is None:
+                    in_chunk.setdefault(chunk, []).append((i, entry))
+                else:
+                    raise _corrupt(index_path, f"the row of {key!r} is invalid (both a header and a reason)")
+            chunks = dict(conn.execute("SELECT id, data FROM chunks").fetchall())
+            stored.checks = dict(conn.execute("SELECT digest, data FROM series_checks").fetchall())
+        finally:
+            conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise ScanIndexError(f"{index_path}: cannot read the scan index: {exc}") from exc
-    return reused, stale
+    for chunk_key, members in in_chunk.items():
+        decoded = _chunk(index_path, chunk_key, chunks.get(chunk_key))
+        for i, entry in members:
+            try:
+                stored.results[i] = decoded.header(entry, files[i])
+            except ValueError as exc:
+                raise _corrupt(index_path, f"the row of {keys[i]!r} is invalid ({exc})") from exc
+            stored.origins[i] = f"{keys[i]}\t{chunk_key}\t{entry}"
+    return stored
 
 
-def decode_result(kind: Any, data: Any, path: str) -> InstanceHeader | QuarantineEntry:
-    """Rebuild a stored result for ``path``, checking every field's type.
+def _corrupt(index_path: str, what: str) -> ScanIndexError:
+    return ScanIndexError(f"{index_path}: corrupt or edited scan index: {what}; delete the index to rebuild it")
 
-    Args:
-        kind: ``"header"`` or ``"quarantine"``.
-        data: the header fields as JSON, or the quarantine reason.
-        path: the file the result is for.
 
-    Raises:
-        ValueError: the stored data is not what :func:`encode_result` writes.
-    """
-    if kind == "quarantine":
-        if not isinstance(data, str) or not data or data.startswith(_UNSTORED_REASONS):
-            raise ValueError("bad quarantine reason")
-        return QuarantineEntry(path, data)
-    if kind != "header" or not isinstance(data, str):
-        raise ValueError(f"unknown kind {kind!r}")
+def _quarantined(index_path: str, key: str, reason: Any, path: str) -> QuarantineEntry:
+    if type(reason) is not str or not reason or reason.startswith(_UNSTORED_REASONS):
+        raise _corrupt(index_path, f"the row of {key!r} is invalid (bad quarantine reason)")
+    return QuarantineEntry(path, reason)
+
+
+def _chunk(index_path: str, chunk_key: Any, data: Any) -> Chunk:
+    if data is None:
+        raise _corrupt(index_path, f"chunk {chunk_key!r} is missing")
     try:
-        fields = _DECODER.decode(data)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
-    if type(fields) is not dict or fields.keys() != _HEADER_FIELDS:
-        raise ValueError("not a header record")
-    positions = fields["frame_positions"]
-    if positions is not None:
-        if type(positions) is not list:
-            raise ValueError("bad frame_positions")
-        positions = [_floats(p, 3, "frame_positions") for p in positions]
-    hint = fields["slice_spacing_hint"]
-    if hint is not None and type(hint) not in _NUMBERS:
-        raise ValueError("bad slice_spacing_hint")
-    header = InstanceHeader(
-        path=path,
-        attributes=fields["attributes"],
-        transfer_syntax=fields["transfer_syntax"],
-        frame_positions=positions,
-        frame_orientation=_floats(fields["frame_orientation"], 6, "frame_orientation"),
-        pixel_spacing=_floats(fields["pixel_spacing"], 2, "pixel_spacing"),
-        slice_spacing_hint=None if hint is None else float(hint),
-    )
-    _check_header(header, geometry_types=False)
-    return header
+        return decode_chunk(chunk_key, data)
+    except ValueError as exc:
+        raise _corrupt(index_path, f"chunk {chunk_key!r} is invalid ({exc})") from exc
 
 
-def encode_result(result: InstanceHeader | QuarantineEntry) -> tuple[str, str] | None:
-    """``(kind, data)`` to store for a read result, or None when it must not be stored.
+class _SeriesChecks:
+    """:func:`group_instances`' ``validate``: a stored geometry check where one fits, else a new one.
 
-    Not stored: environment-dependent quarantine reasons (see the module docstring) and headers
-    that would not come back identical from :func:`decode_result` (values of other types than
-    JSON's, non-finite numbers): those files are simply read again on the next scan.
+    A check fits a series when the series holds exactly the files and stored headers it was made
+    for (a digest of their keys, chunks and entries, in order). What the installed codecs decode
+    is checked every time. :meth:`save` stores the new checks and drops those no series used.
     """
-    if isinstance(result, QuarantineEntry):
-        return None if result.reason.startswith(_UNSTORED_REASONS) else ("quarantine", result.reason)
-    try:
-        _check_header(result)
-        if not all(type(key) is str for key in result.attributes):  # JSON keys are always text
-            return None
-        data = _ENCODER.encode(
-            {
-                "attributes": result.attributes,
-                "transfer_syntax": result.transfer_syntax,
-                "frame_positions": result.frame_positions,
-                "frame_orientation": result.frame_orientation,
-                "pixel_spacing": result.pixel_spacing,
-                "slice_spacing_hint": result.slice_spacing_hint,
-            }
-        )
-    except (TypeError, ValueError):
-        return None
-    return "header", data
 
+    def __init__(self, index_path: str, stored: dict[Any, Any], origins: dict[int, str]) -> None:
+        self.index_path = index_path
+        self.stored = stored
+        self.origins = origins
+        self.used: set[str] = set()
+        self.new: dict[str, str] = {}
 
-def _check_header(header: InstanceHeader, *, geometry_types: bool = True) -> None:
-    """Check what :func:`decode_result` builds (and what :func:`encode_result` may store).
+    def __call__(self, series: Series) -> None:
+        parts = [self.origins.get(id(inst)) for inst in series.instances]
+        digest = None if None in parts else hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]  # type: ignore[arg-type]
+        data = self.stored.get(digest) if digest is not None else None
+        if data is not None:
+            self._apply(series, data)
+            self.used.add(digest)  # type: ignore[arg-type]
+        else:
+            check_series_geometry(series)
+            if digest is not None:
+                try:
+                    self.new[digest] = _ENCODER.encode(
+                        {
+                            "orientation": series.orientation,
+                            "slice_spacing": series.slice_spacing,
+                            "problems": series.problems,
+                        }
+                    )
+                except (TypeError, ValueError):  # not JSON (a non-finite spacing): checked again next time
+                    pass
+        check_series_decoding(series)
 
-    Only exact types that come back unchanged from JSON pass: text, integers, floats, booleans,
-    None and lists of them in the attributes; tuples of floats in the geometry fields.
+    def _apply(self, series: Series, data: Any) -> None:
+        try:
+            check = _DECODER.decode(data) if type(data) is str else None
+        except (ValueError, RecursionError):
+            check = None
+        if (
+            type(check) is not dict
+            or check.keys() != {"orientation", "slice_spacing", "problems"}
+            or not (check["orientation"] is None or type(check["orientation"]) is str)
+            or not (check["slice_spacing"] is None or type(check["slice_spacing"]) in (int, float))
+            or type(check["problems"]) is not list
+            or not all(type(p) is str for p in check["problems"])
+        ):
+            raise _corrupt(self.index_path, f"a stored series check is invalid (series {series.SeriesInstanceUID})")
+        series.orientation = check["orientation"]
+        series.slice_spacing = None if check["slice_spacing"] is None else float(check["slice_spacing"])
+        series.problems = check["problems"]
 
-    Args:
-        header: the header to check.
-        geometry_types: also check the geometry fields' types (:func:`decode_result` built them
-            as tuples of floats already).
-
-    Raises:
-        ValueError: naming the first field that is not as the header reader makes it.
-    """
-    attributes = header.attributes
-    if type(attributes) is not dict:
-        raise ValueError("attributes are not keyword: value pairs")
-    if not all(map(_SCALARS.__contains__, map(type, attributes.values()))):  # fast path: no lists
-        for value in attributes.values():
-            if not _is_value(value):
-                raise ValueError(f"attribute value of type {type(value).__name__}")
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
-        if not attributes.get(keyword):
-            raise ValueError(f"no {keyword}")
-    if type(header.transfer_syntax) is not str or not header.transfer_syntax:
-        raise ValueError("bad transfer_syntax")
-    try:
-        frames = header.frames
-        _ = header.rows, header.columns
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError("Rows, Columns or NumberOfFrames is not an integer") from exc
-    positions = header.frame_positions
-    if positions is not None:
-        if type(positions) is not list or len(positions) != frames:
-            raise ValueError("frame_positions do not match NumberOfFrames")
-    if (positions is None) != (header.frame_orientation is None):
-        raise ValueError("frame_positions without frame_orientation or the reverse")
-    if geometry_types:
-        for point in positions or ():
-            _check_floats(point, 3, "frame_positions")
-        _check_floats(header.frame_orientation, 6, "frame_orientation")
-        _check_floats(header.pixel_spacing, 2, "pixel_spacing")
-        if header.slice_spacing_hint is not None and type(header.slice_spacing_hint) is not float:
-            raise ValueError("bad slice_spacing_hint")
+    def save(self, conn: sqlite3.Connection) -> None:
+        unused = [digest for digest in self.stored if digest not in self.used]
+        if not self.new and not unused:
+            return
+        try:
+            with _write(conn):
+                conn.executemany("INSERT OR REPLACE INTO series_checks VALUES (?, ?)", self.new.items())
+                conn.executemany("DELETE FROM series_checks WHERE digest = ?", [(d,) for d in unused])
+        except sqlite3.Error as exc:
+            raise ScanIndexError(f"{self.index_path}: cannot write the scan index: {exc}") from exc
 
 
 def _no_constant(name: str) -> Any:
@@ -533,50 +569,34 @@ def _no_constant(name: str) -> Any:
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-_NUMBERS = frozenset({int, float})
-
-
-def _is_value(value: Any, depth: int = 0) -> bool:
-    """A JSON scalar, or a (shallow) list of them: what :func:`medimg.dicom.header.jsonable` gives."""
-    if type(value) in _SCALARS:
-        return True
-    if type(value) is not list or depth >= 2:
-        return False
-    return all(map(_SCALARS.__contains__, map(type, value))) or all(_is_value(v, depth + 1) for v in value)
-
-
-def _floats(value: Any, n: int, name: str) -> Any:
-    """A JSON list of ``n`` numbers as a tuple of floats (None stays None)."""
-    if value is None:
-        return None
-    if type(value) is not list or len(value) != n or not all(map(_NUMBERS.__contains__, map(type, value))):
-        raise ValueError(f"bad {name}")
-    return tuple(map(float, value))
-
-
-def _check_floats(value: Any, n: int, name: str) -> None:
-    """None, or a tuple of ``n`` floats."""
-    if value is not None and (type(value) is not tuple or len(value) != n or not all(type(v) is float for v in value)):
-        raise ValueError(f"bad {name}")
 
 
 # ------------------------------------------------------------------------------------------
 # reading files and storing results
 
 
-def _read_batch(batch: list[str]) -> list[tuple[InstanceHeader | QuarantineEntry, tuple[str, str] | None, Any]]:
-    """Worker: stat, read, encode and stat again each file; the state is None when the two differ.
+_Read = tuple[list[InstanceHeader | QuarantineEntry], list[FileState | None], tuple[str, str], list[int | None]]
 
-    A result is stored with the state the file had before and after the read, so that a file that
-    changes while it is read is read again next time.
+
+def _read_batch(batch: list[str]) -> _Read:
+    """Worker: stat, read and stat again each file, then store the headers read as one chunk.
+
+    Returns ``(results, states, (chunk id, chunk text), entries)``: a file's state is None when
+    it differed before and after the read (it is read again next time), its entry None when its
+    result is not stored in the chunk.
     """
-    out = []
+    results: list[InstanceHeader | QuarantineEntry] = []
+    states: list[FileState | None] = []
     for path in batch:
         before = _state(path)
-        result = read_instance_header(path)
-        out.append((result, encode_result(result), before if before == _state(path) else None))
-    return out
+        results.append(read_instance_header(path))
+        states.append(before if before == _state(path) else None)
+    kept = [k for k, r in enumerate(results) if isinstance(r, InstanceHeader) and states[k] is not None]
+    identifier, text, in_chunk = encode_chunk([results[k] for k in kept])  # type: ignore[misc]
+    entries: list[int | None] = [None] * len(batch)
+    for k, entry in zip(kept, in_chunk, strict=True):
+        entries[k] = entry
+    return results, states, (identifier, text), entries
 
 
 def _batches(to_read: list[int], workers: int) -> tuple[list[list[int]], int]:
@@ -597,23 +617,31 @@ def _read_and_store(
     to_read: list[int],
     workers: int | None,
     progress: ProgressCallback | None,
-) -> Iterator[tuple[int, InstanceHeader | QuarantineEntry]]:
+) -> Iterator[tuple[int, InstanceHeader | QuarantineEntry, str | None]]:
     """Read the files at ``to_read`` (in parallel) and commit their results batch by batch.
 
-    A result is stored only when the file's state after the read equals its state before, so a
-    file that changed while being read is read again next time.
+    Yields ``(position, result, origin)``; origin (key, chunk, entry) for a stored header, else None.
     """
     batches, n_workers = _batches(to_read, workers or os.cpu_count() or 1)
     done, total = len(files) - len(to_read), len(files)
-    for batch, results in zip(batches, _map_batches([[files[i] for i in b] for b in batches], n_workers), strict=True):
-        rows = []
-        for i, (result, encoded, state) in zip(batch, results, strict=True):
-            yield i, result
-            if encoded is not None and state is not None:
-                rows.append((keys[i], *state, *encoded))
+    for batch, read in zip(batches, _map_batches([[files[i] for i in b] for b in batches], n_workers), strict=True):
+        results, states, (chunk_key, text), entries = read
+        rows: list[tuple[Any, ...]] = []
+        for i, result, state, entry in zip(batch, results, states, entries, strict=True):
+            origin = None
+            if state is None:
+                pass
+            elif entry is not None:
+                rows.append((keys[i], *state, chunk_key, entry, None))
+                origin = f"{keys[i]}\t{chunk_key}\t{entry}"
+            elif isinstance(result, QuarantineEntry) and not result.reason.startswith(_UNSTORED_REASONS):
+                rows.append((keys[i], *state, None, None, result.reason))
+            yield i, result, origin
         try:
             with _write(conn):
-                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if any(entry is not None for entry in entries):
+                    conn.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?)", (chunk_key, text))
+                conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
             raise ScanIndexError(f"{index_path}: cannot write the scan index: {exc}") from exc
         done += len(batch)
@@ -621,7 +649,7 @@ def _read_and_store(
             progress(done, total)
 
 
-def _map_batches(batches: list[list[str]], workers: int) -> Iterator[list[Any]]:
+def _map_batches(batches: list[list[str]], workers: int) -> Iterator[_Read]:
     """:func:`_read_batch` over ``batches``, in order, as each finishes (in this process for 1 worker)."""
     if workers <= 1:
         for batch in batches:
@@ -634,13 +662,18 @@ def _map_batches(batches: list[list[str]], workers: int) -> Iterator[list[Any]]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _drop_rows(conn: sqlite3.Connection, index_path: str, stale: list[Any]) -> int:
-    """Delete the rows of files that are no longer listed; how many were deleted."""
-    if not stale:
+def _drop_rows(conn: sqlite3.Connection, index_path: str, stale: list[Any], *, prune: bool) -> int:
+    """Delete the rows of files that are no longer listed, and chunks no row refers to; how many rows.
+
+    Args:
+        prune: also look for unreferenced chunks when no row was deleted (rows were replaced).
+    """
+    if not stale and not prune:
         return 0
     try:
         with _write(conn):
             conn.executemany("DELETE FROM files WHERE path = ?", [(key,) for key in stale])
+            conn.execute("DELETE FROM chunks WHERE id NOT IN (SELECT chunk FROM files WHERE chunk IS NOT NULL)")
     except sqlite3.Error as exc:
         raise ScanIndexError(f"{index_path}: cannot write the scan index: {exc}") from exc
     return len(stale)

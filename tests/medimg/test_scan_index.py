@@ -1,5 +1,5 @@
-"""Incremental scan index: same result as scan_folder, rereads only what changed, resumes, survives
-concurrent scans, refuses foreign or edited index files, and never scans itself."""
+"""Incremental scan index: same result as scan_folder, rereads only what changed, reuses stored series
+checks, resumes, survives concurrent scans, refuses foreign or edited index files, and never scans itself."""
 
 from __future__ import annotations
 
@@ -19,13 +19,9 @@ import medimg.dicom.scan_index as scan_index
 from medimg.dicom import scan_folder
 from medimg.dicom.header import read_instance_header
 from medimg.dicom.index import InstanceHeader, QuarantineEntry
-from medimg.dicom.scan_index import (
-    ScanIndexError,
-    decode_result,
-    encode_result,
-    scan_folder_indexed,
-    scan_with_index,
-)
+from medimg.dicom.scan import check_series_geometry
+from medimg.dicom.scan_chunks import chunk_id, decode_chunk, encode_chunk
+from medimg.dicom.scan_index import ScanIndexError, scan_folder_indexed, scan_with_index
 
 
 @pytest.fixture
@@ -42,8 +38,43 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _rows(index: Path) -> set[tuple]:
+    """(path, size, mtime_ns, inode, quarantine reason, whether a header is stored) per file row."""
     with sqlite3.connect(index) as conn:
-        return set(conn.execute("SELECT path, size, mtime_ns, inode, kind, data FROM files"))
+        rows = set(conn.execute("SELECT path, size, mtime_ns, inode, reason, chunk IS NOT NULL FROM files"))
+    conn.close()
+    return rows
+
+
+def _chunks(index: Path) -> tuple[set[str], set[str]]:
+    """(ids of the stored chunks, ids that file rows refer to)."""
+    with sqlite3.connect(index) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM chunks")}
+        used = {row[0] for row in conn.execute("SELECT chunk FROM files WHERE chunk IS NOT NULL")}
+    conn.close()
+    return stored, used
+
+
+def _edit_chunks(index: Path, edit: Any) -> None:
+    """Rewrite every chunk's text with ``edit`` and give it the id of its new text (a consistent edit)."""
+    with sqlite3.connect(index) as conn:
+        for old, data in conn.execute("SELECT id, data FROM chunks").fetchall():
+            new = edit(data)
+            conn.execute("UPDATE chunks SET id = ?, data = ? WHERE id = ?", (chunk_id(new), new, old))
+            conn.execute("UPDATE files SET chunk = ? WHERE chunk = ?", (chunk_id(new), old))
+    conn.close()
+
+
+@pytest.fixture
+def count_geometry_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """SeriesInstanceUIDs whose geometry the indexed scan checks rather than takes from the index."""
+    checked: list[str] = []
+
+    def counting(series: Any) -> None:
+        checked.append(series.SeriesInstanceUID)
+        check_series_geometry(series)
+
+    monkeypatch.setattr(scan_index, "check_series_geometry", counting)
+    return checked
 
 
 def _mixed_folder(root: Path) -> None:
@@ -182,6 +213,8 @@ def test_two_processes_scanning_at_once(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     scan_folder_indexed(root, tmp_path / "fresh.sqlite", workers=1)
     assert _rows(index) == _rows(tmp_path / "fresh.sqlite") and len(_rows(index)) == 101
+    stored, used = _chunks(index)
+    assert used <= stored  # every header a row points to is there
 
 
 def test_index_inside_the_folder_is_not_scanned(tmp_path: Path) -> None:
@@ -241,12 +274,13 @@ def test_foreign_file_is_refused_and_left_untouched(tmp_path: Path, make, messag
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ("UPDATE files SET data = '{\"attributes\": 1}' WHERE kind = 'header'", "the row of .* is invalid"),
-        ("UPDATE files SET data = '[[[[' || data WHERE kind = 'header'", "is invalid"),
-        ("UPDATE files SET kind = 'pickle' WHERE kind = 'header'", "unknown kind"),
-        ('UPDATE files SET data = replace(data, \'"Rows":8\', \'"Rows":"eight"\')', "not an integer"),
-        ("UPDATE files SET data = replace(data, '[-10.0,20.0,30.0]', '[-10.0,20.0]')", "bad frame_positions"),
-        ('UPDATE files SET data = replace(data, \'"Rows":8\', \'"Rows":{"a":1}\')', "attribute value of type dict"),
+        ("UPDATE chunks SET data = data || ' '", "chunk .* is invalid .its content does not match its id"),
+        ("UPDATE files SET chunk = 'abc' WHERE chunk IS NOT NULL", "chunk 'abc' is missing"),
+        ("UPDATE files SET entry = 99 WHERE chunk IS NOT NULL", "the row of .* is invalid .no entry 99"),
+        ("UPDATE files SET reason = 'x' WHERE chunk IS NOT NULL", "both a header and a reason"),
+        ("UPDATE files SET reason = 'unreadable: yes', chunk = NULL, entry = NULL", "bad quarantine reason"),
+        ("UPDATE series_checks SET data = '{\"problems\": 1}'", "a stored series check is invalid"),
+        ("UPDATE series_checks SET data = '[[[['", "a stored series check is invalid"),
         ("PRAGMA user_version = 7", "schema version 7"),
         ("CREATE TRIGGER t AFTER INSERT ON files BEGIN DELETE FROM meta; END", "unexpected or missing trigger t"),
         ("UPDATE meta SET value = 'something else' WHERE key = 'format'", "bad meta table"),
@@ -260,6 +294,34 @@ def test_edited_index_is_refused(tmp_path: Path, edit: str, message: str) -> Non
     with sqlite3.connect(index) as conn:
         assert conn.execute(edit).rowcount != 0 or edit.startswith(("PRAGMA", "CREATE"))
     conn.close()
+    with pytest.raises(ScanIndexError, match=message) as caught:
+        scan_folder_indexed(root, index, workers=1)
+    assert str(index) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('"pairs"', '"pears"', "not a chunk"),
+        ("{", "[[[[{", "chunk .* is invalid"),
+        (
+            '["Rows",8]',
+            '["Rows","eight"]',
+            "the row of .* is invalid .Rows, Columns or NumberOfFrames is not an integer",
+        ),
+        ('["Rows",8]', '["Rows",{"a":1}]', "bad keyword-value pair"),
+        ("[-10.0,20.0,30.0]", "[-10.0,20.0]", "bad frame_positions"),
+        ("[-10.0,20.0,30.0]", "[-10.0,20.0,NaN]", "non-finite number NaN"),
+        ('"1.2.840.10008.1.2.1"', "17", "bad transfer syntax, orientation or pixel spacing"),
+        ('"files":[[[', '"files":[[[-1,', "attribute index out of range"),
+    ],
+)
+def test_edited_chunk_is_refused_even_under_its_new_id(tmp_path: Path, old: str, new: str, message: str) -> None:
+    root = tmp_path / "data"
+    write_series(root, n=3)
+    index = tmp_path / "index.sqlite"
+    scan_folder_indexed(root, index, workers=1)
+    _edit_chunks(index, lambda data: data.replace(old, new, 1) if old in data else pytest.fail(f"{old} not in {data}"))
     with pytest.raises(ScanIndexError, match=message) as caught:
         scan_folder_indexed(root, index, workers=1)
     assert str(index) in str(caught.value)
@@ -280,30 +342,102 @@ def test_results_of_another_reader_are_discarded_with_a_note(tmp_path: Path) -> 
 
 
 def test_what_is_stored(tmp_path: Path) -> None:
-    paths, _ = write_series(tmp_path, n=1)
-    header = read_instance_header(str(paths[0]))
-    assert isinstance(header, InstanceHeader)
-    kind, data = encode_result(header) or ("", "")
-    assert kind == "header" and json.loads(data)["transfer_syntax"] == header.transfer_syntax
-    assert decode_result(kind, data, header.path) == header
-    header.attributes["EchoTime"] = float("nan")  # would not come back equal: reread instead
-    assert encode_result(header) is None
-    header.attributes["EchoTime"], header.pixel_spacing = 2.0, (1, 1.0)  # would come back as floats
-    assert encode_result(header) is None
-    assert encode_result(QuarantineEntry("x", "not DICOM: empty file")) == ("quarantine", "not DICOM: empty file")
-    assert encode_result(QuarantineEntry("x", "unreadable: Permission denied")) is None
+    paths, _ = write_series(tmp_path, n=3)
+    headers = [read_instance_header(str(p)) for p in paths]
+    assert all(isinstance(h, InstanceHeader) for h in headers)
+    identifier, text, entries = encode_chunk(headers)  # type: ignore[arg-type]
+    assert entries == [0, 1, 2] and identifier == chunk_id(text)
+    stored = json.loads(text)
+    assert stored["shared"][0] == headers[0].transfer_syntax
+    assert ["StudyInstanceUID", headers[0].get("StudyInstanceUID")] in stored["pairs"]
+    assert len(stored["pairs"]) < 3 * len(headers[0].attributes)  # what the three share is stored once
+    chunk = decode_chunk(identifier, text)
+    assert [chunk.header(e, h.path) for e, h in zip(entries, headers, strict=True)] == headers
+    assert list(chunk.header(0, "x").attributes) == list(headers[0].attributes)  # key order too
+
+    nan, ints = headers[1], headers[2]
+    nan.attributes["EchoTime"] = float("nan")  # would not come back equal: read again instead
+    ints.pixel_spacing = (1, 1.0)  # type: ignore[assignment]  # would come back as floats
+    assert encode_chunk(headers)[2] == [0, None, None]  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-finite"):
-        decode_result("header", data.replace("1.0", "NaN", 1), "x")
+        decode_chunk(chunk_id(text.replace("1.0", "NaN", 1)), text.replace("1.0", "NaN", 1))
+
+
+def test_a_list_value_is_never_shared_between_two_headers(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path, n=2)
+    headers = [read_instance_header(str(p)) for p in paths]
+    identifier, text, _ = encode_chunk(headers)  # type: ignore[arg-type]
+    chunk = decode_chunk(identifier, text)
+    first, second = chunk.header(0, "a"), chunk.header(1, "b")
+    assert first.attributes["PixelSpacing"] == second.attributes["PixelSpacing"]
+    first.attributes["PixelSpacing"].append(9.0)
+    assert second.attributes["PixelSpacing"] == headers[1].attributes["PixelSpacing"]
+
+
+def test_quarantine_reasons_are_stored_but_not_those_of_the_environment(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_series(root, n=2)
+    (root / "notes.txt").write_text("not dicom")
+    (root / "dangling").symlink_to(root / "gone")
+    index = tmp_path / "index.sqlite"
+    result, _ = scan_with_index(root, index, workers=1)
+    reasons = {row[0]: row[4] for row in _rows(index)}
+    assert reasons["notes.txt"].startswith("not DICOM") and "dangling" not in reasons
+    assert any(q.path.endswith("dangling") for q in result.quarantine)
 
 
 def test_every_header_the_reader_makes_is_stored_and_comes_back_equal() -> None:
     headers = [read_instance_header(str(p)) for p in sorted(PYDICOM_TEST_FILES.rglob("*")) if p.is_file()]
     headers = [h for h in headers if isinstance(h, InstanceHeader)]
     assert len(headers) > 50 and any(h.frames > 1 and h.frame_positions for h in headers)
-    for header in headers:
-        encoded = encode_result(header)
-        assert encoded is not None, header.path
-        assert decode_result(*encoded, header.path) == header, header.path
+    identifier, text, entries = encode_chunk(headers)
+    assert None not in entries
+    chunk = decode_chunk(identifier, text)
+    for header, entry in zip(headers, entries, strict=True):
+        assert chunk.header(entry, header.path) == header, header.path  # type: ignore[arg-type]
+
+
+def test_stored_series_checks_are_reused_until_a_series_changes(
+    tmp_path: Path, count_geometry_checks: list[str]
+) -> None:
+    root = tmp_path / "data"
+    for i in range(3):
+        write_series(root / f"s{i}", n=4, shape=(4, 4), patient_id=f"P{i}")
+    index = tmp_path / "index.sqlite"
+    first = scan_folder_indexed(root, index, workers=1)
+    assert len(count_geometry_checks) == 3
+    count_geometry_checks.clear()
+    assert scan_folder_indexed(root, index, workers=1) == first and count_geometry_checks == []
+
+    changed = sorted((root / "s1").iterdir())
+    changed[-1].unlink()  # the series now misses a slice: its check must be made again
+    result = scan_folder_indexed(root, index, workers=1)
+    series = next(s for _, s in result.iter_series() if s.files[0].startswith(str(root / "s1")))
+    assert count_geometry_checks == [series.SeriesInstanceUID]
+    assert result == scan_folder(root, workers=1)
+    stored, used = _chunks(index)
+    assert stored == used  # the chunk of the deleted file's batch still holds the others
+    with sqlite3.connect(index) as conn:
+        assert conn.execute("SELECT count(*) FROM series_checks").fetchone() == (3,)  # the old one dropped
+    conn.close()
+
+
+def test_chunks_no_file_refers_to_are_dropped(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_series(root / "a", n=3)
+    paths, _ = write_series(root / "b", n=3, patient_id="P2")
+    index = tmp_path / "index.sqlite"
+    scan_folder_indexed(root, index, workers=1)
+    assert len(_chunks(index)[0]) == 1
+    shutil.rmtree(root / "a")
+    paths[0].write_bytes(paths[0].read_bytes() + b"\0\0")  # b's files now come from two chunks
+    scan_folder_indexed(root, index, workers=1)
+    stored, used = _chunks(index)
+    assert stored == used and len(stored) == 2
+    for path in paths:
+        path.unlink()
+    scan_folder_indexed(root, index, workers=1)
+    assert _chunks(index) == (set(), set())
 
 
 def test_not_a_folder_raises_before_creating_an_index(tmp_path: Path) -> None:
