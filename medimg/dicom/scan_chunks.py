@@ -33,6 +33,7 @@ __all__ = ["Chunk", "chunk_id", "decode_chunk", "encode_chunk", "storable"]
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float})
+_FLOAT = {float}
 _REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 _BAD = object()  # a "shared" value that is not of the type its use needs
 
@@ -70,27 +71,27 @@ def encode_chunk(headers: Sequence[InstanceHeader]) -> tuple[str, str, list[int 
     shared_values: list[Any] = []
     files: list[list[Any]] = []
     entries: list[int | None] = []
-
-    def index_of(table: dict[tuple[Any, ...], int], values: list[Any], key: tuple[Any, ...], value: Any) -> int:
-        found = table.get(key)
-        if found is None:
-            found = table[key] = len(values)
-            values.append(value)
-        return found
-
     for header in headers:
         if not storable(header):
             entries.append(None)
             continue
-        idx = [index_of(pairs, pair_values, (k, *_value_key(v)), [k, v]) for k, v in header.attributes.items()]
+        idx = []
+        for keyword, value in header.attributes.items():
+            # text (most values) keys itself; a tuple key never equals a text one
+            key = (keyword, value) if type(value) is str else (keyword, _value_key(value))
+            found = pairs.get(key)
+            if found is None:
+                found = pairs[key] = len(pair_values)
+                pair_values.append([keyword, value])
+            idx.append(found)
         entries.append(len(files))
         files.append(
             [
                 idx,
-                index_of(shared, shared_values, ("ts", header.transfer_syntax), header.transfer_syntax),
+                _shared(shared, shared_values, header.transfer_syntax),
                 None if header.frame_positions is None else [list(p) for p in header.frame_positions],
-                _shared_floats(shared, shared_values, header.frame_orientation),
-                _shared_floats(shared, shared_values, header.pixel_spacing),
+                _shared(shared, shared_values, header.frame_orientation),
+                _shared(shared, shared_values, header.pixel_spacing),
                 header.slice_spacing_hint,
             ]
         )
@@ -98,12 +99,13 @@ def encode_chunk(headers: Sequence[InstanceHeader]) -> tuple[str, str, list[int 
     return chunk_id(text), text, entries
 
 
-def _shared_floats(table: dict[tuple[Any, ...], int], values: list[Any], floats: tuple[float, ...] | None) -> int:
-    key = ("floats", *map(repr, floats)) if floats is not None else ("none",)
+def _shared(table: dict[Any, int], values: list[Any], value: str | tuple[float, ...] | None) -> int:
+    """The index of a transfer syntax, an orientation or a pixel spacing in a chunk's "shared" list."""
+    key = value if type(value) is str else _value_key(value)
     found = table.get(key)
     if found is None:
         found = table[key] = len(values)
-        values.append(None if floats is None else list(floats))
+        values.append(list(value) if type(value) is tuple else value)
     return found
 
 
@@ -112,29 +114,32 @@ def _value_key(value: Any) -> tuple[Any, ...]:
     kind = type(value)
     if kind is float:
         return (float, repr(value))
-    if kind is list:
-        return (list, *(_value_key(v) for v in value))
+    if kind is list or kind is tuple:
+        return (kind, *(_value_key(v) for v in value))
     return (kind, value)
 
 
 def storable(header: InstanceHeader) -> bool:
     """Whether ``header`` comes back equal from a chunk: JSON values only, finite numbers, the
-    fields the header reader always fills, and tuples of floats in the geometry fields."""
+    fields the header reader always fills, and tuples of finite floats in the geometry fields."""
     attributes = header.attributes
-    if type(attributes) is not dict or not all(type(key) is str for key in attributes):
+    if type(attributes) is not dict:
         return False
-    if not all(_finite_value(v) for v in attributes.values()):
-        return False
+    for keyword, value in attributes.items():
+        kind = type(value)
+        if type(keyword) is not str or (kind is not str and kind is not int and not _finite_value(value)):
+            return False
     try:
         check_structure(header)
     except ValueError:
         return False
-    floats = [*(v for p in header.frame_positions or () for v in p)]
-    for group in (header.frame_orientation, header.pixel_spacing):
-        floats.extend(group or ())
-    if header.slice_spacing_hint is not None:
-        floats.append(header.slice_spacing_hint)
-    return all(type(v) is float and math.isfinite(v) for v in floats) and _geometry_types(header)
+    hint = header.slice_spacing_hint
+    return (
+        _finite_floats(header.frame_orientation, 6)
+        and _finite_floats(header.pixel_spacing, 2)
+        and all(_finite_floats(p, 3) for p in header.frame_positions or ())
+        and (hint is None or (type(hint) is float and math.isfinite(hint)))
+    )
 
 
 def _finite_value(value: Any, depth: int = 0) -> bool:
@@ -146,14 +151,10 @@ def _finite_value(value: Any, depth: int = 0) -> bool:
     return kind is list and depth < 2 and all(_finite_value(v, depth + 1) for v in value)
 
 
-def _geometry_types(header: InstanceHeader) -> bool:
-    def floats(value: Any, n: int) -> bool:
-        return value is None or (type(value) is tuple and len(value) == n)
-
-    return (
-        all(floats(p, 3) for p in header.frame_positions or ())
-        and floats(header.frame_orientation, 6)
-        and floats(header.pixel_spacing, 2)
+def _finite_floats(value: Any, n: int) -> bool:
+    """None, or a tuple of ``n`` finite floats (a sum that overflows is refused too: read again)."""
+    return value is None or (
+        type(value) is tuple and len(value) == n and {*map(type, value)} == _FLOAT and math.isfinite(sum(value))
     )
 
 
