@@ -182,7 +182,9 @@ class Pipeline:
         """Fast validation metrics (no intervals), used while training."""
         raise NotImplementedError
 
-    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+    def evaluate(
+        self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None, n_boot: int = 1000
+    ) -> dict:
         """Full evaluation with 95% bootstrap intervals (``metrics.json``)."""
         raise NotImplementedError
 

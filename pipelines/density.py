@@ -213,10 +213,12 @@ class DensityPipeline(Pipeline):
         m = multiclass_metrics(np.asarray(y_true), np.asarray(prob), labels=self.labels)
         return {"kappa_linear": float(m["kappa_linear"]), "accuracy": float(m["accuracy"])}
 
-    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+    def evaluate(
+        self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None, n_boot: int = 1000
+    ) -> dict:
         from medimg.evaluation import evaluate_multiclass
 
-        return evaluate_multiclass(np.asarray(y_true), np.asarray(prob), labels=self.labels, seed=seed)
+        return evaluate_multiclass(np.asarray(y_true), np.asarray(prob), labels=self.labels, seed=seed, n_boot=n_boot)
 
     def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
         from medimg.evaluation import add_multiclass_section

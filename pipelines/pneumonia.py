@@ -198,10 +198,14 @@ class PneumoniaPipeline(Pipeline):
         m = binary_metrics(np.asarray(y_true), np.asarray(prob)[:, 1])
         return {k: float(m[k]) for k in ("roc_auc", "pr_auc", "sensitivity", "specificity")}
 
-    def evaluate(self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None) -> dict:
+    def evaluate(
+        self, y_true: np.ndarray, prob: np.ndarray, *, seed: int = 0, threshold: float | None = None, n_boot: int = 1000
+    ) -> dict:
         from medimg.evaluation import evaluate_binary
 
-        return evaluate_binary(np.asarray(y_true), np.asarray(prob)[:, 1], threshold=threshold, seed=seed)
+        return evaluate_binary(
+            np.asarray(y_true), np.asarray(prob)[:, 1], threshold=threshold, seed=seed, n_boot=n_boot
+        )
 
     def add_evaluation_report(self, report: Any, y_true: np.ndarray, prob: np.ndarray, metrics: Mapping) -> None:
         from medimg.evaluation import add_binary_section

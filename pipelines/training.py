@@ -440,7 +440,7 @@ def evaluate_pipeline(
             batch_size=batch_size, address=ray,
         )  # fmt: skip
     threshold = meta.get("training", {}).get("operating_threshold")
-    metrics = pipeline.evaluate(y, prob, seed=seed, threshold=threshold)
+    metrics = pipeline.evaluate(y, prob, seed=seed, threshold=threshold, n_boot=n_boot)
     metrics = {
         **metrics,
         "pipeline": pipeline.name,

@@ -217,7 +217,7 @@ def evaluate(
     trust_model_code: TrustModelCodeOption = False,
     model_card: ModelCardOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     uncertainty: Annotated[
         str | None, typer.Option(help="brats: also score uncertainty maps (tta, mc-dropout) with QU-BraTS.")
     ] = None,

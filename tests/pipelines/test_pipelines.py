@@ -187,5 +187,6 @@ def test_train_then_evaluate(data: Path, tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("roc_auc", "pr_auc", "sensitivity", "specificity"):
         assert key in metrics and key in metrics["ci95"]
+    assert metrics["n_boot"] == 50  # --n-boot reaches the bootstrap (it was always 1000)
     assert len(_rows(out / "predictions.csv")) == 10
     assert (out / "report.html").is_file()
