@@ -27,13 +27,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from medimg.dicom.header import INDEXED_KEYWORDS
 from medimg.dicom.index import InstanceHeader
 
-__all__ = ["Chunk", "chunk_id", "decode_chunk", "encode_chunk", "storable"]
+__all__ = ["Chunk", "check_structure", "chunk_id", "decode_chunk", "encode_chunk", "storable", "valid_pair"]
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float})
 _FLOAT = {float}
+_INDEXED = frozenset(INDEXED_KEYWORDS)
+_UIDS = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"})  # always text
+_SIZES = frozenset({"Rows", "Columns"})  # US: an integer 1-65535 in every stored header
 _REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 _BAD = object()  # a "shared" value that is not of the type its use needs
 
@@ -126,8 +130,9 @@ def storable(header: InstanceHeader) -> bool:
     if type(attributes) is not dict:
         return False
     for keyword, value in attributes.items():
-        kind = type(value)
-        if type(keyword) is not str or (kind is not str and kind is not int and not _finite_value(value)):
+        if type(value) is str and keyword in _INDEXED and keyword not in _SIZES:  # most values: at once
+            continue
+        if not valid_pair(keyword, value):
             return False
     try:
         check_structure(header)
@@ -142,10 +147,29 @@ def storable(header: InstanceHeader) -> bool:
     )
 
 
+def valid_pair(keyword: Any, value: Any) -> bool:
+    """Whether ``keyword: value`` may be a stored header attribute (on writing and on reading back).
+
+    An indexed keyword with a JSON value (a finite number, an integer of at most 64 bits, text, a
+    boolean, None or a shallow list of them); the UIDs always text; Rows and Columns integers
+    1-65535. A header with any other attribute is not stored; a chunk holding one is refused.
+    """
+    if keyword not in _INDEXED or not _finite_value(value):
+        return False
+    if keyword in _UIDS:
+        return type(value) is str
+    if keyword in _SIZES:
+        return type(value) is int and 0 < value < 65536
+    return True
+
+
 def _finite_value(value: Any, depth: int = 0) -> bool:
+    """A JSON scalar (a finite float, an integer of at most 64 bits) or a shallow list of them."""
     kind = type(value)
     if kind is float:
         return math.isfinite(value)
+    if kind is int:
+        return -(1 << 63) <= value < 1 << 64
     if kind in _SCALARS:
         return True
     return kind is list and depth < 2 and all(_finite_value(v, depth + 1) for v in value)
@@ -196,8 +220,8 @@ class Chunk:
 
     def __init__(self, pairs: list[Any], shared: list[Any], files: list[Any]) -> None:
         for pair in pairs:
-            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or not _is_value(pair[1]):
-                raise ValueError("bad keyword-value pair")
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or not valid_pair(*pair):
+                raise ValueError(f"bad keyword-value pair {str(pair)[:80]}")
         self._pairs = pairs
         self._list_pairs = frozenset(i for i, (_, v) in enumerate(pairs) if type(v) is list)
         self._ts = [v if type(v) is str and v else _BAD for v in shared]
@@ -221,13 +245,15 @@ class Chunk:
             raise ValueError("bad entry")
         idx, ts, positions, orientation, spacing, hint = fields
         attributes = self._attributes(idx)
+        if not all(type(i) is int and i >= 0 for i in (ts, orientation, spacing)):
+            raise ValueError("bad shared value index")
         try:
             transfer_syntax, six, two = self._ts[ts], self._six[orientation], self._two[spacing]
-        except (IndexError, TypeError) as exc:
+        except IndexError as exc:
             raise ValueError("bad shared value index") from exc
         if transfer_syntax is _BAD or six is _BAD or two is _BAD:
             raise ValueError("bad transfer syntax, orientation or pixel spacing")
-        if hint is not None and type(hint) not in _NUMBERS:
+        if hint is not None and (type(hint) not in _NUMBERS or not _finite_floats(_float_tuple([hint], 1), 1)):
             raise ValueError("bad slice_spacing_hint")
         header = InstanceHeader(
             path=path,
@@ -275,20 +301,17 @@ def decode_chunk(identifier: Any, data: Any) -> Chunk:
     return Chunk(pairs, shared, files)
 
 
-def _is_value(value: Any, depth: int = 0) -> bool:
-    """A JSON scalar, or a (shallow) list of them: what :func:`medimg.dicom.header.jsonable` gives."""
-    if type(value) in _SCALARS:
-        return True
-    return type(value) is list and depth < 2 and all(_is_value(v, depth + 1) for v in value)
-
-
 def _float_tuple(value: Any, n: int) -> Any:
-    """A JSON list of ``n`` numbers as a tuple of floats; None stays None; else :data:`_BAD`."""
+    """A JSON list of ``n`` numbers as a tuple of finite floats; None stays None; else :data:`_BAD`."""
     if value is None:
         return None
     if type(value) is not list or len(value) != n or not all(type(v) in _NUMBERS for v in value):
         return _BAD
-    return tuple(map(float, value))
+    try:
+        floats = tuple(map(float, value))
+    except OverflowError:  # an integer beyond any float
+        return _BAD
+    return floats if _finite_floats(floats, n) else _BAD
 
 
 def _points(positions: Any) -> list[tuple[float, float, float]]:

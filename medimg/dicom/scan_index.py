@@ -13,14 +13,17 @@ slice spacing, problems, keyed by a digest of its files and their stored headers
 series are regrouped on every scan; a series whose files and headers are those of a stored check
 takes that check instead of recomputing it, and what the installed codecs decode is always
 checked again. Results that depend on the environment rather than on the file's bytes
-(``unreadable``, ``broken symbolic link``, ``not a regular file``) are not stored, so a
-permission fixed later is seen without a content change.
+(``unreadable``, ``broken symbolic link``, ``not a regular file``, a reason naming a passing
+error such as ``MemoryError``) are not stored, so a permission fixed later is seen without a
+content change. Paths are stored as the file system's bytes.
 
 What is stored is data, never code: JSON and text. The index file is treated as untrusted
 input. Everything read back is checked (the file's format marker and schema version, the tables
 it holds, every row's types, every chunk against its id and its JSON shape); an index that fails
 a check raises :class:`ScanIndexError` naming the index file and the problem, and is never
-deleted or rewritten: a wrong ``--index`` path must not destroy somebody's database. The one
+deleted or rewritten: a wrong ``--index`` path must not destroy somebody's database. An edit
+within those bounds (another orientation, say) is reported as if the files said it, as an edit of
+the files would be; loading a series reads its headers from the files again. The one
 exception is an index written by another header reader or series checker (another medimg or
 pydicom version): its stored results are discarded and the files reread, with a note in
 :attr:`ScanIndexStats.notes`.
@@ -38,11 +41,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -82,25 +87,27 @@ BUSY_TIMEOUT_S = 60.0
 
 #: Quarantine reasons that describe the environment, not the file's bytes: never stored.
 _UNSTORED_REASONS = ("unreadable", "broken symbolic link", "not a regular file")
+#: Errors in a quarantine reason that tell of the moment, not of the file (a reason naming one is
+#: not stored either: the next scan reads the file again).
+_PASSING_ERRORS = ("MemoryError", "PermissionError", "OSError", "TimeoutError", "InterruptedError", "BlockingIOError")
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # A header file has chunk + entry (its place in the chunk); a quarantined file has reason.
-    "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+    "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
     " inode INTEGER NOT NULL, chunk TEXT, entry INTEGER, reason TEXT) WITHOUT ROWID",
     "CREATE TABLE chunks (id TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE series_checks (digest TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID",
 )
+#: What sqlite_master of a scan index holds: (type, name, the statement that made it).
 _OBJECTS = {
-    ("table", "meta"),
-    ("table", "files"),
-    ("table", "chunks"),
-    ("table", "series_checks"),
-    ("index", "sqlite_autoindex_meta_1"),
+    *(("table", statement.split()[2], statement) for statement in _SCHEMA),
+    ("index", "sqlite_autoindex_meta_1", None),
 }
 _TABLES = ("files", "chunks", "series_checks")
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 FileState = tuple[int, int, int]  # (size, mtime_ns, inode as a signed 64-bit integer)
+_Origin = tuple[bytes, str, int]  # where a stored header is: (file key, chunk id, entry in the chunk)
 
 
 class ScanIndexError(ValueError):
@@ -201,11 +208,12 @@ def scan_with_index(
         to_read = [i for i in range(len(files)) if i not in results]
         if progress:
             progress(stats.reused, len(files))
-        for i, read, origin in _read_and_store(conn, index_path, files, keys, to_read, workers, progress):
-            results[i] = read
-            if origin is not None:
-                origins[i] = origin
-            stats.read += 1
+        with closing(_read_and_store(conn, index_path, files, keys, to_read, workers, progress)) as reading:
+            for i, read, origin in reading:  # closing: the worker pool stops at once on an error here
+                results[i] = read
+                if origin is not None:
+                    origins[i] = origin
+                stats.read += 1
         stats.dropped = _drop_rows(conn, index_path, stored.stale, prune=stored.changed > 0)
         ordered = [results[i] for i in range(len(files))]
         headers = [r for r in ordered if isinstance(r, InstanceHeader)]
@@ -230,14 +238,15 @@ def reader_fingerprint() -> str:
     """Identify the header reader and the series checks: stored results of others are not reused.
 
     Hashes the source of the modules that decide what is stored (:data:`_STORED_BY`: what is read
-    and how, how it is stored, how a series' geometry is checked) with the pydicom version and
-    :data:`SCHEMA_VERSION`.
+    and how, how it is stored, how a series' geometry is checked) with the pydicom and numpy
+    versions and :data:`SCHEMA_VERSION`.
     """
     import importlib
 
+    import numpy
     import pydicom
 
-    digest = hashlib.sha256(f"{SCHEMA_VERSION} {pydicom.__version__}".encode())
+    digest = hashlib.sha256(f"{SCHEMA_VERSION} {pydicom.__version__} {numpy.__version__}".encode())
     for name in _STORED_BY:
         try:
             with open(importlib.import_module(name).__file__ or "", "rb") as fp:
@@ -290,7 +299,11 @@ def _open_index(index_path: str, root_real: str, notes: list[str]) -> sqlite3.Co
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
-                    [("format", "medimg scan index"), ("root", root_real), ("reader", reader_fingerprint())],
+                    [
+                        ("format", "medimg scan index"),
+                        ("root", os.fsencode(root_real)),
+                        ("reader", reader_fingerprint()),
+                    ],
                 )
             _check_meta(conn, index_path, root_real, notes)
     except sqlite3.Error as exc:
@@ -326,7 +339,7 @@ def _pragma(conn: sqlite3.Connection, statement: str) -> Any:
 def _check_ours(conn: sqlite3.Connection, index_path: str) -> str:
     """``"new"`` for an empty database, ``"ours"`` for a scan index of this schema; else raise."""
     app_id = _pragma(conn, "application_id")
-    objects = {(str(t), str(n)) for t, n in conn.execute("SELECT type, name FROM sqlite_master")}
+    objects = {(str(t), str(n), sql) for t, n, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")}
     if app_id == 0 and not objects:
         return "new"
     if app_id != APPLICATION_ID:
@@ -341,7 +354,7 @@ def _check_ours(conn: sqlite3.Connection, index_path: str) -> str:
             "delete the index to rebuild it"
         )
     if objects != _OBJECTS:
-        unexpected = sorted(f"{t} {n}" for t, n in objects ^ _OBJECTS)
+        unexpected = sorted({f"{t} {n}" for t, n, _ in objects ^ _OBJECTS})
         raise ScanIndexError(
             f"{index_path}: corrupt or edited scan index (unexpected or missing {', '.join(unexpected)}); "
             "delete the index to rebuild it"
@@ -352,11 +365,11 @@ def _check_ours(conn: sqlite3.Connection, index_path: str) -> str:
 def _check_meta(conn: sqlite3.Connection, index_path: str, root_real: str, notes: list[str]) -> None:
     """Refuse another folder's index; discard results of another header reader (inside a write)."""
     meta = {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
-    if meta.get("format") != "medimg scan index" or not isinstance(meta.get("root"), str):
+    if meta.get("format") != "medimg scan index" or type(meta.get("root")) is not bytes:
         raise ScanIndexError(f"{index_path}: corrupt or edited scan index (bad meta table); delete it to rebuild it")
-    if meta["root"] != root_real:
+    if meta["root"] != os.fsencode(root_real):
         raise ScanIndexError(
-            f"{index_path}: this scan index was made for the folder {meta['root']}, not for {root_real}; "
+            f"{index_path}: this scan index was made for the folder {os.fsdecode(meta['root'])}, not for {root_real}; "
             "use another index file for this folder"
         )
     reader = reader_fingerprint()
@@ -396,10 +409,12 @@ def _without_index_files(files: list[str], index_path: str) -> list[str]:
     return [f for f in files if os.path.basename(f) not in names or os.path.realpath(f) not in excluded]
 
 
-def _keys(files: Sequence[str], root: str) -> list[str]:
-    """The index keys of ``files``: their paths relative to ``root``."""
+def _keys(files: Sequence[str], root: str) -> list[bytes]:
+    """The index keys of ``files``: their paths relative to ``root``, as the file system's bytes
+    (a name need not be UTF-8 text)."""
     prefix = os.path.join(root, "")
-    return [path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root) for path in files]
+    relative = (path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root) for path in files)
+    return [os.fsencode(path) for path in relative]
 
 
 def _state(path: str) -> FileState | None:
@@ -422,20 +437,20 @@ class _Stored:
 
     Attributes:
         results: stored results of unchanged files, by position in the file list.
-        origins: per stored header (by position), where it comes from: key, chunk, entry.
+        origins: per stored header (by position), where it comes from: (key, chunk, entry).
         stale: keys of rows whose file is no longer listed.
         changed: rows whose file changed since (they are replaced when the file is read).
         checks: stored series checks, digest -> JSON text (checked when used).
     """
 
     results: dict[int, InstanceHeader | QuarantineEntry] = field(default_factory=dict)
-    origins: dict[int, str] = field(default_factory=dict)
+    origins: dict[int, _Origin] = field(default_factory=dict)
     stale: list[Any] = field(default_factory=list)
     changed: int = 0
     checks: dict[Any, Any] = field(default_factory=dict)
 
 
-def _read_back(conn: sqlite3.Connection, index_path: str, files: Sequence[str], keys: Sequence[str]) -> _Stored:
+def _read_back(conn: sqlite3.Connection, index_path: str, files: Sequence[str], keys: Sequence[bytes]) -> _Stored:
     """The stored results of the files that did not change, read in one transaction.
 
     Only files with a row are stat'ed here; the others are stat'ed by the processes that read them.
@@ -449,17 +464,17 @@ def _read_back(conn: sqlite3.Connection, index_path: str, files: Sequence[str], 
             for key, size, mtime_ns, inode, chunk, entry, reason in conn.execute(
                 "SELECT path, size, mtime_ns, inode, chunk, entry, reason FROM files"
             ):
-                i = position.get(key) if type(key) is str else None
+                i = position.get(key) if type(key) is bytes else None
                 if i is None:
                     stored.stale.append(key)
                 elif _state(files[i]) != (size, mtime_ns, inode):
                     stored.changed += 1
                 elif chunk is None and entry is None:
-                    stored.results[i] = _quarantined(index_path, key, reason, files[i])
+                    stored.results[i] = _quarantined(index_path, files[i], reason)
                 elif reason is None:
                     in_chunk.setdefault(chunk, []).append((i, entry))
                 else:
-                    raise _corrupt(index_path, f"the row of {key!r} is invalid (both a header and a reason)")
+                    raise _corrupt(index_path, f"the row of {files[i]} is invalid (both a header and a reason)")
             chunks = dict(conn.execute("SELECT id, data FROM chunks").fetchall())
             stored.checks = dict(conn.execute("SELECT digest, data FROM series_checks").fetchall())
         finally:
@@ -472,8 +487,8 @@ def _read_back(conn: sqlite3.Connection, index_path: str, files: Sequence[str], 
             try:
                 stored.results[i] = decoded.header(entry, files[i])
             except ValueError as exc:
-                raise _corrupt(index_path, f"the row of {keys[i]!r} is invalid ({exc})") from exc
-            stored.origins[i] = f"{keys[i]}\t{chunk_key}\t{entry}"
+                raise _corrupt(index_path, f"the row of {files[i]} is invalid ({exc})") from exc
+            stored.origins[i] = (keys[i], chunk_key, entry)
     return stored
 
 
@@ -481,10 +496,15 @@ def _corrupt(index_path: str, what: str) -> ScanIndexError:
     return ScanIndexError(f"{index_path}: corrupt or edited scan index: {what}; delete the index to rebuild it")
 
 
-def _quarantined(index_path: str, key: str, reason: Any, path: str) -> QuarantineEntry:
-    if type(reason) is not str or not reason or reason.startswith(_UNSTORED_REASONS):
-        raise _corrupt(index_path, f"the row of {key!r} is invalid (bad quarantine reason)")
+def _quarantined(index_path: str, path: str, reason: Any) -> QuarantineEntry:
+    if type(reason) is not str or not _storable_reason(reason):
+        raise _corrupt(index_path, f"the row of {path} is invalid (bad quarantine reason)")
     return QuarantineEntry(path, reason)
+
+
+def _storable_reason(reason: str) -> bool:
+    """Whether a quarantine reason tells of the file's bytes (stored) rather than of the moment."""
+    return bool(reason) and not reason.startswith(_UNSTORED_REASONS) and not any(e in reason for e in _PASSING_ERRORS)
 
 
 def _chunk(index_path: str, chunk_key: Any, data: Any) -> Chunk:
@@ -504,7 +524,7 @@ class _SeriesChecks:
     is checked every time. :meth:`save` stores the new checks and drops those no series used.
     """
 
-    def __init__(self, index_path: str, stored: dict[Any, Any], origins: dict[int, str]) -> None:
+    def __init__(self, index_path: str, stored: dict[Any, Any], origins: dict[int, _Origin]) -> None:
         self.index_path = index_path
         self.stored = stored
         self.origins = origins
@@ -513,24 +533,21 @@ class _SeriesChecks:
 
     def __call__(self, series: Series) -> None:
         parts = [self.origins.get(id(inst)) for inst in series.instances]
-        digest = None if None in parts else hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]  # type: ignore[arg-type]
+        # repr of (bytes, text, int) tuples: unambiguous whatever the file names hold
+        digest = None if None in parts else hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
         data = self.stored.get(digest) if digest is not None else None
         if data is not None:
             self._apply(series, data)
             self.used.add(digest)  # type: ignore[arg-type]
         else:
             check_series_geometry(series)
-            if digest is not None:
-                try:
-                    self.new[digest] = _ENCODER.encode(
-                        {
-                            "orientation": series.orientation,
-                            "slice_spacing": series.slice_spacing,
-                            "problems": series.problems,
-                        }
-                    )
-                except (TypeError, ValueError):  # not JSON (a non-finite spacing): checked again next time
-                    pass
+            check = {
+                "orientation": series.orientation,
+                "slice_spacing": series.slice_spacing,
+                "problems": series.problems,
+            }
+            if digest is not None and _valid_check(check):  # else: checked again next time
+                self.new[digest] = _ENCODER.encode(check)
         check_series_decoding(series)
 
     def _apply(self, series: Series, data: Any) -> None:
@@ -538,17 +555,10 @@ class _SeriesChecks:
             check = _DECODER.decode(data) if type(data) is str else None
         except (ValueError, RecursionError):
             check = None
-        if (
-            type(check) is not dict
-            or check.keys() != {"orientation", "slice_spacing", "problems"}
-            or not (check["orientation"] is None or type(check["orientation"]) is str)
-            or not (check["slice_spacing"] is None or type(check["slice_spacing"]) in (int, float))
-            or type(check["problems"]) is not list
-            or not all(type(p) is str for p in check["problems"])
-        ):
+        if check is None or not _valid_check(check):
             raise _corrupt(self.index_path, f"a stored series check is invalid (series {series.SeriesInstanceUID})")
         series.orientation = check["orientation"]
-        series.slice_spacing = None if check["slice_spacing"] is None else float(check["slice_spacing"])
+        series.slice_spacing = check["slice_spacing"]
         series.problems = check["problems"]
 
     def save(self, conn: sqlite3.Connection) -> None:
@@ -561,6 +571,22 @@ class _SeriesChecks:
                 conn.executemany("DELETE FROM series_checks WHERE digest = ?", [(d,) for d in unused])
         except sqlite3.Error as exc:
             raise ScanIndexError(f"{self.index_path}: cannot write the scan index: {exc}") from exc
+
+
+def _valid_check(check: Any) -> bool:
+    """What :func:`check_series_geometry` makes: stored only when valid, refused when read back otherwise."""
+    if type(check) is not dict or check.keys() != {"orientation", "slice_spacing", "problems"}:
+        return False
+    spacing, problems = check["slice_spacing"], check["problems"]
+    return (
+        check["orientation"] in _ORIENTATIONS
+        and (spacing is None or (type(spacing) is float and math.isfinite(spacing) and spacing >= 0))
+        and type(problems) is list
+        and all(type(p) is str and p for p in problems)
+    )
+
+
+_ORIENTATIONS = (None, "axial", "coronal", "sagittal")
 
 
 def _no_constant(name: str) -> Any:
@@ -613,11 +639,11 @@ def _read_and_store(
     conn: sqlite3.Connection,
     index_path: str,
     files: Sequence[str],
-    keys: Sequence[str],
+    keys: Sequence[bytes],
     to_read: list[int],
     workers: int | None,
     progress: ProgressCallback | None,
-) -> Iterator[tuple[int, InstanceHeader | QuarantineEntry, str | None]]:
+) -> Generator[tuple[int, InstanceHeader | QuarantineEntry, _Origin | None], None, None]:
     """Read the files at ``to_read`` (in parallel) and commit their results batch by batch.
 
     Yields ``(position, result, origin)``; origin (key, chunk, entry) for a stored header, else None.
@@ -633,8 +659,8 @@ def _read_and_store(
                 pass
             elif entry is not None:
                 rows.append((keys[i], *state, chunk_key, entry, None))
-                origin = f"{keys[i]}\t{chunk_key}\t{entry}"
-            elif isinstance(result, QuarantineEntry) and not result.reason.startswith(_UNSTORED_REASONS):
+                origin = (keys[i], chunk_key, entry)
+            elif isinstance(result, QuarantineEntry) and _storable_reason(result.reason):
                 rows.append((keys[i], *state, None, None, result.reason))
             yield i, result, origin
         try:

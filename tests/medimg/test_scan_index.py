@@ -40,9 +40,9 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def _rows(index: Path) -> set[tuple]:
     """(path, size, mtime_ns, inode, quarantine reason, whether a header is stored) per file row."""
     with sqlite3.connect(index) as conn:
-        rows = set(conn.execute("SELECT path, size, mtime_ns, inode, reason, chunk IS NOT NULL FROM files"))
+        rows = conn.execute("SELECT path, size, mtime_ns, inode, reason, chunk IS NOT NULL FROM files").fetchall()
     conn.close()
-    return rows
+    return {(os.fsdecode(path), *rest) for path, *rest in rows}
 
 
 def _chunks(index: Path) -> tuple[set[str], set[str]]:
@@ -281,6 +281,15 @@ def test_foreign_file_is_refused_and_left_untouched(tmp_path: Path, make, messag
         ("UPDATE files SET reason = 'unreadable: yes', chunk = NULL, entry = NULL", "bad quarantine reason"),
         ("UPDATE series_checks SET data = '{\"problems\": 1}'", "a stored series check is invalid"),
         ("UPDATE series_checks SET data = '[[[['", "a stored series check is invalid"),
+        ("UPDATE series_checks SET data = replace(data, '\"axial\"', '\"\"')", "a stored series check is invalid"),
+        ("UPDATE series_checks SET data = replace(data, '2.0', '1e400')", "a stored series check is invalid"),
+        (
+            "UPDATE series_checks SET data = replace(data, '2.0', '1' || printf('%.400c', '0'))",
+            "series check is invalid",
+        ),
+        ("UPDATE series_checks SET data = replace(data, '2.0', 'true')", "a stored series check is invalid"),
+        ("ALTER TABLE files ADD COLUMN extra", "unexpected or missing table files"),
+        ("CREATE INDEX by_size ON files (size)", "unexpected or missing index by_size"),
         ("PRAGMA user_version = 7", "schema version 7"),
         ("CREATE TRIGGER t AFTER INSERT ON files BEGIN DELETE FROM meta; END", "unexpected or missing trigger t"),
         ("UPDATE meta SET value = 'something else' WHERE key = 'format'", "bad meta table"),
@@ -304,15 +313,29 @@ def test_edited_index_is_refused(tmp_path: Path, edit: str, message: str) -> Non
     [
         ('"pairs"', '"pears"', "not a chunk"),
         ("{", "[[[[{", "chunk .* is invalid"),
+        ('["Rows",8]', '["Rows","eight"]', "bad keyword-value pair .'Rows', 'eight'"),
+        ('["Rows",8]', '["Rows",{"a":1}]', "bad keyword-value pair"),
+        ('["Rows",8]', '["Rows",true]', "bad keyword-value pair"),
+        ('["Rows",8]', '["Rows",8],["NumberOfFrames",2]', "frame_positions do not match NumberOfFrames"),
+        ('["Rows",8]', '["Rows",8],["Oops",1]', "bad keyword-value pair .'Oops'"),
+        ('["Rows",8]', '["Rows",8],["EchoTime",1e400]', "bad keyword-value pair .'EchoTime', inf"),
         (
             '["Rows",8]',
-            '["Rows","eight"]',
-            "the row of .* is invalid .Rows, Columns or NumberOfFrames is not an integer",
+            '["Rows",8],["EchoTime",10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000]',
+            "bad keyword-value pair",
         ),
-        ('["Rows",8]', '["Rows",{"a":1}]', "bad keyword-value pair"),
+        ('"SOPInstanceUID","', '"SOPInstanceUID",["x"],"', "bad keyword-value pair"),
         ("[-10.0,20.0,30.0]", "[-10.0,20.0]", "bad frame_positions"),
         ("[-10.0,20.0,30.0]", "[-10.0,20.0,NaN]", "non-finite number NaN"),
+        ("[-10.0,20.0,30.0]", "[-10.0,20.0,1e400]", "bad frame_positions"),
+        (
+            "[-10.0,20.0,30.0]",
+            "[-10.0,20.0,10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000]",
+            "bad frame_positions",
+        ),
         ('"1.2.840.10008.1.2.1"', "17", "bad transfer syntax, orientation or pixel spacing"),
+        ("],0,[[", "],-1,[[", "bad shared value index"),
+        ("],0,[[", "],true,[[", "bad shared value index"),
         ('"files":[[[', '"files":[[[-1,', "attribute index out of range"),
     ],
 )
@@ -363,6 +386,35 @@ def test_what_is_stored(tmp_path: Path) -> None:
         decode_chunk(chunk_id(text.replace("1.0", "NaN", 1)), text.replace("1.0", "NaN", 1))
 
 
+def test_a_file_name_that_is_not_utf8_is_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    paths, _ = write_series(root, n=3)
+    odd = os.fsencode(paths[0]) + b"\xff"
+    try:
+        os.rename(os.fsencode(paths[0]), odd)
+    except OSError as exc:  # a file system that keeps names as UTF-8
+        pytest.skip(f"the file system refuses a name that is not UTF-8: {exc}")
+    index = tmp_path / "index.sqlite"
+    first, stats = scan_with_index(root, index, workers=1)
+    again, stats2 = scan_with_index(root, index, workers=1)
+    assert first == again == scan_folder(root, workers=1) and stats2.reused == stats.read == 3
+    assert os.fsdecode(odd) in {f for _, s in again.iter_series() for f in s.files}
+
+
+def test_a_table_rebuilt_without_its_primary_key_is_refused(tmp_path: Path) -> None:
+    write_series(tmp_path / "data", n=2)
+    index = tmp_path / "index.sqlite"
+    scan_folder_indexed(tmp_path / "data", index, workers=1)
+    with sqlite3.connect(index) as conn:  # the same name and columns, but duplicate rows allowed
+        conn.executescript(
+            "CREATE TABLE f2 AS SELECT * FROM files; DROP TABLE files; ALTER TABLE f2 RENAME TO files;"
+            "INSERT INTO files SELECT path, size, mtime_ns, inode, NULL, NULL, 'not DICOM: fake' FROM files;"
+        )
+    conn.close()
+    with pytest.raises(ScanIndexError, match="unexpected or missing table files"):
+        scan_folder_indexed(tmp_path / "data", index, workers=1)
+
+
 def test_a_list_value_is_never_shared_between_two_headers(tmp_path: Path) -> None:
     paths, _ = write_series(tmp_path, n=2)
     headers = [read_instance_header(str(p)) for p in paths]
@@ -384,6 +436,22 @@ def test_quarantine_reasons_are_stored_but_not_those_of_the_environment(tmp_path
     reasons = {row[0]: row[4] for row in _rows(index)}
     assert reasons["notes.txt"].startswith("not DICOM") and "dangling" not in reasons
     assert any(q.path.endswith("dangling") for q in result.quarantine)
+
+
+def test_a_passing_failure_is_not_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, _ = write_series(tmp_path / "data", n=2)
+
+    def out_of_memory(path: str) -> InstanceHeader | QuarantineEntry:
+        if path == str(paths[0]):
+            return QuarantineEntry(path, "corrupt header: MemoryError: ")
+        return read_instance_header(path)
+
+    monkeypatch.setattr(scan_index, "read_instance_header", out_of_memory)
+    index = tmp_path / "index.sqlite"
+    scan_folder_indexed(tmp_path / "data", index, workers=1)
+    assert {row[0] for row in _rows(index)} == {paths[1].name}
+    monkeypatch.setattr(scan_index, "read_instance_header", read_instance_header)
+    assert scan_folder_indexed(tmp_path / "data", index, workers=1) == scan_folder(tmp_path / "data", workers=1)
 
 
 def test_every_header_the_reader_makes_is_stored_and_comes_back_equal() -> None:
