@@ -15,7 +15,7 @@ from medimg.dicom.geometry import GeometryError, orientation_label
 from medimg.dicom.header import read_instance_header
 from medimg.dicom.index import InstanceHeader, QuarantineEntry, ScanResult, Series, Study
 from medimg.dicom.series4d import frame_order_key, split_volumes
-from medimg.parallel import ProgressCallback, parallel_map
+from medimg.parallel import ProgressCallback, gc_paused, parallel_map
 
 __all__ = [
     "check_series_decoding",
@@ -144,7 +144,8 @@ def scan_folder(
     results = _read_headers(files, workers, progress)
     headers = [r for r in results if isinstance(r, InstanceHeader)]
     quarantine.extend(r for r in results if isinstance(r, QuarantineEntry))
-    studies, duplicates = group_instances(headers)
+    with gc_paused():
+        studies, duplicates = group_instances(headers)
     quarantine.extend(duplicates)
     quarantine.sort(key=lambda q: q.path)
     return ScanResult(root=os.fspath(Path(root)), studies=studies, quarantine=quarantine)
@@ -231,7 +232,10 @@ def check_series_geometry(series: Series) -> None:
         series.orientation = orientation_label(with_geometry[0].frame_orientation)
         positions = [p for inst in with_geometry for p in inst.frame_positions or []]
         orientations = [inst.frame_orientation for inst in with_geometry for _ in range(inst.frames)]
-        keys = [frame_order_key(inst.get, f, k) for f, inst in enumerate(with_geometry) for k in range(inst.frames)]
+
+        def keys() -> list[tuple[float, ...]]:
+            return [frame_order_key(inst.get, f, k) for f, inst in enumerate(with_geometry) for k in range(inst.frames)]
+
         if len(positions) > 1:
             try:  # several frames per position make a 4-D series (time, diffusion, echoes), not an error
                 split = split_volumes(positions, orientations, keys)  # type: ignore[arg-type]

@@ -238,23 +238,27 @@ class Chunk:
         Raises:
             ValueError: no such entry, or the entry is not what :func:`encode_chunk` writes.
         """
-        if type(entry) is not int or not 0 <= entry < len(self._files):
+        files = self._files
+        if type(entry) is not int or not 0 <= entry < len(files):
             raise ValueError(f"no entry {entry!r}")
-        fields = self._files[entry]
+        fields = files[entry]
         if type(fields) is not list or len(fields) != 6:
             raise ValueError("bad entry")
         idx, ts, positions, orientation, spacing, hint = fields
         attributes = self._attributes(idx)
-        if not all(type(i) is int and i >= 0 for i in (ts, orientation, spacing)):
-            raise ValueError("bad shared value index")
-        try:
+        try:  # a negative index would count from the end; a non-integer raises TypeError
+            if ts < 0 or orientation < 0 or spacing < 0:
+                raise IndexError
             transfer_syntax, six, two = self._ts[ts], self._six[orientation], self._two[spacing]
-        except IndexError as exc:
+        except (IndexError, TypeError) as exc:
             raise ValueError("bad shared value index") from exc
         if transfer_syntax is _BAD or six is _BAD or two is _BAD:
             raise ValueError("bad transfer syntax, orientation or pixel spacing")
-        if hint is not None and (type(hint) not in _NUMBERS or not _finite_floats(_float_tuple([hint], 1), 1)):
-            raise ValueError("bad slice_spacing_hint")
+        if hint is not None:
+            hint = _float_tuple([hint], 1)
+            if hint is _BAD:
+                raise ValueError("bad slice_spacing_hint")
+            hint = hint[0]
         header = InstanceHeader(
             path=path,
             attributes=attributes,
@@ -262,18 +266,21 @@ class Chunk:
             frame_positions=None if positions is None else _points(positions),
             frame_orientation=six,
             pixel_spacing=two,
-            slice_spacing_hint=None if hint is None else float(hint),
+            slice_spacing_hint=hint,
         )
         check_structure(header)
         return header
 
     def _attributes(self, idx: Any) -> dict[str, Any]:
         pairs = self._pairs
-        if type(idx) is not list or not idx or not all(type(i) is int for i in idx):
+        if type(idx) is not list or not idx:
             raise ValueError("bad attribute indices")
-        if min(idx) < 0 or max(idx) >= len(pairs):
-            raise ValueError("attribute index out of range")
-        attributes = dict(map(pairs.__getitem__, idx))
+        try:  # anything but integers raises TypeError in the comparisons or the lookups
+            if min(idx) < 0 or max(idx) >= len(pairs):
+                raise ValueError("attribute index out of range")
+            attributes = dict(map(pairs.__getitem__, idx))
+        except TypeError as exc:
+            raise ValueError("bad attribute indices") from exc
         for i in self._list_pairs.intersection(idx):  # a list is never shared between two headers
             keyword, value = pairs[i]
             attributes[keyword] = [list(v) if type(v) is list else v for v in value]
@@ -305,13 +312,13 @@ def _float_tuple(value: Any, n: int) -> Any:
     """A JSON list of ``n`` numbers as a tuple of finite floats; None stays None; else :data:`_BAD`."""
     if value is None:
         return None
-    if type(value) is not list or len(value) != n or not all(type(v) in _NUMBERS for v in value):
+    if type(value) is not list or len(value) != n or not _NUMBERS.issuperset(map(type, value)):
         return _BAD
     try:
         floats = tuple(map(float, value))
     except OverflowError:  # an integer beyond any float
         return _BAD
-    return floats if _finite_floats(floats, n) else _BAD
+    return floats if math.isfinite(sum(floats)) else _BAD
 
 
 def _points(positions: Any) -> list[tuple[float, float, float]]:

@@ -63,7 +63,7 @@ from medimg.dicom.scan import (
     list_files,
 )
 from medimg.dicom.scan_chunks import Chunk, decode_chunk, encode_chunk
-from medimg.parallel import ProgressCallback, pool_context
+from medimg.parallel import ProgressCallback, gc_paused, pool_context
 
 __all__ = [
     "COMMIT_EVERY",
@@ -202,7 +202,8 @@ def scan_with_index(
         files = _without_index_files(files, index_path)
         stats.files = len(files)
         keys = _keys(files, root_str)
-        stored = _read_back(conn, index_path, files, keys)
+        with gc_paused():
+            stored = _read_back(conn, index_path, files, keys)
         results, origins = stored.results, stored.origins
         stats.reused = len(results)
         to_read = [i for i in range(len(files)) if i not in results]
@@ -219,7 +220,8 @@ def scan_with_index(
         headers = [r for r in ordered if isinstance(r, InstanceHeader)]
         quarantine.extend(r for r in ordered if isinstance(r, QuarantineEntry))
         checks = _SeriesChecks(index_path, stored.checks, {id(results[i]): o for i, o in origins.items()})
-        studies, duplicates = group_instances(headers, checks)
+        with gc_paused():
+            studies, duplicates = group_instances(headers, checks)
         checks.save(conn)
     finally:
         conn.close()

@@ -11,7 +11,7 @@ slices, the others 36 (no slice at 16.0 mm)").
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +59,10 @@ def _slices(n: int) -> str:
 
 
 def _position_ids(dist: np.ndarray, tol: float) -> np.ndarray:
-    """The same id for frames whose positions along the normal lie within ``tol``."""
+    """The same id for frames whose positions along the normal lie within ``tol`` of the previous one."""
     order = np.argsort(dist, kind="stable")
     ids = np.empty(len(dist), dtype=int)
-    current = 0
-    for n, i in enumerate(order):
-        if n and dist[i] - dist[order[n - 1]] > tol:
-            current += 1
-        ids[i] = current
+    ids[order] = np.concatenate([[0], np.cumsum(np.diff(dist[order]) > tol)]) if len(dist) else []
     return ids
 
 
@@ -106,7 +102,7 @@ def _uneven_error(in_order: list[int], ids: np.ndarray, dist: np.ndarray, counts
 def split_volumes(
     positions: Sequence[Sequence[float]],
     orientations: Sequence[Sequence[float]],
-    keys: Sequence[tuple[float, ...]],
+    keys: Sequence[tuple[float, ...]] | Callable[[], Sequence[tuple[float, ...]]],
     *,
     atol: float = 1e-3,
 ) -> VolumeSplit:
@@ -115,7 +111,9 @@ def split_volumes(
     Args:
         positions: ImagePositionPatient per frame, (N, 3) mm, LPS.
         orientations: ImageOrientationPatient per frame, (N, 6).
-        keys: acquisition-order key per frame (:func:`frame_order_key`).
+        keys: acquisition-order key per frame (:func:`frame_order_key`), or a function that makes
+            them: called only when several frames share a slice position (a plain 3-D series
+            is ordered by position alone).
         atol: positions closer than this (mm, along the normal) are the same slice position.
 
     Returns:
@@ -135,8 +133,12 @@ def split_volumes(
     normal /= np.linalg.norm(normal)
     dist = pos @ normal
     ids = _position_ids(dist, max(atol, 0.01))
-    counts = Counter(int(i) for i in ids)
-    in_order = sorted(range(len(pos)), key=lambda j: keys[j])
+    counts = Counter(ids.tolist())
+    if len(counts) == len(pos):  # one frame per position: one volume, ordered by position alone
+        stack = sort_slices(pos.tolist(), ori.tolist(), atol=atol)
+        return VolumeSplit([stack.order], stack.spacing, (float(normal[0]), float(normal[1]), float(normal[2])))
+    order_keys = keys() if callable(keys) else keys
+    in_order = sorted(range(len(pos)), key=lambda j: order_keys[j])
     if len(set(counts.values())) > 1:
         raise _uneven_error(in_order, ids, dist, counts)
     # the k-th frame (in acquisition order) at each position belongs to volume k

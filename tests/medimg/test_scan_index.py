@@ -335,7 +335,7 @@ def test_edited_index_is_refused(tmp_path: Path, edit: str, message: str) -> Non
         ),
         ('"1.2.840.10008.1.2.1"', "17", "bad transfer syntax, orientation or pixel spacing"),
         ("],0,[[", "],-1,[[", "bad shared value index"),
-        ("],0,[[", "],true,[[", "bad shared value index"),
+        ("],0,[[", "],true,[[", "bad shared value index|bad transfer syntax"),
         ('"files":[[[', '"files":[[[-1,', "attribute index out of range"),
     ],
 )
