@@ -65,6 +65,16 @@ WRITE_QUEUE = 4
 #: Cases (study-level batches) loaded ahead of the inference at most (see :attr:`StagePool.ahead`).
 CASES_AHEAD = 4
 
+#: Batches measured (after the first, which warms the model up) before :meth:`StagePool.balance`
+#: decides how many torch threads the inference keeps.
+BALANCE_BATCHES = 4
+
+#: The inference is the slowest stage when it waits for loading and writing less than this
+#: fraction of its own time (:meth:`StagePool.balance`).
+BALANCE_WAIT = 0.1
+
+log = logging.getLogger(__name__)
+
 #: Why a batch's images are error lines when the loading process died on them twice.
 DIED = "cannot load: the loading process died on this batch (killed, out of memory, or a decoder crashed)"
 
@@ -185,6 +195,7 @@ class StagePool:
         #: A study-level pipeline (a batch is a whole case): fewer in flight, every torch thread here.
         self.cases = getattr(pipeline, "unit", "image") == "study"
         self._threads: int | None = None  # torch's threads before _share_cores, restored on exit
+        self._balance: list[float] | None = None  # [batches seen, inference s, waiting s] until decided
         self._executor: ProcessPoolExecutor | None = None
         self._writes: deque[tuple[Any, int, Future[bytes], Callable[[Any], None]]] = deque()
 
@@ -216,7 +227,41 @@ class StagePool:
         if self.cases:
             return
         self._threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(self._threads, default_workers() - self.workers)))
+        shared = max(1, min(self._threads, default_workers() - self.workers))
+        torch.set_num_threads(shared)
+        if shared < self._threads:
+            self._balance = [0.0, 0.0, 0.0]
+
+    def balance(self, inferred: float, waited: float) -> None:
+        """After each batch: how long the inference took and how long it waited for the workers
+        (loading the batch, writing earlier studies). Once, after :data:`BALANCE_BATCHES` batches
+        (the first not counted), a model that kept the workers waiting rather than the reverse
+        (it waited less than :data:`BALANCE_WAIT` of its own time) gets every torch thread back:
+        a large network (DenseNet121 on two cores: 0.11 s per image on one thread) is then the
+        slowest stage by far, and the workers' few milliseconds per image fit beside it.
+
+        Results do not depend on it: the outputs are the same with any number of threads (tested).
+        """
+        if self._balance is None or self._threads is None:
+            return
+        seen, inference, waiting = self._balance
+        if seen >= 1:  # the first batch warms the model up
+            inference, waiting = inference + inferred, waiting + waited
+        self._balance = [seen + 1, inference, waiting]
+        if seen < BALANCE_BATCHES:
+            return
+        self._balance = None  # decided, once
+        if waiting < BALANCE_WAIT * inference:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            log.info(
+                "the model is the slowest stage (%.0f ms per batch, %.0f ms waiting for the workers): "
+                "it gets all %d torch threads",
+                1e3 * inference / BALANCE_BATCHES,
+                1e3 * waiting / BALANCE_BATCHES,
+                self._threads,
+            )
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -387,12 +432,18 @@ def local_outcomes(
     loaded_batches = pool.load(batches)
     try:
         while True:
+            writes_before = pool.write_seconds
             start = time.perf_counter()
             loaded = next(loaded_batches, None)
-            timings["wait_load"] += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            timings["wait_load"] += waited
             if loaded is None:
                 return
             timings["load_transform"] += loaded.seconds
-            yield infer_loaded(pipeline, model, loaded, meta, device=device, timings=timings)
+            start = time.perf_counter()
+            outcomes = infer_loaded(pipeline, model, loaded, meta, device=device, timings=timings)
+            inferred = time.perf_counter() - start
+            yield outcomes  # the caller hands the finished studies to pool.write
+            pool.balance(inferred, waited + pool.write_seconds - writes_before)
     finally:
         loaded_batches.close()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medimg.synth import generate_sample_data
-from pipelines import get_pipeline
+from pipelines import get_pipeline, run_stages
 from pipelines.run_stages import DIED, StagePool, load_batch
 from pipelines.runner import run_pipeline
 
@@ -132,13 +132,30 @@ def cxr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("threads_back", [False, True], ids=["shared-cores", "threads-given-back"])
 def test_a_run_on_worker_processes_equals_a_run_in_one_process(
-    cxr: Path, untrained_weights: dict[str, Path], tmp_path: Path
+    cxr: Path,
+    untrained_weights: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    threads_back: bool,
 ) -> None:
+    if threads_back:  # the model gets every thread back after its second batch: the same results
+        monkeypatch.setattr(run_stages, "BALANCE_BATCHES", 1)
+        monkeypatch.setattr(run_stages, "BALANCE_WAIT", 1e9)
+        monkeypatch.setattr(run_stages, "default_workers", lambda: 2)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(3)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # what the pool restores: checked below
     task = get_pipeline("pneumonia")
     weights = untrained_weights["pneumonia"]
     serial = run_pipeline(task, cxr, tmp_path / "serial", weights=weights, workers=0, batch_size=4)
-    run_pipeline(task, cxr, tmp_path / "parallel", weights=weights, workers=2, batch_size=4)
+    with caplog.at_level(logging.INFO, logger="pipelines.run_stages"):
+        run_pipeline(task, cxr, tmp_path / "parallel", weights=weights, workers=2, batch_size=4)
+    given_back = [r.getMessage() for r in caplog.records if "torch threads" in r.getMessage()]
+    assert len(given_back) == int(threads_back)
+    assert all(m.endswith("it gets all 3 torch threads") for m in given_back)
     assert serial.counts["images"] == 20 and serial.failed
     assert _tree(tmp_path / "serial") == _tree(tmp_path / "parallel")  # results, errors, overlays, DICOM objects
     runs = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("serial", "parallel")]
@@ -149,6 +166,31 @@ def test_a_run_on_worker_processes_equals_a_run_in_one_process(
     assert again.counts["studies_resumed"] == 20 and again.counts["images_processed"] == 0
     rows = [list(csv.DictReader(open(tmp_path / n / "results.csv"))) for n in ("serial", "parallel")]
     assert rows[0] == rows[1]
+    if threads_back:
+        monkeypatch.undo()
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(threads)
+
+
+def test_a_model_that_keeps_the_workers_waiting_gets_every_thread_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_stages, "default_workers", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for waited, expected in ((0.05, 2), (0.2, 1)):  # per batch, against 1 s of inference
+            with StagePool(Numbers(), None, _written, 2, died=_died) as pool:
+                assert torch.get_num_threads() == 1  # the workers' cores left to them
+                pool.balance(1.0, 5.0)  # the first batch (warming up) is not counted
+                for _ in range(run_stages.BALANCE_BATCHES - 1):
+                    pool.balance(1.0, waited)
+                    assert torch.get_num_threads() == 1
+                pool.balance(1.0, waited)
+                assert torch.get_num_threads() == expected
+                pool.balance(1.0, 0.0)  # decided once
+                assert torch.get_num_threads() == expected
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_study_whose_writer_dies_is_an_error_and_is_written_by_the_rerun(
