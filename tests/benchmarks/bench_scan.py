@@ -15,7 +15,9 @@ and prints the ratio medimg / reference (target <= 1.0). Then the incremental sc
 - rescan of the unchanged folder with that index / first indexed scan (target <= 0.1).
 
 Each is run ``--repeats`` times and the best time is kept, alternating them so that disk cache
-effects are shared.
+effects are shared. Last, the machine's own parallel speed-up: the same pure-Python loop on one
+process and on one per core (the scans read on every core, the reference loop on one, so on a
+machine whose cores do not add up the scan ratios cannot reach their targets).
 
 Usage (repository root): python -m tests.benchmarks.bench_scan [--files N] [--repeats R] [--workers W]
 """
@@ -90,6 +92,29 @@ def reference_loop(paths: list[str]) -> int:
     return n
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def parallel_speedup(cores: int, work: int = 3_000_000) -> float:
+    """How many times one process's work ``cores`` processes do: ``2 * cores`` equal pure-Python
+    loops, timed on one process and on ``cores`` (best of 3 each)."""
+    from medimg.parallel import parallel_map
+
+    def best(workers: int) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            parallel_map(_spin, [work] * (2 * cores), workers=workers)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(1) / best(cores)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6000)
@@ -137,6 +162,10 @@ def main() -> None:
         print(f"medimg scan_folder_indexed, rescan of the unchanged folder: {t_rescan:.3f} s")
         print(f"ratio first indexed scan / reference = {t_first / ref:.2f}  (target <= 1.0)")
         print(f"ratio rescan / first indexed scan = {t_rescan / t_first:.3f}  (target <= 0.1)")
+        cores = os.cpu_count() or 1
+        print(
+            f"this machine: {cores} processes do {parallel_speedup(cores):.2f}x one process's work (pure-Python loop)"
+        )
 
 
 if __name__ == "__main__":
