@@ -195,7 +195,7 @@ class StagePool:
         #: A study-level pipeline (a batch is a whole case): fewer in flight, every torch thread here.
         self.cases = getattr(pipeline, "unit", "image") == "study"
         self._threads: int | None = None  # torch's threads before _share_cores, restored on exit
-        self._balance: list[float] | None = None  # [batches seen, inference s, waiting s] until decided
+        self._balance: tuple[int, float, float] | None = None  # (batches seen, inference s, waiting s) until decided
         self._executor: ProcessPoolExecutor | None = None
         self._writes: deque[tuple[Any, int, Future[bytes], Callable[[Any], None]]] = deque()
 
@@ -230,7 +230,7 @@ class StagePool:
         shared = max(1, min(self._threads, default_workers() - self.workers))
         torch.set_num_threads(shared)
         if shared < self._threads:
-            self._balance = [0.0, 0.0, 0.0]
+            self._balance = (0, 0.0, 0.0)
 
     def balance(self, inferred: float, waited: float) -> None:
         """After each batch: how long the inference took and how long it waited for the workers
@@ -247,7 +247,7 @@ class StagePool:
         seen, inference, waiting = self._balance
         if seen >= 1:  # the first batch warms the model up
             inference, waiting = inference + inferred, waiting + waited
-        self._balance = [seen + 1, inference, waiting]
+        self._balance = (seen + 1, inference, waiting)
         if seen < BALANCE_BATCHES:
             return
         self._balance = None  # decided, once

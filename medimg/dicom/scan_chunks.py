@@ -17,6 +17,9 @@ Chunks are read back from a file that may have been edited: :func:`decode_chunk`
 against the text and every field's type, and raises :class:`ValueError` naming what is wrong.
 Only JSON values that come back unchanged are stored: a header holding anything else (a
 non-finite number, a value of another type) is left out of its chunk and read again next time.
+
+A series' geometry checks are stored the same way, as JSON text checked by one rule when written
+and when read back (:func:`encode_series_check`, :func:`apply_series_check`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from medimg.dicom.header import INDEXED_KEYWORDS
-from medimg.dicom.index import InstanceHeader
+from medimg.dicom.index import InstanceHeader, Series
 
-__all__ = ["Chunk", "check_structure", "chunk_id", "decode_chunk", "encode_chunk", "storable", "valid_pair"]
+__all__ = [
+    "Chunk",
+    "apply_series_check",
+    "check_structure",
+    "chunk_id",
+    "decode_chunk",
+    "encode_chunk",
+    "encode_series_check",
+    "storable",
+    "valid_pair",
+]
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float})
@@ -40,6 +53,7 @@ _UIDS = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesI
 _SIZES = frozenset({"Rows", "Columns"})  # US: an integer 1-65535 in every stored header
 _REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 _BAD = object()  # a "shared" value that is not of the type its use needs
+_ORIENTATIONS = (None, "axial", "coronal", "sagittal")  # what orientation_label gives
 
 
 def _no_constant(name: str) -> Any:
@@ -328,3 +342,44 @@ def _points(positions: Any) -> list[tuple[float, float, float]]:
     if any(p is None or p is _BAD for p in points):
         raise ValueError("bad frame_positions")
     return points
+
+
+# ------------------------------------------------------------------------------------------
+# a series' geometry checks
+
+
+def encode_series_check(series: Series) -> str | None:
+    """A series' geometry checks (orientation, slice spacing, problems) as JSON text, or None when
+    they could not come back as they are (they are then checked again next time)."""
+    check = {"orientation": series.orientation, "slice_spacing": series.slice_spacing, "problems": series.problems}
+    return _ENCODER.encode(check) if _valid_check(check) else None
+
+
+def apply_series_check(series: Series, data: Any) -> None:
+    """Fill a series' orientation, slice spacing and problems from :func:`encode_series_check`'s text.
+
+    Raises:
+        ValueError: ``data`` is not what :func:`encode_series_check` writes.
+    """
+    try:
+        check = _DECODER.decode(data) if type(data) is str else None
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    if check is None or not _valid_check(check):
+        raise ValueError("not a series check")
+    series.orientation = check["orientation"]
+    series.slice_spacing = check["slice_spacing"]
+    series.problems = check["problems"]
+
+
+def _valid_check(check: Any) -> bool:
+    """What :func:`medimg.dicom.scan.check_series_geometry` makes: the same rule on writing and reading."""
+    if type(check) is not dict or check.keys() != {"orientation", "slice_spacing", "problems"}:
+        return False
+    spacing, problems = check["slice_spacing"], check["problems"]
+    return (
+        check["orientation"] in _ORIENTATIONS
+        and (spacing is None or (type(spacing) is float and math.isfinite(spacing) and spacing >= 0))
+        and type(problems) is list
+        and all(type(p) is str and p for p in problems)
+    )

@@ -40,8 +40,6 @@ can cause is a file read twice.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import sqlite3
 import time
@@ -62,7 +60,7 @@ from medimg.dicom.scan import (
     group_instances,
     list_files,
 )
-from medimg.dicom.scan_chunks import Chunk, decode_chunk, encode_chunk
+from medimg.dicom.scan_chunks import Chunk, apply_series_check, decode_chunk, encode_chunk, encode_series_check
 from medimg.parallel import ProgressCallback, gc_paused, pool_context
 
 __all__ = [
@@ -103,7 +101,6 @@ _OBJECTS = {
     *(("table", statement.split()[2], statement) for statement in _SCHEMA),
     ("index", "sqlite_autoindex_meta_1", None),
 }
-_TABLES = ("files", "chunks", "series_checks")
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 FileState = tuple[int, int, int]  # (size, mtime_ns, inode as a signed 64-bit integer)
@@ -543,25 +540,18 @@ class _SeriesChecks:
             self.used.add(digest)  # type: ignore[arg-type]
         else:
             check_series_geometry(series)
-            check = {
-                "orientation": series.orientation,
-                "slice_spacing": series.slice_spacing,
-                "problems": series.problems,
-            }
-            if digest is not None and _valid_check(check):  # else: checked again next time
-                self.new[digest] = _ENCODER.encode(check)
+            text = encode_series_check(series)
+            if digest is not None and text is not None:  # else: checked again next time
+                self.new[digest] = text
         check_series_decoding(series)
 
     def _apply(self, series: Series, data: Any) -> None:
         try:
-            check = _DECODER.decode(data) if type(data) is str else None
-        except (ValueError, RecursionError):
-            check = None
-        if check is None or not _valid_check(check):
-            raise _corrupt(self.index_path, f"a stored series check is invalid (series {series.SeriesInstanceUID})")
-        series.orientation = check["orientation"]
-        series.slice_spacing = check["slice_spacing"]
-        series.problems = check["problems"]
+            apply_series_check(series, data)
+        except ValueError as exc:
+            raise _corrupt(
+                self.index_path, f"a stored series check is invalid (series {series.SeriesInstanceUID})"
+            ) from exc
 
     def save(self, conn: sqlite3.Connection) -> None:
         unused = [digest for digest in self.stored if digest not in self.used]
@@ -573,30 +563,6 @@ class _SeriesChecks:
                 conn.executemany("DELETE FROM series_checks WHERE digest = ?", [(d,) for d in unused])
         except sqlite3.Error as exc:
             raise ScanIndexError(f"{self.index_path}: cannot write the scan index: {exc}") from exc
-
-
-def _valid_check(check: Any) -> bool:
-    """What :func:`check_series_geometry` makes: stored only when valid, refused when read back otherwise."""
-    if type(check) is not dict or check.keys() != {"orientation", "slice_spacing", "problems"}:
-        return False
-    spacing, problems = check["slice_spacing"], check["problems"]
-    return (
-        check["orientation"] in _ORIENTATIONS
-        and (spacing is None or (type(spacing) is float and math.isfinite(spacing) and spacing >= 0))
-        and type(problems) is list
-        and all(type(p) is str and p for p in problems)
-    )
-
-
-_ORIENTATIONS = (None, "axial", "coronal", "sagittal")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 # ------------------------------------------------------------------------------------------
